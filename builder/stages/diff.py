@@ -1,0 +1,392 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Diff: compare the original and patched object of one translation unit.
+
+Finds the functions whose machine code or references changed (callers changed by
+inlining included), new functions and new data, and the callbacks a patch
+declares. Refuses what a live patch cannot do, saying what to do instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from builder.elf import (
+    PC_RELATIVE,
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHF_STRINGS,
+    SHF_WRITE,
+    SHT_NOBITS,
+    STT_FUNC,
+    STT_OBJECT,
+    STT_SECTION,
+    ElfObject,
+    Reloc,
+    Section,
+    Symbol,
+    cstring,
+)
+from builder.errors import BuildError
+from builder.x86 import instruction_ends
+
+# Callback pointers: our <linux/livepatch_helpers.h> (Linux 6.19 names) and kpatch's macros.
+CALLBACK_SECTION = ".discard.klp_callback_ptrs"
+CALLBACK_KINDS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
+KPATCH_CALLBACK_SECTIONS = {f".kpatch.callbacks.{kind}": kind for kind in CALLBACK_KINDS}
+
+# Code that ran once at boot or never runs again: changing it has no effect live.
+INIT_SECTIONS = (".init.text", ".exit.text", ".ref.text", ".init.data", ".init.rodata",
+                 ".exit.data")
+UNPATCHABLE_CODE = (".noinstr.text", ".entry.text", ".kprobes.text")
+
+
+def canonical(name: str) -> str:
+    """Name without GCC's numbering (foo.part.3 → foo.part, count.12 → count)."""
+    return re.sub(r"\.\d+(?=\.|$)", "", name)
+
+
+@dataclass
+class ChangedFunction:
+    name: str  # in the original object: the kallsyms name livepatch replaces
+    patched_name: str  # the same function in the patched object
+    reason: str
+
+
+@dataclass
+class UnitDiff:
+    source: str
+    target_object: str
+    changed: list[ChangedFunction] = field(default_factory=list)
+    new_functions: list[str] = field(default_factory=list)
+    new_data: list[str] = field(default_factory=list)
+    callbacks: dict[str, str] = field(default_factory=dict)  # kind → patched symbol name
+    # patched symbol name → original name, for every correlated symbol
+    correlation: dict[str, str] = field(default_factory=dict)
+
+
+class _Side:
+    """One object file with the lookups the comparison needs, computed once."""
+
+    def __init__(self, obj: ElfObject) -> None:
+        self.obj = obj
+        self.functions = {s.name: s for s in obj.symbols
+                          if s.type == STT_FUNC and s.section is not None}
+        self.objects = {s.name: s for s in obj.symbols
+                        if s.type == STT_OBJECT and s.section is not None}
+        self._ends: dict[int, dict[int, int]] = {}
+
+    def relocs_in(self, sym: Symbol) -> list[Reloc]:
+        sec = sym.section
+        lo, hi = sym.value, sym.value + sym.size
+        return sorted((r for r in (sec.relocs or []) if lo <= r.offset < hi),
+                      key=lambda r: r.offset)
+
+    def body(self, sym: Symbol) -> bytes:
+        sec = sym.section
+        if sec.type == SHT_NOBITS:
+            return bytes(sym.size)
+        return sec.data[sym.value:sym.value + sym.size]
+
+    def target_offset(self, site: Section, rel: Reloc) -> int:
+        """Offset inside the target symbol/section that a relocation really means."""
+        if rel.type not in PC_RELATIVE or not site.flags & SHF_EXECINSTR:
+            return rel.addend
+        ends = self._ends.get(id(site))
+        if ends is None:
+            ends = self._ends[id(site)] = instruction_ends(site.data)
+        return rel.addend + ends.get(rel.offset, rel.offset + 4) - rel.offset
+
+
+def reference_key(side: _Side, site: Section, rel: Reloc, rename: dict[str, str]) -> tuple:
+    """What a relocation points at, independent of layout (string offsets move)."""
+    sym = rel.symbol
+    target = side.target_offset(site, rel)
+    bias = target - rel.addend
+    if sym.type == STT_SECTION and sym.section is not None:
+        sec = sym.section
+        if sec.flags & SHF_STRINGS:
+            return (rel.type, "string", cstring(sec.data, target), bias)
+        inner = side.obj.symbol_at(sec, target)
+        if inner is not None:
+            return (rel.type, "symbol", rename.get(inner.name, inner.name),
+                    target - inner.value, bias)
+        data = b"" if sec.type == SHT_NOBITS else sec.data[target:target + 16]
+        return (rel.type, "anonymous", canonical(sec.name), data, bias)
+    return (rel.type, "symbol", rename.get(sym.name, sym.name), rel.addend)
+
+
+def _masked(data: bytes, start: int, relocs: list[Reloc]) -> bytes:
+    out = bytearray(data)
+    for r in relocs:
+        lo = r.offset - start
+        out[lo:lo + r.width] = b"\0" * r.width
+    return bytes(out)
+
+
+def line_map(patch_text: str, source: str) -> dict[int, int]:
+    """Old line → new line for the lines a patch keeps in `source`."""
+    mapping: dict[int, int] = {}
+    in_file = False
+    old = new = 0
+    delta_points: list[tuple[int, int]] = []  # (old line where a hunk starts, delta)
+    for line in patch_text.splitlines():
+        if line.startswith("+++ "):
+            in_file = line[4:].split("\t")[0].strip().split("/", 1)[-1] == source
+            continue
+        if not in_file:
+            continue
+        m = re.match(r"@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@", line)
+        if m:
+            old, new = int(m.group(1)), int(m.group(2))
+            continue
+        if line.startswith("-") and not line.startswith("---"):
+            old += 1
+        elif line.startswith("+"):
+            new += 1
+        elif line.startswith(" ") or line == "":
+            mapping[old] = new
+            old += 1
+            new += 1
+            delta_points.append((old, new - old))
+
+    def shift(line: int) -> int:
+        delta = 0
+        for start, d in delta_points:
+            if start <= line:
+                delta = d
+        return line + delta
+
+    return _LineMap(mapping, shift)
+
+
+class _LineMap(dict):
+    def __init__(self, exact: dict[int, int], shift) -> None:
+        super().__init__(exact)
+        self._shift = shift
+
+    def __missing__(self, line: int) -> int:
+        return self._shift(line)
+
+
+def _only_line_numbers(old: bytes, new: bytes, lines: dict[int, int]) -> bool:
+    """True if every difference is a 32-bit immediate holding a __LINE__ the patch moved."""
+    i = 0
+    while i < len(old):
+        if old[i] == new[i]:
+            i += 1
+            continue
+        explained = False
+        for start in range(max(0, i - 3), i + 1):
+            if start + 4 > len(old):
+                break
+            a = int.from_bytes(old[start:start + 4], "little")
+            b = int.from_bytes(new[start:start + 4], "little")
+            if 0 < a < 1_000_000 and a != b and lines[a] == b:
+                i = start + 4
+                explained = True
+                break
+        if not explained:
+            return False
+    return True
+
+
+def correlate(orig: _Side, patched: _Side) -> dict[str, str]:
+    """Pair symbols of the two builds: exact names first, then unique canonical names."""
+    result: dict[str, str] = {}
+    for table_o, table_p in ((orig.functions, patched.functions), (orig.objects, patched.objects)):
+        left_o = {n for n in table_o if n not in table_p}
+        for name in table_p:
+            if name in table_o:
+                result[name] = name
+        by_canon_o: dict[str, list[str]] = {}
+        for n in left_o:
+            by_canon_o.setdefault(canonical(n), []).append(n)
+        by_canon_p: dict[str, list[str]] = {}
+        for n in table_p:
+            if n not in table_o:
+                by_canon_p.setdefault(canonical(n), []).append(n)
+        for canon, names in by_canon_p.items():
+            candidates = by_canon_o.get(canon, [])
+            if len(names) == 1 and len(candidates) == 1:
+                result[names[0]] = candidates[0]
+    return result
+
+
+def _section_kind(sec: Section) -> str:
+    name = sec.name
+    if name.startswith(INIT_SECTIONS) or name.startswith(".init.") or name.startswith(".exit."):
+        return "init"
+    if name.startswith(UNPATCHABLE_CODE):
+        return "noinstr"
+    return "code" if sec.flags & SHF_EXECINSTR else "data"
+
+
+def diff_unit(orig_obj: ElfObject, patched_obj: ElfObject, source: str, target_object: str,
+              patch_text: str) -> UnitDiff:
+    orig, patched = _Side(orig_obj), _Side(patched_obj)
+    rename = correlate(orig, patched)
+    identity = {n: n for n in list(orig.functions) + list(orig.objects)}
+    lines = line_map(patch_text, source)
+    result = UnitDiff(source=source, target_object=target_object, correlation=rename)
+
+    result.callbacks = _callbacks(patched)
+    callback_functions = set(result.callbacks.values())
+
+    changed_parents: dict[str, str] = {}
+    for name, psym in patched.functions.items():
+        kind = _section_kind(psym.section)
+        oname = rename.get(name)
+        if oname is None:
+            if kind == "init":
+                continue  # a new __init function never runs in a live patch
+            if name not in callback_functions:
+                result.new_functions.append(name)
+            continue
+        osym = orig.functions[oname]
+        reason = _function_difference(orig, osym, patched, psym, rename, identity, lines)
+        if reason is None:
+            continue
+        if kind == "init":
+            raise BuildError(
+                stage="diff", file=source, function=oname,
+                message=f"the patch changes __init code ({oname} in {psym.section.name}): "
+                        "init code ran once at boot and has been freed",
+                hint="do the one-time work in a KLP_POST_PATCH_CALLBACK instead, or reboot "
+                     "into a fixed kernel")
+        if kind == "noinstr":
+            raise BuildError(
+                stage="diff", file=source, function=oname,
+                message=f"{oname} is in {psym.section.name}, which cannot be traced by "
+                        "ftrace and so cannot be live-patched",
+                hint="patch the callers of this function instead")
+        parent = _cold_parent(oname)
+        if parent and parent in orig.functions:
+            pparent = next((p for p, o in rename.items() if o == parent), parent)
+            changed_parents[parent] = pparent
+            continue
+        result.changed.append(ChangedFunction(name=oname, patched_name=name, reason=reason))
+    for parent, pparent in changed_parents.items():
+        if not any(c.name == parent for c in result.changed):
+            result.changed.append(ChangedFunction(name=parent, patched_name=pparent,
+                                                  reason="its .cold part changed"))
+
+    _check_data(orig, patched, rename, identity, result, source)
+
+    if not result.changed:
+        what = "new functions only, which nothing calls" if result.new_functions else \
+            "no change to any function's machine code"
+        raise BuildError(
+            stage="diff", file=source,
+            message=f"no functional change in {source}: the patch makes {what}",
+            hint="check that the patch changes code compiled in this kernel's configuration "
+                 "(comments, whitespace and unused code produce no live patch)")
+    return result
+
+
+def _cold_parent(name: str) -> str | None:
+    m = re.match(r"(.+?)\.cold(\.\d+)?$", name)
+    return m.group(1) if m else None
+
+
+def _function_difference(orig: _Side, osym: Symbol, patched: _Side, psym: Symbol,
+                         rename: dict[str, str], identity: dict[str, str],
+                         lines: dict[int, int]) -> str | None:
+    if osym.size != psym.size:
+        return f"size {osym.size} → {psym.size} bytes"
+    orelocs, prelocs = orig.relocs_in(osym), patched.relocs_in(psym)
+    okeys = [(r.offset - osym.value, reference_key(orig, osym.section, r, identity))
+             for r in orelocs]
+    pkeys = [(r.offset - psym.value, reference_key(patched, psym.section, r, rename))
+             for r in prelocs]
+    if okeys != pkeys:
+        for (ooff, okey), (poff, pkey) in zip(okeys, pkeys, strict=False):
+            if (ooff, okey) != (poff, pkey):
+                return f"reference at +{poff:#x} changed ({_describe(okey)} → {_describe(pkey)})"
+        return "references changed"
+    obody = _masked(orig.body(osym), osym.value, orelocs)
+    pbody = _masked(patched.body(psym), psym.value, prelocs)
+    if obody == pbody or _only_line_numbers(obody, pbody, lines):
+        return None
+    first = next(i for i in range(len(obody)) if obody[i] != pbody[i])
+    return f"code differs from +{first:#x}"
+
+
+def _describe(key: tuple) -> str:
+    kind = key[1]
+    if kind == "string":
+        return repr(key[2].decode(errors="replace"))
+    return str(key[2])
+
+
+def _callbacks(patched: _Side) -> dict[str, str]:
+    """Callbacks a patch declares with KLP_*_CALLBACK or KPATCH_*_CALLBACK."""
+    found: dict[str, str] = {}
+    obj = patched.obj
+    sec = obj.section(CALLBACK_SECTION)
+    if sec is not None:
+        for slot in obj.symbols_in(sec):
+            kind = next((k for k in CALLBACK_KINDS
+                         if slot.name.startswith(f"__klp_{k}_callback")), None)
+            rel = next((r for r in sec.relocs or [] if r.offset == slot.value), None)
+            if kind and rel:
+                found[kind] = _function_name(obj, rel)
+    for name, kind in KPATCH_CALLBACK_SECTIONS.items():
+        sec = obj.section(name)
+        if sec is not None and sec.relocs:
+            first = min(sec.relocs, key=lambda r: r.offset)
+            found[kind] = _function_name(obj, first)
+    return found
+
+
+def _function_name(obj: ElfObject, rel: Reloc) -> str:
+    sym = rel.symbol
+    if sym.type == STT_SECTION:
+        inner = obj.symbol_at(sym.section, rel.addend)
+        if inner is not None:
+            return inner.name
+    return sym.name
+
+
+def _check_data(orig: _Side, patched: _Side, rename: dict[str, str],
+                identity: dict[str, str], result: UnitDiff, source: str) -> None:
+    """New data is fine; changing the initial value of existing data is not."""
+    for name, psym in patched.objects.items():
+        sec = psym.section
+        if not sec.flags & SHF_ALLOC or sec.name.startswith((".discard", ".kpatch")):
+            continue
+        if _section_kind(sec) == "init":
+            continue
+        oname = rename.get(name)
+        if oname is None:
+            if not name.startswith("__klp_") and not name.startswith("__UNIQUE_ID"):
+                result.new_data.append(name)
+            continue
+        osym = orig.objects[oname]
+        okeys = [(r.offset - osym.value, reference_key(orig, osym.section, r, identity))
+                 for r in orig.relocs_in(osym)]
+        pkeys = [(r.offset - psym.value, reference_key(patched, psym.section, r, rename))
+                 for r in patched.relocs_in(psym)]
+        obody = _masked(orig.body(osym), osym.value, orig.relocs_in(osym))
+        pbody = _masked(patched.body(psym), psym.value, patched.relocs_in(psym))
+        if okeys == pkeys and obody == pbody:
+            continue
+        if sec.flags & SHF_WRITE:
+            raise BuildError(
+                stage="diff", file=source, function=oname,
+                message=f"the patch changes the initial value of existing data '{oname}'; "
+                        "a live patch cannot re-initialise data the running kernel already "
+                        "holds (its current value may differ)",
+                hint="leave the definition alone and change the value from a "
+                     "KLP_POST_PATCH_CALLBACK (restore it in KLP_POST_UNPATCH_CALLBACK), "
+                     "or attach new state with a shadow variable (klp_shadow_get_or_alloc)")
+        # Changed read-only data: ship a new copy; every user must be patched to use it.
+        result.new_data.append(name)
+        for fname, fsym in patched.functions.items():
+            if any(r.symbol is psym or (r.symbol.type == STT_SECTION and r.symbol.section is sec)
+                   for r in patched.relocs_in(fsym)):
+                oname_f = rename.get(fname)
+                if oname_f and not any(c.name == oname_f for c in result.changed):
+                    result.changed.append(ChangedFunction(
+                        name=oname_f, patched_name=fname,
+                        reason=f"uses read-only data '{oname}', which changed"))

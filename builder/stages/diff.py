@@ -76,6 +76,19 @@ class _Side:
                         if s.type == STT_OBJECT and s.section is not None}
         self._ends: dict[int, dict[int, int]] = {}
 
+    def users(self, data: Symbol) -> set[str]:
+        """Canonical names of the functions that refer to a data symbol."""
+        found = set()
+        for fname, fsym in self.functions.items():
+            for rel in self.relocs_in(fsym):
+                target = rel.symbol
+                if target is data or (target.type == STT_SECTION and target.section is
+                                      data.section and data.value <= self.target_offset(
+                                          fsym.section, rel) < data.value + max(data.size, 1)):
+                    found.add(canonical(fname))
+                    break
+        return found
+
     def relocs_in(self, sym: Symbol) -> list[Reloc]:
         sec = sym.section
         lo, hi = sym.value, sym.value + sym.size
@@ -192,24 +205,32 @@ def _only_line_numbers(old: bytes, new: bytes, lines: dict[int, int]) -> bool:
 
 
 def correlate(orig: _Side, patched: _Side) -> dict[str, str]:
-    """Pair symbols of the two builds: exact names first, then unique canonical names."""
+    """Pair symbols of the two builds.
+
+    Plain names pair by name. GCC-numbered names (static locals `count.3`,
+    clones `foo.part.1`) pair by name without the numbers — for data also by
+    which functions use it, since two functions may each have a `count`.
+    """
     result: dict[str, str] = {}
-    for table_o, table_p in ((orig.functions, patched.functions), (orig.objects, patched.objects)):
-        left_o = {n for n in table_o if n not in table_p}
+    for kind in ("functions", "objects"):
+        table_o, table_p = getattr(orig, kind), getattr(patched, kind)
+        keyed_o: dict[tuple, list[str]] = {}
+        keyed_p: dict[tuple, list[str]] = {}
+        for side, table, keyed in ((orig, table_o, keyed_o), (patched, table_p, keyed_p)):
+            for name in table:
+                if canonical(name) == name:
+                    continue
+                users = frozenset(side.users(table[name])) if kind == "objects" else None
+                keyed.setdefault((canonical(name), users), []).append(name)
         for name in table_p:
-            if name in table_o:
+            if canonical(name) == name and name in table_o:
                 result[name] = name
-        by_canon_o: dict[str, list[str]] = {}
-        for n in left_o:
-            by_canon_o.setdefault(canonical(n), []).append(n)
-        by_canon_p: dict[str, list[str]] = {}
-        for n in table_p:
-            if n not in table_o:
-                by_canon_p.setdefault(canonical(n), []).append(n)
-        for canon, names in by_canon_p.items():
-            candidates = by_canon_o.get(canon, [])
+        for key, names in keyed_p.items():
+            candidates = keyed_o.get(key, [])
             if len(names) == 1 and len(candidates) == 1:
                 result[names[0]] = candidates[0]
+            elif names == candidates:  # same numbering on both sides
+                result.update({n: n for n in names})
     return result
 
 

@@ -35,7 +35,7 @@ from builder.elf import (
     Symbol,
 )
 from builder.errors import BuildError
-from builder.stages.diff import UnitDiff, _masked, _Side
+from builder.stages.diff import UnitDiff, _cold_parent, _masked, _Side, canonical
 
 # Special sections: entry size and the offset of the relocation that says which
 # function an entry belongs to. Entries of included functions are kept.
@@ -195,6 +195,11 @@ class _Generator:
             return None
         if sym.name in self.diff.callbacks.values():
             return None
+        if sym.type == STT_FUNC and _cold_parent(sym.name):
+            return None  # a .cold part jumps back into its parent: it travels with it
+        if sym.type == STT_OBJECT and canonical(sym.name) != sym.name and \
+                not sym.section.flags & SHF_WRITE:
+            return None  # compiler-made constants (__func__.N, CSWTCH.N): copy them
         return self.diff.correlation.get(sym.name)
 
     # ---- relocations ----------------------------------------------------

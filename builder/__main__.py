@@ -1,0 +1,61 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Command line: python3 -m builder build --kernel RELEASE --patch FILE --name NAME --output DIR."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from builder import __version__
+from builder.errors import BuildError
+from builder.pipeline import STAGES, BuildRequest, build
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python3 -m builder", description=__doc__)
+    top.add_argument("--version", action="version", version=__version__)
+    sub = top.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build a livepatch module for one kernel")
+    b.add_argument("--kernel", required=True, metavar="RELEASE",
+                   help="kernel release as `uname -r` prints it, e.g. 6.1.0-56-amd64")
+    b.add_argument("--package-version", metavar="VERSION",
+                   help="Debian package version (default: resolved from the archive)")
+    b.add_argument("--patch", required=True, action="append", type=Path, metavar="FILE",
+                   help="unified diff against the kernel source (-p1); repeatable")
+    b.add_argument("--name", required=True, help="patch module name (NAME.ko, NAME.json)")
+    b.add_argument("--output", required=True, type=Path, metavar="DIR")
+    b.add_argument("--no-replace", action="store_true",
+                   help="do not replace earlier patches (default: atomic replace)")
+    b.add_argument("--sign-key", type=Path, metavar="KEY")
+    b.add_argument("--sign-cert", type=Path, metavar="CERT")
+    b.add_argument("--work", type=Path, metavar="DIR", help="work directory (default: cache)")
+    b.add_argument("--from-stage", choices=STAGES, default=STAGES[0],
+                   help="resume a previous run in the same work directory from this stage")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not all(c.isalnum() or c in "-_" for c in args.name):
+        print(f"error: --name {args.name!r}: use letters, digits, '-' and '_' only",
+              file=sys.stderr)
+        return 2
+    request = BuildRequest(kernel=args.kernel, package_version=args.package_version,
+                           patches=args.patch, name=args.name, output=args.output,
+                           replace=not args.no_replace, sign_key=args.sign_key,
+                           sign_cert=args.sign_cert, work=args.work, from_stage=args.from_stage)
+    try:
+        manifest = build(request)
+    except BuildError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    functions = sum(len(v) for v in manifest["objects"].values())
+    print(json.dumps({"module": str(args.output / f"{args.name}.ko"),
+                      "functions": functions, "module_sha256": manifest["module_sha256"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

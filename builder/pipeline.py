@@ -1,0 +1,208 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The build pipeline: runs the stages in order, times them, writes the manifest.
+
+Each stage leaves its artifact in the work directory, so `--from-stage` can
+restart a run from any stage (for example after editing the patch only the
+compile stage and later ones need to run again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from builder import __version__
+from builder.elf import ElfObject
+from builder.errors import BuildError
+
+STAGES = ("acquire", "prepare", "compile", "diff", "verify", "generate", "link")
+
+
+@dataclass
+class BuildRequest:
+    kernel: str
+    patches: list[Path]
+    name: str
+    output: Path
+    package_version: str | None = None
+    replace: bool = True
+    sign_key: Path | None = None
+    sign_cert: Path | None = None
+    work: Path | None = None
+    from_stage: str = "acquire"
+    distribution: str = "debian-12"
+
+    def patch_sha256(self) -> str:
+        digest = hashlib.sha256()
+        for patch in self.patches:
+            digest.update(hashlib.sha256(patch.read_bytes()).digest())
+        return digest.hexdigest()
+
+    def key(self) -> dict:
+        """What makes two builds the same (the action plugin's cache key)."""
+        return {"kernel": self.kernel, "package_version": self.package_version,
+                "patch_sha256": self.patch_sha256(), "builder_version": __version__,
+                "replace": self.replace, "signed": bool(self.sign_key),
+                "name": self.name}
+
+
+@dataclass
+class Progress:
+    stream: object = sys.stderr
+    started: float = field(default_factory=time.monotonic)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def stage(self, name: str, detail: str, fn, *args, **kwargs):
+        t0 = time.monotonic()
+        result = fn(*args, **kwargs)
+        took = time.monotonic() - t0
+        self.seconds[name] = round(took, 3)
+        print(f"[{time.monotonic() - self.started:6.1f}s] {name:<9} {detail} ({took:.1f}s)",
+              file=self.stream, flush=True)
+        return result
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KLP_CACHE", Path.home() / ".cache" / "klp-livepatch"))
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build(request: BuildRequest, progress: Progress | None = None) -> dict:
+    """Run every stage; return the manifest. Leaves no module behind on failure."""
+    from builder import front  # the stages that talk to the distribution and kbuild
+
+    progress = progress or Progress()
+    if request.from_stage not in STAGES:
+        raise BuildError(stage="build", message=f"unknown stage {request.from_stage!r}",
+                         hint="choose one of: " + ", ".join(STAGES))
+    for patch in request.patches:
+        if not patch.is_file():
+            raise BuildError(stage="build", file=str(patch), message="patch file not found",
+                             hint="pass the path of a unified diff with --patch")
+    request.output.mkdir(parents=True, exist_ok=True)
+    ko_out = request.output / f"{request.name}.ko"
+    manifest_out = request.output / f"{request.name}.json"
+    for stale in (ko_out, manifest_out):
+        stale.unlink(missing_ok=True)
+
+    kernel = front.resolve(request)
+    request.package_version = kernel.package_version
+    work = request.work or cache_dir() / "work" / f"{request.name}-{kernel.release}"
+    work.mkdir(parents=True, exist_ok=True)
+    patch_text = "".join(p.read_text() for p in request.patches)
+
+    packages = progress.stage("acquire", f"{kernel.release} ({kernel.package_version})",
+                              front.acquire, kernel)
+    tree = progress.stage("prepare", "kernel tree", front.prepare, packages)
+    compiled = progress.stage("compile", ", ".join(front.touched_sources(request.patches)),
+                              front.compile_units, tree, request.patches, work)
+    diffs = progress.stage("diff", f"{len(compiled.units)} unit(s)", _diff_all, compiled,
+                           patch_text)
+    images = progress.stage("verify", "originals against the shipped binaries",
+                            front.verify_originals, packages, tree, compiled, diffs)
+    units = progress.stage("generate", "patch objects", _generate_all, compiled, diffs,
+                           images, front.exports(packages), work)
+    linked = progress.stage("link", f"{request.name}.ko", _link, request, packages, units, work,
+                            front.exports(packages))
+
+    tmp_ko = request.output / f".{request.name}.ko.tmp"
+    shutil.copy(linked.path, tmp_ko)
+    manifest = _manifest(request, kernel, packages, diffs, units, linked, tmp_ko,
+                         progress.seconds, front)
+    tmp_json = request.output / f".{request.name}.json.tmp"
+    tmp_json.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp_ko.replace(ko_out)
+    tmp_json.replace(manifest_out)
+    return manifest
+
+
+def _diff_all(compiled, patch_text: str):
+    from builder.stages.diff import diff_unit
+
+    diffs = []
+    for unit in compiled.units:
+        diffs.append(diff_unit(ElfObject.read(unit.original), ElfObject.read(unit.patched),
+                               unit.source, unit.target_object, patch_text))
+    return diffs
+
+
+def _generate_all(compiled, diffs, images, exports, work: Path):
+    from builder.stages.generate import generate_unit
+
+    units = []
+    for index, (unit, diff) in enumerate(zip(compiled.units, diffs, strict=True)):
+        units.append(generate_unit(diff, ElfObject.read(unit.original),
+                                   ElfObject.read(unit.patched), images[unit.target_object],
+                                   exports, prefix=f"u{index}"))
+    return units
+
+
+def _link(request: BuildRequest, packages, units, work: Path, exports):
+    from builder.stages.link import link_module, sign_module
+
+    description = f"klp.livepatch {request.name} for {packages.kernel.release}"
+    linked = link_module(work, request.name, packages.headers_dir, units, request.replace,
+                         description, exports.exported_names())
+    if request.sign_key:
+        if not request.sign_cert:
+            raise BuildError(stage="link", message="--sign-key needs --sign-cert",
+                             hint="pass the X.509 certificate that matches the key")
+        sign_module(linked.path, packages.sign_file, request.sign_key, request.sign_cert)
+    return linked
+
+
+def _manifest(request, kernel, packages, diffs, units, linked, ko: Path, seconds, front) -> dict:
+    objects: dict[str, list[dict]] = {}
+    for unit in units:
+        for fn in unit.functions:
+            objects.setdefault(fn.object, []).append(
+                {"name": fn.old_name, "sympos": fn.sympos, "source": fn.source,
+                 "reason": fn.reason})
+    return {
+        "name": request.name,
+        "module_name": linked.module_name,
+        "kernel_release": kernel.release,
+        "package_version": kernel.package_version,
+        "distribution": kernel.distribution,
+        "vermagic": front.vermagic(ko),
+        "kernel_build_id": front.build_id(packages),
+        "patches": [{"file": p.name, "sha256": sha256_file(p)} for p in request.patches],
+        "patch_sha256": request.patch_sha256(),
+        "builder_version": __version__,
+        "key": request.key(),
+        "objects": objects,
+        "new_functions": sorted({f"{d.target_object}:{n}" for d in diffs
+                                 for n in d.new_functions}),
+        "new_data": sorted({f"{d.target_object}:{n}" for d in diffs for n in d.new_data}),
+        "callbacks": {d.target_object: sorted(d.callbacks) for d in diffs if d.callbacks},
+        "livepatch_symbols": sorted({s for u in units for s in u.klp_symbols}),
+        "livepatch_relocation_sections": linked.klp_relocation_sections,
+        "replace": request.replace,
+        "signed": bool(request.sign_key),
+        "module_sha256": sha256_file(ko),
+        "stage_seconds": dict(seconds),
+        "consistency": "default",
+    }
+
+
+def manifest_matches(manifest_path: Path, request: BuildRequest) -> bool:
+    """True when an existing artifact was built from exactly this request."""
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return False
+    ko = manifest_path.with_suffix(".ko")
+    return manifest.get("key") == request.key() and ko.is_file() and \
+        sha256_file(ko) == manifest.get("module_sha256")
+
+
+__all__ = ["BuildRequest", "Progress", "build", "manifest_matches", "STAGES", "asdict"]

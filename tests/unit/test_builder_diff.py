@@ -1,0 +1,212 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Diff and generate stages on small C fixtures compiled with the host gcc."""
+
+from __future__ import annotations
+
+import difflib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder.elf import SHN_UNDEF, ElfObject
+from builder.errors import BuildError
+from builder.stages.diff import canonical, diff_unit, line_map
+from builder.stages.generate import generate_unit
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+
+# Kernel-like code generation: no PIC, one section per function and object.
+CFLAGS = ["-O2", "-fno-pic", "-mcmodel=kernel", "-ffunction-sections", "-fdata-sections",
+          "-fno-asynchronous-unwind-tables", "-mno-red-zone", "-fno-inline-small-functions"]
+
+BASE = """\
+extern int printk(const char *fmt, ...);
+extern void report(const char *file, int line);
+extern int hidden_counter;
+
+static int limit = 45;
+
+void set_limit(int v)
+{
+\tlimit = v;
+}
+
+static inline __attribute__((always_inline)) int scale(int x)
+{
+\treturn x * 7;
+}
+
+__attribute__((noinline)) static int helper(int x)
+{
+\treturn x * 3 + limit;
+}
+
+int show(int v)
+{
+\tprintk("value %d\\n", helper(scale(v)));
+\treturn 0;
+}
+
+int other(void)
+{
+\tprintk("other\\n");
+\treturn hidden_counter;
+}
+
+int where(void)
+{
+\treport("f.c", __LINE__);
+\treturn 1;
+}
+
+__attribute__((section(".init.text"))) int setup(void)
+{
+\treturn printk("setup\\n");
+}
+"""
+
+
+class Exports:
+    """Module.symvers stand-in: printk and report are exported by vmlinux."""
+
+    def owner(self, name: str) -> str | None:
+        return "vmlinux" if name in ("printk", "report", "__fentry__") else None
+
+
+class Symbols:
+    """kallsyms stand-in: every symbol is unique."""
+
+    def addresses(self, name: str) -> list[int]:
+        return [0xFFFFFFFF81000000]
+
+    def read(self, address: int, size: int) -> bytes:
+        raise AssertionError("unique symbols need no bytes")
+
+
+def build(tmp_path: Path, name: str, source: str) -> ElfObject:
+    c = tmp_path / f"{name}.c"
+    c.write_text(source)
+    o = tmp_path / f"{name}.o"
+    subprocess.run(["gcc", *CFLAGS, "-c", "-o", str(o), str(c)], check=True)
+    return ElfObject.read(o)
+
+
+def patch_text(old: str, new: str) -> str:
+    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+                                        "a/f.c", "b/f.c"))
+
+
+def run_diff(tmp_path: Path, new: str):
+    orig = build(tmp_path, "orig", BASE)
+    patched = build(tmp_path, "patched", new)
+    return orig, patched, diff_unit(orig, patched, "f.c", "vmlinux", patch_text(BASE, new))
+
+
+def changed_names(diff) -> list[str]:
+    return sorted(c.name for c in diff.changed)
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("foo", "foo"), ("count.12", "count"), ("foo.part.3", "foo.part"),
+    ("foo.constprop.0.isra.1", "foo.constprop.isra"), ("foo.cold", "foo.cold"),
+])
+def test_canonical_names_drop_gcc_numbering(name, expected):
+    assert canonical(name) == expected
+
+
+def test_changed_string_is_found_even_though_string_offsets_move(tmp_path):
+    new = BASE.replace('"other\\n"', '"other, patched\\n"').replace(
+        '"value %d\\n"', '"value %d\\n"')
+    _, _, diff = run_diff(tmp_path, new)
+    assert changed_names(diff) == ["other"]
+    assert "other, patched" in diff.changed[0].reason
+
+
+def test_a_changed_callee_is_patched_alone(tmp_path):
+    _, _, diff = run_diff(tmp_path, BASE.replace("x * 3", "x * 5"))
+    assert changed_names(diff) == ["helper"]
+
+
+def test_a_change_inlined_into_a_caller_patches_the_caller(tmp_path):
+    _, _, diff = run_diff(tmp_path, BASE.replace("x * 7", "x * 9"))
+    assert changed_names(diff) == ["show"]
+
+
+def test_line_number_moves_alone_are_not_a_change(tmp_path):
+    # Adding a line above where() changes the __LINE__ it passes, nothing else.
+    new = BASE.replace("int where(void)\n", "/* moved */\nint where(void)\n")
+    new = new.replace('\tprintk("other\\n");', '\tprintk("other!\\n");')
+    _, _, diff = run_diff(tmp_path, new)
+    assert changed_names(diff) == ["other"]
+
+
+def test_new_function_and_new_data_are_reported(tmp_path):
+    new = BASE.replace(
+        "int other(void)\n{\n",
+        "static int calls;\n__attribute__((noinline)) static void bump(void) { calls++; }\n"
+        "int other(void)\n{\n\tbump();\n")
+    _, _, diff = run_diff(tmp_path, new)
+    assert changed_names(diff) == ["other"]
+    assert diff.new_functions == ["bump"]
+    assert diff.new_data == ["calls"]
+
+
+def test_changed_init_code_is_refused_naming_the_function(tmp_path):
+    with pytest.raises(BuildError, match=r"(?s)setup.*__init"):
+        run_diff(tmp_path, BASE.replace('"setup\\n"', '"setup!\\n"'))
+
+
+def test_changed_initial_value_of_existing_data_is_refused(tmp_path):
+    with pytest.raises(BuildError, match="limit") as err:
+        run_diff(tmp_path, BASE.replace("limit = 45", "limit = 30"))
+    assert "shadow variable" in str(err.value)
+
+
+def test_comment_only_patch_is_refused(tmp_path):
+    with pytest.raises(BuildError, match="no functional change"):
+        run_diff(tmp_path, BASE.replace("int show(int v)\n", "/* hi */\nint show(int v)\n"))
+
+
+def test_line_map_follows_hunks():
+    old = "a\nb\nc\nd\n"
+    new = "a\nx\nb\nc\nd\n"
+    mapping = line_map(patch_text(old, new), "f.c")
+    assert mapping[1] == 1
+    assert mapping[2] == 3
+    assert mapping[4] == 5
+
+
+def test_generate_uses_livepatch_symbols_for_what_the_loader_cannot_resolve(tmp_path):
+    new = BASE.replace("return hidden_counter;", "return hidden_counter + limit + helper(2);")
+    orig, patched, diff = run_diff(tmp_path, new)
+    unit = generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0")
+    assert [f.old_name for f in unit.functions] == ["other"]
+    # unexported global, static data and an unchanged static function: livepatch symbols
+    assert unit.klp_symbols == [".klp.sym.vmlinux.helper,0",
+                                ".klp.sym.vmlinux.hidden_counter,0",
+                                ".klp.sym.vmlinux.limit,0"]
+    undefined = {s.name for s in unit.object.symbols if s.section is None
+                 and s.shndx == SHN_UNDEF}
+    assert "printk" in undefined  # exported: a normal reference
+    # The written object is a valid relocatable the linker accepts.
+    out = tmp_path / "patch.o"
+    unit.object.write(out)
+    subprocess.run(["ld", "-r", "-o", str(tmp_path / "linked.o"), str(out)], check=True)
+    reread = ElfObject.read(out)
+    assert reread.section(".text.other") is not None
+    assert any(s.name == unit.functions[0].new_symbol for s in reread.symbols)
+
+
+def test_generate_copies_strings_and_new_functions(tmp_path):
+    new = BASE.replace('"other\\n"', '"other %d\\n"').replace(
+        "int other(void)\n{\n",
+        "__attribute__((noipa)) static int twice(int x) { return 2 * x; }\n"
+        "int other(void)\n{\n\thidden_counter = twice(hidden_counter);\n")
+    orig, patched, diff = run_diff(tmp_path, new)
+    unit = generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0")
+    names = {s.name for s in unit.object.sections}
+    assert ".text.other" in names and ".text.twice" in names
+    assert any(n.startswith(".rodata") for n in names)
+    assert ".text.show" not in names

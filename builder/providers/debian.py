@@ -1,0 +1,163 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Debian 12 (bookworm) kernels: release names, package names, archive versions.
+
+Two naming schemes live side by side in bookworm:
+  6.1 (the release's own kernel):  6.1.0-56-amd64        ABI 6.1.0-56
+  6.12 (backported via security):  6.12.57+deb12-amd64   ABI 6.12.57+deb12
+They differ in how the kbuild package is named (per series vs per ABI).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.artifacts import KernelId, KernelPackages
+from builder.errors import BuildError
+from builder.providers import Provider, cache_dir
+
+FLAVOURS = ("amd64", "cloud-amd64", "rt-amd64")
+# 6.1.0-56-amd64 → ABI "6.1.0-56"; 6.12.57+deb12-cloud-amd64 → ABI "6.12.57+deb12".
+_RELEASE = re.compile(
+    r"^(?P<abi>(?P<series>\d+\.\d+)\.(?:0-\d+|\d+\+deb\d+))-(?P<flavour>[a-z0-9-]+)$")
+
+
+@dataclass(frozen=True)
+class DebianRelease:
+    """A parsed `uname -r` of a Debian kernel."""
+
+    release: str
+    abi: str  # 6.1.0-56 or 6.12.57+deb12
+    series: str  # 6.1, 6.12: names the source package
+    flavour: str  # amd64, cloud-amd64, rt-amd64
+
+    @property
+    def per_abi_kbuild(self) -> bool:
+        """6.12-style ABIs ship one kbuild package per ABI, 6.1 one per series."""
+        return "+deb" in self.abi
+
+
+def parse_release(release: str) -> DebianRelease:
+    """Split a Debian kernel release; refuse anything else with an example."""
+    match = _RELEASE.match(release.strip())
+    if not match or match["flavour"] not in FLAVOURS:
+        raise BuildError(
+            stage="resolve", message=f"{release!r} is not a Debian 12 kernel release",
+            hint="use the target's `uname -r`, e.g. 6.1.0-56-amd64, 6.1.0-56-cloud-amd64 "
+                 f"or 6.12.57+deb12-amd64 (flavours: {', '.join(FLAVOURS)})")
+    return DebianRelease(release=release.strip(), abi=match["abi"], series=match["series"],
+                         flavour=match["flavour"])
+
+
+def package_names_for(rel: DebianRelease) -> dict[str, str]:
+    """Every package the builder needs for one release (image: the unsigned one)."""
+    common = f"linux-headers-{rel.abi}-common" + ("-rt" if rel.flavour.startswith("rt-") else "")
+    kbuild = f"linux-kbuild-{rel.abi}" if rel.per_abi_kbuild else f"linux-kbuild-{rel.series}"
+    return {
+        "image": f"linux-image-{rel.release}-unsigned",
+        "image_signed": f"linux-image-{rel.release}",
+        "headers": f"linux-headers-{rel.release}",
+        "common": common,
+        "kbuild": kbuild,
+        "source": f"linux-source-{rel.series}",
+    }
+
+
+def _run(cmd: list[str], stage: str = "resolve") -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except FileNotFoundError as err:
+        raise BuildError(stage=stage, message=f"{cmd[0]} is not installed",
+                         hint="the builder needs Debian's apt tools (run on Debian 12)") from err
+    if proc.returncode != 0:
+        raise BuildError(stage=stage, message=f"`{' '.join(cmd)}` failed: "
+                         f"{proc.stderr.strip()[-800:]}",
+                         hint="check `apt-get update` has run and the archive is reachable")
+    return proc.stdout
+
+
+def madison_versions(package: str) -> list[str]:
+    """Versions of a package the archive offers, newest first (apt's own order)."""
+    out = _run(["apt-cache", "madison", package])
+    versions: list[str] = []
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) >= 2 and parts[0] == package and parts[1] not in versions:
+            versions.append(parts[1])
+    return sorted_versions(versions)
+
+
+def version_newer(a: str, b: str) -> bool:
+    """Debian version comparison, by dpkg itself (epochs, tildes...)."""
+    return subprocess.run(["dpkg", "--compare-versions", a, "gt", b],
+                          check=False).returncode == 0
+
+
+def sorted_versions(versions: list[str]) -> list[str]:
+    """Newest first."""
+    import functools
+
+    def cmp(a: str, b: str) -> int:
+        return 0 if a == b else (-1 if version_newer(a, b) else 1)
+    return sorted(versions, key=functools.cmp_to_key(cmp))
+
+
+def available_releases() -> list[str]:
+    """Releases of the supported flavours the archive knows (for error messages)."""
+    out = _run(["apt-cache", "pkgnames", "linux-image-"])
+    releases = set()
+    for name in out.split():
+        rel = name.removeprefix("linux-image-").removesuffix("-unsigned")
+        match = _RELEASE.match(rel)
+        if match and match["flavour"] in FLAVOURS:
+            releases.add(rel)
+    return sorted(releases, key=lambda r: [int(x) if x.isdigit() else x
+                                           for x in re.split(r"[.+-]", r)])
+
+
+class DebianProvider(Provider):
+    """Debian 12 kernels from the configured apt archive."""
+
+    name = "debian-12"
+
+    def resolve(self, release: str, package_version: str | None = None) -> KernelId:
+        rel = parse_release(release)
+        names = package_names_for(rel)
+        versions = madison_versions(names["image"]) or madison_versions(names["image_signed"])
+        if not versions:
+            known = available_releases()
+            raise BuildError(
+                stage="resolve", message=f"the archive has no kernel {release}",
+                hint="available releases: " + (", ".join(known) if known else
+                                               "none (run apt-get update)"))
+        if package_version is None:
+            package_version = versions[0]
+        else:
+            signed = madison_versions(names["image_signed"])
+            if package_version not in versions + signed:
+                raise BuildError(
+                    stage="resolve",
+                    message=f"{release} has no package version {package_version}",
+                    hint="available versions: " + ", ".join(sorted_versions(
+                        list(set(versions + signed)))))
+        return KernelId(release=rel.release, package_version=package_version,
+                        distribution=self.name)
+
+    def package_names(self, kernel: KernelId) -> dict[str, str]:
+        """Exact names for this version: the unsigned image when that version has one."""
+        names = package_names_for(parse_release(kernel.release))
+        if kernel.package_version not in madison_versions(names["image"]):
+            names["image"] = names["image_signed"]
+        del names["image_signed"]
+        return names
+
+    def acquire(self, kernel: KernelId, cache: Path | None = None) -> KernelPackages:
+        from builder.stages.acquire import acquire_packages
+
+        return acquire_packages(kernel, self.package_names(kernel), cache or cache_dir())
+
+
+__all__ = ["DebianProvider", "DebianRelease", "parse_release", "package_names_for",
+           "available_releases", "madison_versions"]

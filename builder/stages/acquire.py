@@ -1,0 +1,165 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Acquire: download a kernel's packages once and extract them into the cache.
+
+Layout under $KLP_CACHE:
+  debs/                                  the .deb files, as apt-get download names them
+  kernels/<release>_<version>/pkgs/      image + headers + common + kbuild, one root
+  src/<source-version>/deb/              the linux-source package (shared by flavours)
+Each extraction goes to a temporary directory renamed into place, so a crash never
+leaves a half-extracted tree that later runs would trust.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from builder.artifacts import KernelId, KernelPackages
+from builder.errors import BuildError
+
+STAGE = "acquire"
+
+
+def deb_path(debs: Path, package: str, version: str) -> Path | None:
+    """The cached .deb of package=version, if any (apt encodes ':' of epochs as %3a)."""
+    quoted = version.replace(":", "%3a")
+    found = sorted(debs.glob(f"{package}_{quoted}_*.deb"))
+    return found[0] if found else None
+
+
+def download(debs: Path, package: str, version: str) -> Path:
+    """`apt-get download package=version` into debs/ unless it is already there."""
+    cached = deb_path(debs, package, version)
+    if cached:
+        return cached
+    debs.mkdir(parents=True, exist_ok=True)
+    # As root apt drops privileges to _apt, which may not write to the cache:
+    # keep root for this download (a plain file fetch into our own directory).
+    proc = subprocess.run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
+                           f"{package}={version}"], cwd=debs, capture_output=True,
+                          text=True, check=False)
+    cached = deb_path(debs, package, version)
+    if proc.returncode != 0 or cached is None:
+        raise BuildError(stage=STAGE, message=f"cannot download {package}={version}: "
+                         f"{proc.stderr.strip()[-600:]}",
+                         hint="run `apt-get update`; check the version with "
+                              f"`apt-cache madison {package}`")
+    return cached
+
+
+def extract_atomically(debs: list[Path], dest: Path) -> Path:
+    """dpkg-deb -x every deb into one fresh root, then rename it to dest."""
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for deb in debs:
+            proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)],
+                                  capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise BuildError(stage=STAGE, file=str(deb),
+                                 message=f"dpkg-deb -x failed: {proc.stderr.strip()}",
+                                 hint=f"delete {deb} so it is downloaded again")
+        repoint_symlinks(tmp, dest)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def repoint_symlinks(root: Path, final_root: Path) -> int:
+    """Absolute symlinks (lib/modules/*/build → /usr/src/…) point into final_root.
+
+    The packages expect to be installed at /; extracted elsewhere, an absolute link
+    would silently use whatever the host has installed (or nothing).
+    """
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            link = Path(dirpath) / name
+            if link.is_symlink():
+                target = os.readlink(link)
+                if target.startswith("/"):
+                    link.unlink()
+                    link.symlink_to(str(final_root) + target)
+                    count += 1
+    return count
+
+
+def fix_headers_makefile(headers_dir: Path, root: Path) -> None:
+    """The flavour's Makefile includes /usr/src/linux-headers-*-common/Makefile: re-root it."""
+    makefile = headers_dir / "Makefile"
+    text = makefile.read_text()
+    fixed = "\n".join(
+        f"include {root}{line.split(None, 1)[1]}"
+        if line.startswith("include /usr/") else line for line in text.splitlines()) + "\n"
+    if fixed != text:
+        makefile.write_text(fixed)
+
+
+def kernel_dir(cache: Path, kernel: KernelId) -> Path:
+    return cache / "kernels" / f"{kernel.release}_{kernel.package_version}"
+
+
+def source_root(cache: Path, source_version: str) -> Path:
+    return cache / "src" / source_version
+
+
+def acquire_packages(kernel: KernelId, names: dict[str, str], cache: Path) -> KernelPackages:
+    """Download and extract everything; return where each piece is."""
+    debs_dir = cache / "debs"
+    version = kernel.package_version
+    kernel_debs = [download(debs_dir, names[role], version)
+                   for role in ("image", "headers", "common", "kbuild")]
+    source_deb = download(debs_dir, names["source"], version)
+    root = kernel_dir(cache, kernel) / "pkgs"
+    if not root.is_dir():
+        extract_atomically(kernel_debs, root)
+        fix_headers_makefile(root / "usr" / "src" / names["headers"], root)
+    src = extract_atomically([source_deb], source_root(cache, version) / "deb")
+    return packages_from_roots(kernel, names, root, src)
+
+
+def packages_from_roots(kernel: KernelId, names: dict[str, str], root: Path,
+                        src: Path) -> KernelPackages:
+    """Locate the files the later stages need; fail clearly if a package lacks one."""
+    release = kernel.release
+    tarballs = sorted((src / "usr" / "src").glob(f"{names['source']}.tar.*"))
+    headers = root / "usr" / "src" / names["headers"]
+    kbuild = root / "usr" / "lib" / names["kbuild"]
+    paths = {
+        "source tarball": tarballs[0] if tarballs else src / "usr/src" / names["source"],
+        "headers": headers,
+        "vmlinuz": root / "boot" / f"vmlinuz-{release}",
+        "config": root / "boot" / f"config-{release}",
+        "modules": root / "lib" / "modules" / release,
+        "Module.symvers": headers / "Module.symvers",
+    }
+    for what, path in paths.items():
+        if not path.exists():
+            raise BuildError(stage=STAGE, file=str(path), message=f"the {what} is missing",
+                             hint="delete the extracted directory to re-extract: "
+                                  f"{root.parent}")
+    sign_file = kbuild / "scripts" / "sign-file"
+    return KernelPackages(
+        kernel=kernel, source_tarball=paths["source tarball"], headers_dir=headers,
+        vmlinuz=paths["vmlinuz"], config=paths["config"], modules_dir=paths["modules"],
+        module_symvers=paths["Module.symvers"],
+        sign_file=sign_file if sign_file.exists() else None)
+
+
+def acquire(kernel: KernelId, cache: Path | None = None) -> KernelPackages:
+    """Entry point: the provider of the kernel's distribution does the work."""
+    from builder.providers import get_provider
+
+    return get_provider(kernel.distribution).acquire(kernel, cache)
+
+
+__all__ = ["acquire", "acquire_packages", "download", "extract_atomically", "kernel_dir",
+           "repoint_symlinks"]

@@ -16,6 +16,7 @@ from elftools.elf.elffile import ELFFile
 SHT_NULL, SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_NOBITS = 0, 1, 2, 3, 4, 8
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR, SHF_MERGE, SHF_STRINGS = 0x1, 0x2, 0x4, 0x10, 0x20
 SHF_INFO_LINK = 0x40
+SHF_LINK_ORDER = 0x80
 SHF_RELA_LIVEPATCH = 0x00100000
 SHN_UNDEF, SHN_ABS, SHN_COMMON, SHN_LIVEPATCH = 0, 0xFFF1, 0xFFF2, 0xFF20
 STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
@@ -79,6 +80,7 @@ class Section:
     # Raw link/info for sections the model does not interpret (notes, groups …).
     link: int = 0
     info: int = 0
+    link_section: Section | None = None  # sh_link of SHF_LINK_ORDER sections
     relocs: list[Reloc] | None = None  # relocations applying to this section
     rela_flags: int = SHF_INFO_LINK
     rela_name: str | None = None  # name of the rela section (default ".rela" + name)
@@ -138,6 +140,9 @@ class ElfObject:
                 addr=h["sh_addr"], link=h["sh_link"], info=h["sh_info"])
             by_index[index] = section
             obj.sections.append(section)
+        for section in obj.sections:
+            if section.flags & SHF_LINK_ORDER:
+                section.link_section = by_index.get(section.link)
         if symtab_index is None:
             return obj
         symtab = elf.get_section(symtab_index)
@@ -221,6 +226,9 @@ class ElfObject:
         sections = [s for s in self.sections]
         out_sections: list[Section] = [Section(name="", type=SHT_NULL)] + sections
         index_of = {id(s): i for i, s in enumerate(out_sections)}
+        for sec in sections:
+            if sec.link_section is not None:
+                sec.link = index_of[id(sec.link_section)]
 
         ordered = sorted(self.symbols, key=lambda s: 0 if s.bind == STB_LOCAL else 1)
         n_locals = 1 + sum(1 for s in ordered if s.bind == STB_LOCAL)

@@ -35,25 +35,10 @@ from builder.elf import (
     Symbol,
 )
 from builder.errors import BuildError
+from builder.layout import Layout
 from builder.stages.diff import UnitDiff, _cold_parent, _masked, _Side, canonical
 
-# Special sections: entry size and the offset of the relocation that says which
-# function an entry belongs to. Entries of included functions are kept.
-SPECIAL_SECTIONS: dict[str, tuple[int, int]] = {
-    "__jump_table": (16, 0),
-    ".altinstructions": (12, 0),
-    "__bug_table": (12, 0),
-    "__ex_table": (12, 0),
-    ".static_call_sites": (8, 0),
-    ".parainstructions": (16, 0),
-    "__mcount_loc": (8, 0),
-    ".return_sites": (4, 0),
-    ".retpoline_sites": (4, 0),
-    ".call_sites": (4, 0),
-    ".smp_locks": (4, 0),
-    ".orc_unwind_ip": (4, 0),  # paired by index with .orc_unwind (6-byte entries)
-}
-ORC_DATA = (".orc_unwind", 6)
+ORC_DATA = ".orc_unwind"
 # Sections never copied: build metadata, and objtool hints consumed at compile time.
 DROPPED_PREFIXES = (".debug", ".comment", ".note", ".discard", ".kpatch", ".orc_unwind",
                     ".ibt_endbr_seal", ".initcall", ".init.", ".exit.", ".modinfo",
@@ -98,8 +83,12 @@ class GeneratedUnit:
 
 class _Generator:
     def __init__(self, diff: UnitDiff, orig: ElfObject, patched: ElfObject,
-                 symbols: SymbolSource, exports: Exports, prefix: str) -> None:
+                 symbols: SymbolSource, exports: Exports, prefix: str, layout: Layout) -> None:
         self.diff = diff
+        # Special sections: entry size, and where the relocation naming the entry's
+        # function sits. Entries of included functions are kept.
+        self.special = layout.special_sections()
+        self.layout = layout
         self.orig = _Side(orig)
         self.patched = patched
         self.symbols = symbols
@@ -302,7 +291,7 @@ class _Generator:
 
     def _copy_special_sections(self) -> None:
         orc_entries: list[int] = []
-        for name, (size, anchor) in SPECIAL_SECTIONS.items():
+        for name, (size, anchor) in self.special.items():
             sec = self.patched.section(name)
             if sec is None or not sec.relocs:
                 continue
@@ -329,10 +318,10 @@ class _Generator:
             out.relocs = relocs
             self.out.sections.append(out)
         if orc_entries:
-            src = self.patched.section(ORC_DATA[0])
-            size = ORC_DATA[1]
+            src = self.patched.section(ORC_DATA)
+            size = self.layout.orc_entry
             self.out.sections.append(Section(
-                name=ORC_DATA[0], flags=src.flags, align=src.align, entsize=src.entsize,
+                name=ORC_DATA, flags=src.flags, align=src.align, entsize=src.entsize,
                 data=b"".join(src.data[i * size:(i + 1) * size] for i in orc_entries)))
 
     def _belongs(self, rel: Reloc) -> bool:
@@ -352,8 +341,8 @@ class _Generator:
 
 
 def generate_unit(diff: UnitDiff, orig: ElfObject, patched: ElfObject, symbols: SymbolSource,
-                  exports: Exports, prefix: str) -> GeneratedUnit:
-    return _Generator(diff, orig, patched, symbols, exports, prefix).run()
+                  exports: Exports, prefix: str, layout: Layout) -> GeneratedUnit:
+    return _Generator(diff, orig, patched, symbols, exports, prefix, layout).run()
 
 
 __all__ = ["FunctionEntry", "GeneratedUnit", "SymbolSource", "Exports", "generate_unit",

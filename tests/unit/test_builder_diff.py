@@ -13,7 +13,10 @@ import pytest
 from builder.elf import SHN_UNDEF, ElfObject
 from builder.errors import BuildError
 from builder.stages.diff import canonical, diff_unit, line_map
+from builder.layout import Layout
 from builder.stages.generate import generate_unit
+
+LAYOUT_6_1 = Layout(12, 16, 12, 12, 8, 6, 16)
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 
@@ -181,7 +184,7 @@ def test_line_map_follows_hunks():
 def test_generate_uses_livepatch_symbols_for_what_the_loader_cannot_resolve(tmp_path):
     new = BASE.replace("return hidden_counter;", "return hidden_counter + limit + helper(2);")
     orig, patched, diff = run_diff(tmp_path, new)
-    unit = generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0")
+    unit = generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0", layout=LAYOUT_6_1)
     assert [f.old_name for f in unit.functions] == ["other"]
     # unexported global, static data and an unchanged static function: livepatch symbols
     assert unit.klp_symbols == [".klp.sym.vmlinux.helper,0",
@@ -205,7 +208,7 @@ def test_generate_copies_strings_and_new_functions(tmp_path):
         "__attribute__((noipa)) static int twice(int x) { return 2 * x; }\n"
         "int other(void)\n{\n\thidden_counter = twice(hidden_counter);\n")
     orig, patched, diff = run_diff(tmp_path, new)
-    unit = generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0")
+    unit = generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0", layout=LAYOUT_6_1)
     names = {s.name for s in unit.object.sections}
     assert ".text.other" in names and ".text.twice" in names
     assert any(n.startswith(".rodata") for n in names)

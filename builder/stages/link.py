@@ -31,6 +31,10 @@ from builder.stages.generate import FunctionEntry, GeneratedUnit
 
 KMOD_DIR = Path(__file__).resolve().parents[2] / "kmod"
 KLP_SYM_PREFIX = ".klp.sym."
+# Unexported vmlinux symbols the hook itself uses (transition state, the freezer).
+HOOK_VMLINUX_SYMBOLS = ("klp_transition_patch", "klp_mutex", "klp_try_complete_transition",
+                        "freeze_processes", "thaw_processes")
+CONSISTENCY_MODES = ("default", "freeze")
 CALLBACK_SIGNATURES = {
     "pre_patch": "int {}(struct klp_object *obj)",
     "post_patch": "void {}(struct klp_object *obj)",
@@ -94,7 +98,8 @@ def patch_table(units: list[GeneratedUnit], replace: bool, description: str) -> 
 
 
 def link_module(work: Path, name: str, headers_dir: Path, units: list[GeneratedUnit],
-                replace: bool, description: str, exported: set[str]) -> LinkedModule:
+                replace: bool, description: str, exported: set[str],
+                consistency: str = "default") -> LinkedModule:
     moddir = work / "module"
     if moddir.exists():
         shutil.rmtree(moddir)
@@ -109,8 +114,10 @@ def link_module(work: Path, name: str, headers_dir: Path, units: list[GeneratedU
         (moddir / f".{obj}.cmd").write_text(f"cmd_{obj} := klp.livepatch builder\n")
         objects.append(obj)
     kname = module_name(name)
-    (moddir / "Kbuild").write_text(
-        f"obj-m := {kname}.o\n{kname}-y := klp_hook.o {' '.join(objects)}\n")
+    kbuild = f"obj-m := {kname}.o\n{kname}-y := klp_hook.o {' '.join(objects)}\n"
+    if consistency == "freeze":
+        kbuild += "CFLAGS_klp_hook.o := -DKLP_CONSISTENCY_FREEZE\n"
+    (moddir / "Kbuild").write_text(kbuild)
     argv = ["make", "-C", str(headers_dir), f"M={moddir}", "modules",
             "KBUILD_MODPOST_WARN=1", "-j2"]
     proc = subprocess.run(argv, capture_output=True, text=True)
@@ -128,6 +135,8 @@ def convert_livepatch_relocations(ko: Path, exported: set[str]) -> list[str]:
     """Move relocations against .klp.sym.* symbols into livepatch relocation sections."""
     obj = ElfObject.read(ko)
     for sym in obj.symbols:
+        if sym.name in HOOK_VMLINUX_SYMBOLS and not sym.defined:
+            sym.name = f"{KLP_SYM_PREFIX}vmlinux.{sym.name},0"
         if sym.name.startswith(KLP_SYM_PREFIX):
             sym.section, sym.shndx, sym.bind = None, SHN_LIVEPATCH, STB_GLOBAL
     unresolved = sorted({s.name for s in obj.symbols

@@ -163,7 +163,7 @@ class ElfObject:
                          section=section, shndx=numeric if section is None else 0)
             raw_symbols[i] = sym
             obj.symbols.append(sym)
-        for index, rela in rela_headers:
+        for _, rela in rela_headers:
             target = by_index.get(rela.header["sh_info"])
             relocs = [Reloc(offset=r["r_offset"], type=r["r_info_type"],
                             symbol=raw_symbols[r["r_info_sym"]], addend=r["r_addend"])
@@ -202,9 +202,9 @@ class ElfObject:
         for s in self.symbols:
             if s.section is not section or s.type not in (STT_FUNC, STT_OBJECT):
                 continue
-            if s.value <= offset < s.value + max(s.size, 1):
-                if best is None or s.size < best.size:
-                    best = s
+            inside = s.value <= offset < s.value + max(s.size, 1)
+            if inside and (best is None or s.size < best.size):
+                best = s
         return best
 
     def section_symbol(self, section: Section) -> Symbol:
@@ -223,7 +223,7 @@ class ElfObject:
         Local symbols come first (ELF rule); each section with relocs gets a
         `.rela` section; extra_relas (livepatch) are written with their own flags.
         """
-        sections = [s for s in self.sections]
+        sections = list(self.sections)
         out_sections: list[Section] = [Section(name="", type=SHT_NULL)] + sections
         index_of = {id(s): i for i, s in enumerate(out_sections)}
         for sec in sections:

@@ -236,7 +236,7 @@ def correlate(orig: _Side, patched: _Side) -> dict[str, str]:
 
 def _section_kind(sec: Section) -> str:
     name = sec.name
-    if name.startswith(INIT_SECTIONS) or name.startswith(".init.") or name.startswith(".exit."):
+    if name.startswith((*INIT_SECTIONS, ".init.", ".exit.")):
         return "init"
     if name.startswith(UNPATCHABLE_CODE):
         return "noinstr"

@@ -330,12 +330,13 @@ class _Generator:
 
     def _translate_special(self, site: Section, rel: Reloc, offset: int) -> Reloc:
         sym = rel.symbol
-        if sym.section is not None and id(sym.section) not in self.included:
-            if sym.section.flags & SHF_STRINGS or sym.section.name == ".altinstr_replacement" \
-                    or sym.section.name.startswith(".altinstr_aux"):
-                self._include(sym.section)
-                out = self.included[id(sym.section)]
-                out.relocs = [self._translate(sym.section, r) for r in sym.section.relocs or []]
+        target = sym.section
+        # An entry may point at code or strings no function refers to directly.
+        if target is not None and id(target) not in self.included and \
+                (target.flags & SHF_STRINGS or target.name.startswith(".altinstr_")):
+            self._include(target)
+            self.included[id(target)].relocs = [self._translate(target, r)
+                                                for r in target.relocs or []]
         moved = self._translate(site, rel)
         return Reloc(offset, moved.type, moved.symbol, moved.addend)
 

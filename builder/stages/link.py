@@ -78,7 +78,7 @@ def patch_table(units: list[GeneratedUnit], replace: bool, description: str) -> 
         for kind, symbol in kinds.items():
             lines.append(f"extern {CALLBACK_SIGNATURES[kind].format(symbol)};")
     lines.append("")
-    for index, (objname, fns) in enumerate(objects.items()):
+    for index, fns in enumerate(objects.values()):
         lines.append(f"static struct klp_func klp_funcs_{index}[] = {{")
         for fn in fns:
             lines.append(f'\t{{ .old_name = "{fn.old_name}", .new_func = {fn.new_symbol}, '

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from builder import __version__
 from builder.errors import BuildError
-from builder.pipeline import STAGES, BuildRequest, build
+from builder.pipeline import STAGES, BuildRequest, build, manifest_matches, resolve_version
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,6 +30,12 @@ def parser() -> argparse.ArgumentParser:
                    help="do not replace earlier patches (default: atomic replace)")
     b.add_argument("--sign-key", type=Path, metavar="KEY")
     b.add_argument("--sign-cert", type=Path, metavar="CERT")
+    b.add_argument("--consistency", choices=("default", "freeze"), default="default",
+                   help="freeze: the module freezes user space around the transition")
+    b.add_argument("--if-changed", action="store_true",
+                   help="do nothing when DIR already holds this exact build (same key)")
+    b.add_argument("--check", action="store_true",
+                   help="only report whether a build is needed (with --if-changed)")
     b.add_argument("--work", type=Path, metavar="DIR", help="work directory (default: cache)")
     b.add_argument("--from-stage", choices=STAGES, default=STAGES[0],
                    help="resume a previous run in the same work directory from this stage")
@@ -45,14 +51,24 @@ def main(argv: list[str] | None = None) -> int:
     request = BuildRequest(kernel=args.kernel, package_version=args.package_version,
                            patches=args.patch, name=args.name, output=args.output,
                            replace=not args.no_replace, sign_key=args.sign_key,
-                           sign_cert=args.sign_cert, work=args.work, from_stage=args.from_stage)
+                           sign_cert=args.sign_cert, work=args.work, from_stage=args.from_stage,
+                           consistency=args.consistency)
+    module = args.output / f"{args.name}.ko"
     try:
+        if args.if_changed or args.check:
+            resolve_version(request)
+            if manifest_matches(args.output / f"{args.name}.json", request):
+                print(json.dumps({"module": str(module), "built": False, "changed": False}))
+                return 0
+            if args.check:
+                print(json.dumps({"module": str(module), "built": False, "changed": True}))
+                return 0
         manifest = build(request)
     except BuildError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     functions = sum(len(v) for v in manifest["objects"].values())
-    print(json.dumps({"module": str(args.output / f"{args.name}.ko"),
+    print(json.dumps({"module": str(module), "built": True, "changed": True,
                       "functions": functions, "module_sha256": manifest["module_sha256"]}))
     return 0
 

@@ -37,6 +37,7 @@ class BuildRequest:
     work: Path | None = None
     from_stage: str = "acquire"
     distribution: str = "debian-12"
+    consistency: str = "default"
 
     def patch_sha256(self) -> str:
         digest = hashlib.sha256()
@@ -49,7 +50,7 @@ class BuildRequest:
         return {"kernel": self.kernel, "package_version": self.package_version,
                 "patch_sha256": self.patch_sha256(), "builder_version": __version__,
                 "replace": self.replace, "signed": bool(self.sign_key),
-                "name": self.name}
+                "consistency": self.consistency, "name": self.name}
 
 
 @dataclass
@@ -74,6 +75,15 @@ def cache_dir() -> Path:
 
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def resolve_version(request: BuildRequest):
+    """Pin the Debian package version (the archive's newest when not given)."""
+    from builder.providers import get_provider
+
+    kernel = get_provider(request.distribution).resolve(request.kernel, request.package_version)
+    request.package_version = kernel.package_version
+    return kernel
 
 
 def build(request: BuildRequest, progress: Progress | None = None) -> dict:
@@ -190,7 +200,7 @@ def _manifest(request, kernel, packages, diffs, units, linked, ko: Path, seconds
         "signed": bool(request.sign_key),
         "module_sha256": sha256_file(ko),
         "stage_seconds": dict(seconds),
-        "consistency": "default",
+        "consistency": request.consistency,
     }
 
 

@@ -1,0 +1,129 @@
+#!/usr/bin/python
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright: klp.livepatch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+DOCUMENTATION = r"""
+---
+module: build
+short_description: Build livepatch modules from a kernel source patch, once per kernel
+version_added: 0.1.0
+description:
+  - Runs the klp.livepatch builder on the controller for each kernel given, turning a
+    unified diff against the distribution's kernel source into a livepatch module
+    (C(NAME.ko)) and its manifest (C(NAME.json)).
+  - Only the translation units the patch touches are compiled; the rebuilt original
+    functions are proven byte-identical to the shipped kernel before anything is
+    generated.
+  - A kernel whose artifact with the same key (kernel release and package version,
+    patch sha256, builder version, options) is already in O(output_dir) is skipped,
+    so reruns and AWX job slices never build twice.
+  - This is an action plugin; it always runs on the controller.
+author:
+  - klp.livepatch developers
+options:
+  patches:
+    description: Unified diffs (C(-p1)) against the kernel source, applied in order.
+    type: list
+    elements: path
+    required: true
+  name:
+    description: Name of the patch module (letters, digits, C(-) and C(_)).
+    type: str
+    required: true
+  kernels:
+    description:
+      - Kernels to build for. Each item is a release as C(uname -r) prints it, or a
+        dictionary with C(release) and optionally C(package_version) (the Debian
+        package version, as C(/proc/version) shows it).
+    type: list
+    elements: raw
+    required: true
+  output_dir:
+    description: Artifact directory; each kernel's module goes to C(output_dir/RELEASE/).
+    type: path
+    required: true
+  replace:
+    description: Build an atomic-replace (cumulative) patch.
+    type: bool
+    default: true
+  consistency:
+    description:
+      - V(freeze) adds process-freezer support to the module, used by
+        M(klp.livepatch.patch) with O(klp.livepatch.patch#module:consistency=freeze).
+    type: str
+    choices: [default, freeze]
+    default: default
+  sign_key:
+    description: Private key to sign the module with (requires O(sign_cert)).
+    type: path
+  sign_cert:
+    description: X.509 certificate matching O(sign_key).
+    type: path
+attributes:
+  check_mode:
+    support: full
+    description: Reports which kernels would be built, without building.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+    description: Runs on the controller; needs Debian's apt and the kernel build tools.
+  action:
+    support: full
+notes:
+  - The first build for a kernel downloads its packages and prepares a source tree in
+    C(~/.cache/klp-livepatch) (about a minute); later builds take seconds.
+"""
+
+EXAMPLES = r"""
+- name: Build the fix for every kernel the fleet runs
+  klp.livepatch.build:
+    patches:
+      - fixes/cve-2026-1234.patch
+    name: cve_2026_1234
+    kernels: "{{ groups['all'] | map('extract', hostvars, 'ansible_kernel') | unique }}"
+    output_dir: "{{ playbook_dir }}/livepatch-artifacts"
+  run_once: true
+
+- name: Build for one pinned kernel package, signed
+  klp.livepatch.build:
+    patches: [fixes/meminfo.patch]
+    name: meminfo_fix
+    kernels:
+      - release: 6.1.0-56-amd64
+        package_version: 6.1.192-2
+    output_dir: /srv/livepatch
+    sign_key: /etc/klp/signing_key.pem
+    sign_cert: /etc/klp/signing_key.x509
+"""
+
+RETURN = r"""
+modules:
+  description: Path of the module built (or reused) for each kernel release.
+  returned: success
+  type: dict
+  sample: {"6.1.0-56-amd64": "/srv/livepatch/6.1.0-56-amd64/cve_2026_1234.ko"}
+manifests:
+  description: The manifest of each kernel's module (see docs/DESIGN.md for its keys).
+  returned: success, not in check mode
+  type: dict
+  sample: {"6.1.0-56-amd64": {"kernel_release": "6.1.0-56-amd64", "objects": {}}}
+built:
+  description: Releases built by this run.
+  returned: always
+  type: list
+  elements: str
+  sample: ["6.1.0-56-amd64"]
+skipped:
+  description: Releases whose artifact was already up to date.
+  returned: always
+  type: list
+  elements: str
+  sample: ["6.1.0-56-cloud-amd64"]
+log:
+  description: The builder's progress lines, per release.
+  returned: always
+  type: dict
+  sample: {"6.1.0-56-amd64": ["[   0.2s] acquire   6.1.0-56-amd64 (6.1.192-2) (0.2s)"]}
+"""

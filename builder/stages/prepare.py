@@ -36,6 +36,8 @@ def read_config(path: Path) -> dict[str, str]:
         if line.startswith("CONFIG_") and "=" in line:
             key, value = line.split("=", 1)
             values[key] = value
+        elif line.startswith("# CONFIG_") and line.endswith(" is not set"):
+            values[line[2:-len(" is not set")]] = "n"
     return values
 
 
@@ -106,16 +108,21 @@ def _make_run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
 
 def make_args(source: Path, build: Path, cc: str, release: str) -> list[str]:
     """Arguments every kbuild call of this tree needs (the lead reuses them)."""
-    # KERNELRELEASE on the command line overrides kbuild's own guess (6.1.192) with
-    # Debian's (6.1.0-56-amd64) everywhere: utsrelease.h, vermagic, kernelrelease.
+    # kbuild would call this tree 6.1.192 (VERSION.PATCHLEVEL.SUBLEVEL); Debian calls
+    # it 6.1.0-56-amd64. KERNELRELEASE on the command line fixes utsrelease.h and
+    # vermagic; KERNELVERSION + an empty (but set) LOCALVERSION make kernel.release and
+    # `make kernelrelease` agree, and keep setlocalversion from appending "+".
     return ["make", "-C", str(source), f"O={build}", f"CC={cc}", f"HOSTCC={cc}",
-            f"KERNELRELEASE={release}", JOBS]
+            f"KERNELRELEASE={release}", f"KERNELVERSION={release}", "LOCALVERSION=", JOBS]
 
 
 def config_drift(shipped: dict[str, str], built: dict[str, str]) -> list[str]:
-    """Kernel (not host tool) options olddefconfig changed: the tree would differ."""
-    keys = set(shipped) | set(built)
-    return sorted(k for k in keys if shipped.get(k) != built.get(k)
+    """Kernel (not host tool) options olddefconfig changed: the tree would differ.
+
+    Only options the shipped config mentions count: Debian strips a few build-host
+    settings (BUILD_SALT, MODULE_SIG_KEY...) that olddefconfig then fills with defaults.
+    """
+    return sorted(k for k, v in shipped.items() if built.get(k, "n") != v
                   and not _TOOL_SYMBOLS.match(k))
 
 
@@ -153,11 +160,8 @@ def prepare(packages: KernelPackages, cache: Path | None = None) -> PreparedTree
     _make_run(args + ["modules_prepare"], "make modules_prepare")
     shutil.copy(packages.module_symvers, build / "Module.symvers")
     check_release(tree)
-    wanted["seconds"] = round(time.monotonic() - t0, 1)
     stamp.write_text(json.dumps(wanted))
-    wanted.pop("seconds")
-    # The stamp compare above ignores timing: rewrite without it for equality.
-    stamp.write_text(json.dumps(wanted))
+    (build / ".klp-prepare-seconds").write_text(f"{time.monotonic() - t0:.1f}\n")
     return tree
 
 
@@ -166,7 +170,8 @@ def check_release(tree: PreparedTree) -> None:
     printed = _make_run(tree.make_args + ["-s", "kernelrelease"], "make kernelrelease").strip()
     uts = (tree.build_dir / "include/generated/utsrelease.h").read_text()
     release = tree.kernel.release
-    if printed != release or f'"{release}"' not in uts:
+    stored = (tree.build_dir / "include/config/kernel.release").read_text().strip()
+    if printed != release or stored != release or f'"{release}"' not in uts:
         raise BuildError(stage=STAGE, message=f"the prepared tree's release is {printed!r}, "
                          f"not {release!r}", hint="report this: kbuild ignored KERNELRELEASE")
 

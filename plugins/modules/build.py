@@ -20,7 +20,7 @@ description:
     so reruns and AWX job slices never build twice.
   - This is an action plugin; it always runs on the controller.
 author:
-  - klp.livepatch developers
+  - klp.livepatch developers (@klp-livepatch)
 options:
   patches:
     description: Unified diffs (C(-p1)) against the kernel source, applied in order.
@@ -66,11 +66,14 @@ attributes:
     description: Reports which kernels would be built, without building.
   diff_mode:
     support: none
+    description: Builds have no before/after state to show.
   platform:
+    support: full
     platforms: posix
     description: Runs on the controller; needs Debian's apt and the kernel build tools.
   action:
     support: full
+    description: Runs on the controller through the action plugin of the same name.
 notes:
   - The first build for a kernel downloads its packages and prepares a source tree in
     C(~/.cache/klp-livepatch) (about a minute); later builds take seconds.

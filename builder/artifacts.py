@@ -104,12 +104,14 @@ class CompiledUnit:
     target_object: str  # "vmlinux" or the module name, e.g. "binfmt_misc"
     original: Path
     patched: Path
+    command: str = ""  # kbuild's command line for the patched object (diagnostics)
 
 
 @dataclass
 class CompileResult:
     units: list[CompiledUnit] = field(default_factory=list)
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # per step, e.g. "patched"
 
 
 _NESTED: dict[str, Any] = {

@@ -1,0 +1,422 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""What the shipped kernel contains: symbols, their positions, their bytes, exports.
+
+Debian's image package has no usable System.map (it is a stub) and no debug info, but
+the kernel embeds its own symbol table (kallsyms). `vmlinux-to-elf`'s KallsymsFinder
+reads it out of the decompressed image (~14 s), so the result is cached as JSON.
+Modules are plain relocatable ELF files with a full symtab.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+import lzma
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
+from elftools.elf.sections import NoteSection, SymbolTableSection
+
+from builder.errors import BuildError
+
+STAGE = "symbols"
+KALLSYMS_RECIPE = 1
+# Bytes a relocation rewrites, by x86-64 type (R_X86_64_*): 64 → 8, the rest 4.
+_RELOC_SIZE = {1: 8, 2: 4, 4: 4, 9: 4, 10: 4, 11: 4, 24: 8, 41: 4, 42: 4}
+_ELF_MAGIC = b"\x7fELF"
+
+
+def reloc_size(rtype: int) -> int:
+    """Bytes covered by an x86-64 relocation (PC32/PLT32/32/32S: 4; 64/PC64: 8)."""
+    return _RELOC_SIZE.get(rtype, 4)
+
+
+# ---------------------------------------------------------------- vmlinuz → vmlinux
+def _decompressors():
+    """(magic, decompress(bytes) -> bytes) pairs, as scripts/extract-vmlinux tries them."""
+    def xz(data: bytes) -> bytes:
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data)
+
+    def zstd(data: bytes) -> bytes:
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+
+    def gz(data: bytes) -> bytes:
+        return gzip.GzipFile(fileobj=io.BytesIO(data)).read1(1 << 30)
+
+    def lzma_alone(data: bytes) -> bytes:
+        return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(data)
+
+    return [(b"\xfd7zXZ\x00", xz), (b"\x28\xb5\x2f\xfd", zstd), (b"\x1f\x8b\x08", gz),
+            (b"\x5d\x00\x00", lzma_alone), (b"BZh", bz2.decompress)]
+
+
+def extract_vmlinux(vmlinuz: Path) -> bytes:
+    """The ELF vmlinux inside a bzImage (the first stream that decompresses to ELF)."""
+    data = vmlinuz.read_bytes()
+    if data.startswith(_ELF_MAGIC):
+        return data
+    for magic, decompress in _decompressors():
+        start = data.find(magic)
+        while start != -1:
+            try:
+                out = decompress(data[start:])
+            except Exception:  # a false magic match: try the next one
+                out = b""
+            if out.startswith(_ELF_MAGIC):
+                return out
+            start = data.find(magic, start + 1)
+    raise BuildError(stage=STAGE, file=str(vmlinuz),
+                     message="no compressed ELF kernel found in the image",
+                     hint="is this a bzImage (boot/vmlinuz-<release>)?")
+
+
+# ---------------------------------------------------------------- vmlinux
+@dataclass(frozen=True)
+class KSymbol:
+    name: str
+    address: int
+    type: str  # kallsyms letter: T/t text, D/d data, R/r, B/b... (upper = global)
+
+
+class VmlinuxImage:
+    """The shipped vmlinux: kallsyms symbols (in kallsyms order) and its bytes."""
+
+    name = "vmlinux"
+
+    def __init__(self, vmlinux: Path, symbols: list[KSymbol]) -> None:
+        self.path = vmlinux
+        self.symbols = symbols
+        self._by_name: dict[str, list[int]] = {}
+        for sym in symbols:
+            self._by_name.setdefault(sym.name, []).append(sym.address)
+        self._data = vmlinux.read_bytes()
+        self._segments = _load_segments(self._data)
+        self._build_id: str | None = None
+
+    @classmethod
+    def load(cls, vmlinuz: Path, cache_dir: Path) -> VmlinuxImage:
+        """Decompress and read kallsyms once; later calls read the cache (<1 s)."""
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        vmlinux = cache_dir / "vmlinux"
+        if not vmlinux.is_file():
+            tmp = cache_dir / f".vmlinux.tmp-{os.getpid()}"
+            tmp.write_bytes(extract_vmlinux(vmlinuz))
+            tmp.replace(vmlinux)
+        table = cache_dir / "kallsyms.json"
+        symbols = None
+        if table.is_file():
+            cached = json.loads(table.read_text())
+            if cached.get("recipe") == KALLSYMS_RECIPE:
+                symbols = [KSymbol(n, a, t) for n, a, t in cached["symbols"]]
+        if symbols is None:
+            symbols = read_kallsyms(vmlinux)
+            tmp = table.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"recipe": KALLSYMS_RECIPE, "symbols": [
+                [s.name, s.address, s.type] for s in symbols]}))
+            tmp.replace(table)
+        return cls(vmlinux, symbols)
+
+    # -- lookups ------------------------------------------------------------------
+    def exists(self, name: str) -> bool:
+        return name in self._by_name
+
+    def positions(self, name: str) -> list[int]:
+        """Addresses of every symbol with this name, in kallsyms order."""
+        return list(self._by_name.get(name, []))
+
+    addresses = positions  # the name the generate stage's SymbolSource protocol uses
+
+    def sympos(self, name: str, address: int) -> int:
+        """livepatch's sympos: 0 if the name is unique, else 1-based kallsyms position."""
+        found = self._by_name.get(name, [])
+        if address not in found:
+            raise BuildError(stage=STAGE, function=name,
+                             message=f"no symbol {name} at {address:#x} in vmlinux",
+                             hint="report this: the symbol table and the lookup disagree")
+        return 0 if len(found) == 1 else found.index(address) + 1
+
+    def symbol_size(self, name: str, address: int) -> int | None:
+        """Distance to the next symbol at a higher address (kallsyms has no sizes)."""
+        index = self._sorted_index()
+        import bisect
+
+        i = bisect.bisect_right(index, address)
+        return index[i] - address if i < len(index) else None
+
+    def _sorted_index(self) -> list[int]:
+        if not hasattr(self, "_addrs"):
+            self._addrs = sorted({s.address for s in self.symbols})
+        return self._addrs
+
+    def read(self, address: int, size: int) -> bytes:
+        """Bytes of the shipped image at a virtual address (through PT_LOAD segments)."""
+        for vaddr, offset, filesz in self._segments:
+            if vaddr <= address and address + size <= vaddr + filesz:
+                start = offset + address - vaddr
+                return self._data[start:start + size]
+        raise BuildError(stage=STAGE, message=f"address {address:#x}+{size} is not in any "
+                         "loaded segment of vmlinux", hint="report this with the release")
+
+    @property
+    def build_id(self) -> str:
+        """GNU build-id of the shipped vmlinux (what /sys/kernel/notes of the target shows)."""
+        if self._build_id is None:
+            self._build_id = elf_build_id(self.path) or ""
+        return self._build_id
+
+
+def _load_segments(data: bytes) -> list[tuple[int, int, int]]:
+    elf = ELFFile(io.BytesIO(data))
+    return [(seg["p_vaddr"], seg["p_offset"], seg["p_filesz"]) for seg in elf.iter_segments()
+            if seg["p_type"] == "PT_LOAD"]
+
+
+def elf_build_id(path: Path) -> str | None:
+    with open(path, "rb") as fh:
+        elf = ELFFile(fh)
+        for section in elf.iter_sections():
+            if isinstance(section, NoteSection):
+                for note in section.iter_notes():
+                    # Xen's notes reuse the number 3: only the GNU one is the build id.
+                    if note["n_type"] == "NT_GNU_BUILD_ID" and note["n_name"] == "GNU":
+                        return note["n_desc"]
+    return None
+
+
+def read_kallsyms(vmlinux: Path) -> list[KSymbol]:
+    """The kernel's own symbol table, in kallsyms order, via vmlinux-to-elf."""
+    try:
+        from vmlinux_to_elf.core.kallsyms import KallsymsFinder
+    except ImportError as err:
+        raise BuildError(stage=STAGE, message="the vmlinux-to-elf package is missing",
+                         hint="run `make venv` (it is in requirements.txt)") from err
+    import contextlib
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints progress chatter
+        finder = KallsymsFinder(vmlinux.read_bytes(), 64)
+    symbols = []
+    for sym in finder.symbols:
+        letter = sym.symbol_type.value if sym.symbol_type else "?"
+        letter = letter.upper() if sym.is_global else letter.lower()
+        symbols.append(KSymbol(sym.name, sym.virtual_address, letter))
+    if len(symbols) < 1000:
+        raise BuildError(stage=STAGE, file=str(vmlinux),
+                         message=f"only {len(symbols)} kallsyms symbols found",
+                         hint="the kernel needs CONFIG_KALLSYMS_ALL=y for live patching")
+    return symbols
+
+
+# ---------------------------------------------------------------- modules
+@dataclass(frozen=True)
+class MSymbol:
+    name: str
+    section: str
+    value: int  # offset in its section
+    size: int
+    type: str  # STT_FUNC, STT_OBJECT...
+    bind: str
+
+
+class ModuleImage:
+    """A shipped .ko: symtab-order symbols, function bytes, relocation sites.
+
+    Addresses are synthetic (each allocated section gets a base), so the same
+    `positions`/`read` interface as VmlinuxImage works for both.
+    """
+
+    def __init__(self, path: Path, data: bytes | None = None) -> None:
+        self.path = path
+        self._data = data if data is not None else read_module_bytes(path)
+        elf = ELFFile(io.BytesIO(self._data))
+        self._sections: dict[str, tuple[int, int, int]] = {}  # name → (base, offset, size)
+        base = 0x1000
+        self._relocs: dict[str, list[tuple[int, int]]] = {}  # section → [(offset, type)]
+        for section in elf.iter_sections():
+            if section["sh_flags"] & 0x2:  # SHF_ALLOC
+                align = max(section["sh_addralign"], 1)
+                base = (base + align - 1) // align * align
+                self._sections[section.name] = (base, section["sh_offset"], section["sh_size"])
+                base += section["sh_size"] + 0x1000
+            if isinstance(section, RelocationSection):
+                target = elf.get_section(section["sh_info"]).name
+                self._relocs[target] = [(r["r_offset"], r["r_info_type"])
+                                        for r in section.iter_relocations()]
+        self.symbols: list[MSymbol] = []
+        symtab = elf.get_section_by_name(".symtab")
+        if isinstance(symtab, SymbolTableSection):
+            for sym in symtab.iter_symbols():
+                shndx = sym["st_shndx"]
+                if not sym.name or not isinstance(shndx, int):
+                    continue
+                self.symbols.append(MSymbol(sym.name, elf.get_section(shndx).name,
+                                            sym["st_value"], sym["st_size"],
+                                            sym["st_info"]["type"], sym["st_info"]["bind"]))
+        self.name = module_name_of(self._data) or \
+            path.name.split(".ko")[0].replace("-", "_")
+
+    # -- lookups ------------------------------------------------------------------
+    def exists(self, name: str) -> bool:
+        return any(s.name == name for s in self.symbols)
+
+    def _named(self, name: str) -> list[MSymbol]:
+        return [s for s in self.symbols if s.name == name and s.section in self._sections]
+
+    def address_of(self, sym: MSymbol) -> int:
+        return self._sections[sym.section][0] + sym.value
+
+    def positions(self, name: str) -> list[int]:
+        """Synthetic addresses in symtab order (the module's kallsyms order)."""
+        return [self.address_of(s) for s in self._named(name)]
+
+    addresses = positions
+
+    def sympos(self, name: str, address: int) -> int:
+        found = self.positions(name)
+        if address not in found:
+            raise BuildError(stage=STAGE, function=name,
+                             message=f"no symbol {name} at {address:#x} in {self.name}",
+                             hint="report this: the symbol table and the lookup disagree")
+        return 0 if len(found) == 1 else found.index(address) + 1
+
+    def symbol_at(self, address: int, name: str) -> MSymbol:
+        for sym in self._named(name):
+            if self.address_of(sym) == address:
+                return sym
+        raise KeyError(name)
+
+    def read(self, address: int, size: int) -> bytes:
+        for base, offset, length in self._sections.values():
+            if base <= address and address + size <= base + length:
+                start = offset + address - base
+                return self._data[start:start + size]
+        raise BuildError(stage=STAGE, message=f"address {address:#x}+{size} is outside "
+                         f"every section of {self.name}", hint="report this")
+
+    def function_bytes(self, name: str, address: int | None = None) -> bytes:
+        syms = self._named(name)
+        if address is not None:
+            syms = [s for s in syms if self.address_of(s) == address]
+        if not syms:
+            raise BuildError(stage=STAGE, function=name,
+                             message=f"{name} is not in {self.name}'s symbol table",
+                             hint="it may have been inlined in the shipped build")
+        return self.read(self.address_of(syms[0]), syms[0].size)
+
+    def reloc_offsets(self, name: str, address: int | None = None) -> list[tuple[int, int]]:
+        """(offset inside the function, bytes covered) of the .ko's own relocations."""
+        syms = self._named(name)
+        if address is not None:
+            syms = [s for s in syms if self.address_of(s) == address]
+        if not syms:
+            return []
+        sym = syms[0]
+        return [(off - sym.value, reloc_size(rtype))
+                for off, rtype in self._relocs.get(sym.section, [])
+                if sym.value <= off < sym.value + sym.size]
+
+
+def read_module_bytes(path: Path) -> bytes:
+    """A .ko, .ko.xz, .ko.zst or .ko.gz as plain ELF bytes."""
+    data = path.read_bytes()
+    if path.name.endswith(".xz"):
+        return lzma.decompress(data)
+    if path.name.endswith(".zst"):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    if path.name.endswith(".gz"):
+        return gzip.decompress(data)
+    return data
+
+
+def module_name_of(data: bytes) -> str | None:
+    """`name=` from .modinfo (what the kernel calls the module: underscores)."""
+    elf = ELFFile(io.BytesIO(data))
+    modinfo = elf.get_section_by_name(".modinfo")
+    if modinfo is None:
+        return None
+    for entry in modinfo.data().split(b"\0"):
+        if entry.startswith(b"name="):
+            return entry[5:].decode()
+    return None
+
+
+def find_module(modules_dir: Path, name: str) -> Path:
+    """The shipped .ko of a module name ('-' and '_' are the same to the kernel)."""
+    wanted = name.replace("-", "_")
+    for path in sorted(modules_dir.rglob("*.ko*")):
+        if re.sub(r"\.ko(\.(xz|zst|gz))?$", "", path.name).replace("-", "_") == wanted:
+            return path
+    raise BuildError(stage=STAGE, message=f"module {name} is not in {modules_dir}",
+                     hint="is it built into vmlinux in this kernel, or not built at all?")
+
+
+# ---------------------------------------------------------------- exports
+@dataclass(frozen=True)
+class Export:
+    symbol: str
+    crc: int
+    module: str  # "vmlinux" or the module path as kbuild names it (fs/binfmt_misc)
+    kind: str  # EXPORT_SYMBOL, EXPORT_SYMBOL_GPL
+    namespace: str
+
+
+class Exports:
+    """Module.symvers: who exports what (what a plain module may link against)."""
+
+    def __init__(self, exports: dict[str, Export]) -> None:
+        self._exports = exports
+
+    @classmethod
+    def parse(cls, text: str) -> Exports:
+        exports = {}
+        for line in text.splitlines():
+            fields = line.split("\t")
+            if len(fields) < 4:
+                continue
+            crc, symbol, module, kind = fields[:4]
+            exports[symbol] = Export(symbol, int(crc, 16), module, kind,
+                                     fields[4] if len(fields) > 4 else "")
+        return cls(exports)
+
+    @classmethod
+    def load(cls, path: Path) -> Exports:
+        return cls.parse(path.read_text())
+
+    def is_exported(self, name: str) -> bool:
+        return name in self._exports
+
+    def owner(self, name: str) -> str | None:
+        """'vmlinux', the module name (underscores), or None if not exported."""
+        export = self._exports.get(name)
+        if export is None:
+            return None
+        if export.module == "vmlinux":
+            return "vmlinux"
+        return export.module.rsplit("/", 1)[-1].replace("-", "_")
+
+    def namespace(self, name: str) -> str:
+        export = self._exports.get(name)
+        return export.namespace if export else ""
+
+    def get(self, name: str) -> Export | None:
+        return self._exports.get(name)
+
+    def exported_names(self) -> set[str]:
+        return set(self._exports)
+
+    def __len__(self) -> int:
+        return len(self._exports)
+
+
+
+__all__ = ["VmlinuxImage", "ModuleImage", "Exports", "Export", "KSymbol", "MSymbol",
+           "extract_vmlinux", "read_kallsyms", "find_module", "reloc_size", "elf_build_id"]

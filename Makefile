@@ -33,13 +33,15 @@ define pytest_tier
 	fi
 endef
 
-.PHONY: help setup deps venv test test-fast test-vm lint sanity units \
+.PHONY: help setup deps venv test test-fast test-vm sanity units \
+	lint lint-python lint-yaml lint-ansible lint-changelog \
 	lab-up lab-down lab-status requirements clean
 
 help:
 	@echo "make test        set up everything, then run every test tier (fast, then VM)"
 	@echo "make test-fast   lint, changelog lint, ansible-test sanity, unit tests (no VMs)"
 	@echo "make test-vm     tests against real Debian kernels in lab VMs"
+	@echo "make lint | sanity | units   one part of the fast tier (make -k: run all gates)"
 	@echo "make lab-up KERNELS=\"<release> ...\"   boot lab VMs (default: newest 6.1 cloud-amd64)"
 	@echo "make lab-status | make lab-down"
 
@@ -64,8 +66,10 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 requirements:
+	rm -rf /tmp/klp-req-venv
 	$(PYTHON) -m venv /tmp/klp-req-venv && /tmp/klp-req-venv/bin/pip install -q -r requirements.in
-	{ echo "# Fully pinned; generated from requirements.in by 'make requirements'."; \
+	{ echo "# SPDX-License-Identifier: GPL-3.0-or-later"; \
+	  echo "# Fully pinned; generated from requirements.in by 'make requirements'."; \
 	  /tmp/klp-req-venv/bin/pip freeze; } > requirements.txt
 
 test: setup
@@ -74,10 +78,18 @@ test: setup
 
 test-fast: setup lint sanity units
 
-lint: setup
+lint: lint-python lint-yaml lint-ansible lint-changelog
+
+lint-python: setup
 	$(BIN)/ruff check .
+
+lint-yaml: setup
 	$(BIN)/yamllint -s .
+
+lint-ansible: setup
 	$(BIN)/ansible-lint --profile production
+
+lint-changelog: setup
 	$(BIN)/antsibull-changelog lint
 
 sanity: setup

@@ -1,0 +1,244 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Verify: the rebuilt originals are byte-identical to the shipped kernel's code.
+
+This is what makes a live patch trustworthy: if the function rebuilt from the source
+package equals the one the target runs (outside relocation sites, whose targets are
+only known after linking), then the patched build differs from the running code by
+the patch and nothing else. A mismatch means a different source version, compiler or
+config, and the build stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
+from elftools.elf.sections import SymbolTableSection
+
+from builder.artifacts import CompiledUnit, KernelPackages
+from builder.errors import BuildError
+from builder.symbols import ModuleImage, VmlinuxImage, find_module, reloc_size
+
+STAGE = "verify"
+CAUSE = ("the source package version, compiler or config differs from the shipped kernel")
+
+
+@dataclass
+class VerifiedFunction:
+    """A function whose rebuilt original equals the shipped code."""
+
+    name: str
+    object: str  # "vmlinux" or the module name
+    address: int  # in the shipped image (synthetic section-based address for modules)
+    sympos: int  # livepatch's position: 0 unique, else 1-based in kallsyms/symtab order
+    size: int  # bytes compared (the rebuilt length; the shipped slot may be padded)
+    masked: int  # of which relocation-site bytes ignored
+
+
+@dataclass
+class ObjectFunction:
+    name: str
+    code: bytes
+    relocs: list[tuple[int, int]]  # (offset in function, bytes)
+    weak: bool = False
+
+
+def object_functions(path: Path) -> dict[str, ObjectFunction]:
+    """Every defined STT_FUNC of a relocatable object with its bytes and reloc sites."""
+    data = path.read_bytes()
+    elf = ELFFile(io.BytesIO(data))
+    relocs: dict[int, list[tuple[int, int]]] = {}
+    for section in elf.iter_sections():
+        if isinstance(section, RelocationSection):
+            relocs.setdefault(section["sh_info"], []).extend(
+                (r["r_offset"], reloc_size(r["r_info_type"])) for r in section.iter_relocations())
+    out: dict[str, ObjectFunction] = {}
+    symtab = elf.get_section_by_name(".symtab")
+    if not isinstance(symtab, SymbolTableSection):
+        return out
+    contents: dict[int, bytes] = {}
+    for sym in symtab.iter_symbols():
+        shndx = sym["st_shndx"]
+        if sym["st_info"]["type"] != "STT_FUNC" or not isinstance(shndx, int) or not sym.name:
+            continue
+        if shndx not in contents:
+            contents[shndx] = elf.get_section(shndx).data()
+        start, size = sym["st_value"], sym["st_size"]
+        out[sym.name] = ObjectFunction(
+            name=sym.name, code=contents[shndx][start:start + size],
+            relocs=[(off - start, n) for off, n in relocs.get(shndx, [])
+                    if start <= off < start + size],
+            weak=sym["st_info"]["bind"] == "STB_WEAK")
+    return out
+
+
+def mask(code: bytes, sites: list[tuple[int, int]]) -> bytes:
+    """Zero the bytes relocations will rewrite (their final value is link-time)."""
+    out = bytearray(code)
+    for offset, size in sites:
+        for i in range(max(offset, 0), min(offset + size, len(out))):
+            out[i] = 0
+    return bytes(out)
+
+
+def first_difference(a: bytes, b: bytes) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _compare(fn: ObjectFunction, image, address: int) -> tuple[int | None, int]:
+    """(first differing offset or None, masked byte count) of one shipped candidate."""
+    sites = list(fn.relocs)
+    if isinstance(image, ModuleImage):
+        sites += image.reloc_offsets(fn.name, address)
+    shipped = image.read(address, len(fn.code))
+    return first_difference(mask(fn.code, sites), mask(shipped, sites)), \
+        sum(n for _, n in sites)
+
+
+def verify_function(unit: CompiledUnit, fn: ObjectFunction, image) -> VerifiedFunction:
+    objname = image.name
+    candidates = image.positions(fn.name)
+    if not candidates:
+        raise BuildError(stage=STAGE, file=unit.source, function=fn.name,
+                         message=f"{fn.name} is not in the symbol table of the shipped "
+                                 f"{objname}: it was probably inlined into its callers there",
+                         hint="patch the functions that call it (they contain its code)")
+    matches, best = [], (-1, 0, 0)
+    for address in candidates:
+        diff, masked = _compare(fn, image, address)
+        if diff is None:
+            matches.append((address, masked))
+        elif diff > best[0]:
+            best = (diff, address, masked)
+    if len(matches) == 1:
+        address, masked = matches[0]
+        return VerifiedFunction(name=fn.name, object=objname, address=address,
+                                sympos=image.sympos(fn.name, address), size=len(fn.code),
+                                masked=masked)
+    if matches:
+        raise BuildError(stage=STAGE, file=unit.source, function=fn.name,
+                         message=f"{len(matches)} identical copies of {fn.name} exist in "
+                                 f"{objname}; the builder cannot tell which is this file's",
+                         hint="patch a caller that is unique instead")
+    offset, address = best[0], best[1]
+    if fn.weak:
+        raise BuildError(stage=STAGE, file=unit.source, function=fn.name,
+                         message=f"{fn.name} is a weak function here and the shipped {objname} "
+                                 "has a different (overriding) definition",
+                         hint="patch the overriding definition in its own source file")
+    raise BuildError(stage=STAGE, file=unit.source, function=fn.name,
+                     message=f"the rebuilt {fn.name} differs from the shipped {objname} at "
+                             f"offset {offset:#x} (function at {address:#x}, "
+                             f"{len(fn.code)} bytes): {CAUSE}",
+                     hint="build for the exact kernel the target runs (uname -r and the "
+                          "package version), with the compiler named in its config")
+
+
+def verify(unit: CompiledUnit, functions: list[str], image) -> list[VerifiedFunction]:
+    """Check each named function of the unit's original object against the image."""
+    available = object_functions(unit.original)
+    verified = []
+    for name in functions:
+        fn = available.get(name)
+        if fn is None:
+            raise BuildError(stage=STAGE, file=unit.source, function=name,
+                             message=f"{name} is not a function of the rebuilt "
+                                     f"{unit.object_name} (inlined by the compiler?)",
+                             hint="name a function that exists in the object's symbol table")
+        verified.append(verify_function(unit, fn, image))
+    return verified
+
+
+def image_cache_dir(packages: KernelPackages) -> Path:
+    # kernels/<release>_<version>/symbols, next to pkgs/ and build/
+    return packages.vmlinuz.parents[2] / "symbols"
+
+
+def load_image(packages: KernelPackages, target_object: str):
+    """VmlinuxImage for "vmlinux", else the shipped module's ModuleImage."""
+    if target_object == "vmlinux":
+        return VmlinuxImage.load(packages.vmlinuz, image_cache_dir(packages))
+    return ModuleImage(find_module(packages.modules_dir, target_object))
+
+
+def verify_units(packages: KernelPackages, units: list[CompiledUnit],
+                 functions: dict[str, list[str]]) -> tuple[dict, list[VerifiedFunction]]:
+    """Verify functions per unit (keyed by unit.source); return (images, results).
+
+    The images dict (target object → image) is what the generate stage reads symbol
+    positions and bytes from.
+    """
+    images: dict = {}
+    results: list[VerifiedFunction] = []
+    for unit in units:
+        if unit.target_object not in images:
+            images[unit.target_object] = load_image(packages, unit.target_object)
+        results += verify(unit, functions.get(unit.source, []), images[unit.target_object])
+    return images, results
+
+
+# ---------------------------------------------------------------- CLI (for trying it out)
+def _main(argv: list[str] | None = None) -> int:
+    from builder.providers import get_provider
+    from builder.stages.compile import compile_units
+    from builder.stages.prepare import prepare
+
+    ap = argparse.ArgumentParser(prog="python3 -m builder.stages.verify",
+                                 description="acquire, prepare, compile and verify originals")
+    ap.add_argument("--kernel", required=True)
+    ap.add_argument("--package-version")
+    ap.add_argument("--patch", action="append", type=Path, required=True)
+    ap.add_argument("--function", action="append", default=[],
+                    help="function to verify (repeatable); default: every function of the "
+                         "touched objects that the shipped kernel has")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/klp-verify-work"))
+    args = ap.parse_args(argv)
+    seconds: dict[str, float] = {}
+
+    def step(name, fn, *a):
+        t0 = time.monotonic()
+        out = fn(*a)
+        seconds[name] = round(time.monotonic() - t0, 3)
+        return out
+    try:
+        provider = get_provider()
+        kernel = step("resolve", provider.resolve, args.kernel, args.package_version)
+        packages = step("acquire", provider.acquire, kernel)
+        tree = step("prepare", prepare, packages)
+        compiled = step("compile", compile_units, tree, args.patch, args.work)
+        images = {u.target_object: step(f"load {u.target_object}", load_image, packages,
+                                        u.target_object) for u in compiled.units}
+        results, skipped = [], []
+        t0 = time.monotonic()
+        for unit in compiled.units:
+            image = images[unit.target_object]
+            names = args.function
+            if not names:  # everything the shipped kernel has a symbol for
+                defined = object_functions(unit.original)
+                names = [n for n, f in defined.items() if image.exists(n) and not f.weak]
+                skipped += [n for n in defined if n not in names]
+            results += verify(unit, names, image)
+        seconds["verify"] = round(time.monotonic() - t0, 3)
+    except BuildError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({"kernel": asdict(kernel), "units": [asdict(u) for u in compiled.units],
+                      "compile_timings": compiled.timings,
+                      "verified": [asdict(r) for r in results],
+                      "not_in_shipped_symbols": skipped, "seconds": seconds},
+                     indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

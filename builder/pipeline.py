@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 from builder import __version__
 from builder.elf import ElfObject
 from builder.errors import BuildError
+from builder.providers import cache_dir, get_provider
+from builder.stages.acquire import kernel_dir
 
 STAGES = ("acquire", "prepare", "compile", "diff", "verify", "generate", "link")
 
@@ -69,10 +70,6 @@ class Progress:
         return result
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("KLP_CACHE", Path.home() / ".cache" / "klp-livepatch"))
-
-
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -88,12 +85,11 @@ def resolve_version(request: BuildRequest):
 
 def build(request: BuildRequest, progress: Progress | None = None) -> dict:
     """Run every stage; return the manifest. Leaves no module behind on failure."""
-    from builder import front  # the stages that talk to the distribution and kbuild
+    from builder.stages import compile as compile_stage
+    from builder.stages import prepare as prepare_stage
+    from builder.symbols import Exports
 
     progress = progress or Progress()
-    if request.from_stage not in STAGES:
-        raise BuildError(stage="build", message=f"unknown stage {request.from_stage!r}",
-                         hint="choose one of: " + ", ".join(STAGES))
     for patch in request.patches:
         if not patch.is_file():
             raise BuildError(stage="build", file=str(patch), message="patch file not found",
@@ -104,55 +100,73 @@ def build(request: BuildRequest, progress: Progress | None = None) -> dict:
     for stale in (ko_out, manifest_out):
         stale.unlink(missing_ok=True)
 
-    kernel = front.resolve(request)
-    request.package_version = kernel.package_version
+    provider = get_provider(request.distribution)
+    kernel = resolve_version(request)
     work = request.work or cache_dir() / "work" / f"{request.name}-{kernel.release}"
     work.mkdir(parents=True, exist_ok=True)
     patch_text = "".join(p.read_text() for p in request.patches)
 
     packages = progress.stage("acquire", f"{kernel.release} ({kernel.package_version})",
-                              front.acquire, kernel)
-    tree = progress.stage("prepare", "kernel tree", front.prepare, packages)
-    compiled = progress.stage("compile", ", ".join(front.touched_sources(request.patches)),
-                              front.compile_units, tree, request.patches, work)
+                              provider.acquire, kernel)
+    tree = progress.stage("prepare", "kernel tree", prepare_stage.prepare, packages)
+    compiled = progress.stage("compile",
+                              ", ".join(compile_stage.touched_sources(request.patches)),
+                              compile_stage.compile_units, tree, request.patches, work)
     diffs = progress.stage("diff", f"{len(compiled.units)} unit(s)", _diff_all, compiled,
                            patch_text)
     images = progress.stage("verify", "originals against the shipped binaries",
-                            front.verify_originals, packages, tree, compiled, diffs)
+                            _verify_all, packages, compiled, diffs)
+    exports = Exports.load(packages.module_symvers)
+    layout = probe_layout(packages)
     units = progress.stage("generate", "patch objects", _generate_all, compiled, diffs,
-                           images, front.exports(packages), work)
+                           images, exports, layout)
     linked = progress.stage("link", f"{request.name}.ko", _link, request, packages, units, work,
-                            front.exports(packages))
+                            exports)
 
     tmp_ko = request.output / f".{request.name}.ko.tmp"
-    shutil.copy(linked.path, tmp_ko)
-    manifest = _manifest(request, kernel, packages, diffs, units, linked, tmp_ko,
-                         progress.seconds, front)
-    tmp_json = request.output / f".{request.name}.json.tmp"
-    tmp_json.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    tmp_ko.replace(ko_out)
-    tmp_json.replace(manifest_out)
+    try:
+        shutil.copy(linked.path, tmp_ko)
+        manifest = _manifest(request, kernel, diffs, units, linked, tmp_ko, progress.seconds,
+                             images)
+        tmp_json = request.output / f".{request.name}.json.tmp"
+        tmp_json.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        tmp_ko.replace(ko_out)
+        tmp_json.replace(manifest_out)
+    finally:
+        tmp_ko.unlink(missing_ok=True)
     return manifest
+
+
+def probe_layout(packages):
+    from builder.layout import probe
+
+    return probe(packages.headers_dir, kernel_dir(cache_dir(), packages.kernel) / "layout.json")
+
+
+def _verify_all(packages, compiled, diffs) -> dict:
+    """Prove every replaced function's rebuilt original equals the shipped one."""
+    from builder.stages.verify import verify_units
+
+    functions = {d.source: [c.name for c in d.changed] for d in diffs}
+    images, _ = verify_units(packages, compiled.units, functions)
+    return images
 
 
 def _diff_all(compiled, patch_text: str):
     from builder.stages.diff import diff_unit
 
-    diffs = []
-    for unit in compiled.units:
-        diffs.append(diff_unit(ElfObject.read(unit.original), ElfObject.read(unit.patched),
-                               unit.source, unit.target_object, patch_text))
-    return diffs
+    return [diff_unit(ElfObject.read(unit.original), ElfObject.read(unit.patched), unit.source,
+                      unit.target_object, patch_text) for unit in compiled.units]
 
 
-def _generate_all(compiled, diffs, images, exports, work: Path):
+def _generate_all(compiled, diffs, images, exports, layout):
     from builder.stages.generate import generate_unit
 
     units = []
     for index, (unit, diff) in enumerate(zip(compiled.units, diffs, strict=True)):
         units.append(generate_unit(diff, ElfObject.read(unit.original),
                                    ElfObject.read(unit.patched), images[unit.target_object],
-                                   exports, prefix=f"u{index}"))
+                                   exports, prefix=f"u{index}", layout=layout))
     return units
 
 
@@ -161,7 +175,7 @@ def _link(request: BuildRequest, packages, units, work: Path, exports):
 
     description = f"klp.livepatch {request.name} for {packages.kernel.release}"
     linked = link_module(work, request.name, packages.headers_dir, units, request.replace,
-                         description, exports.exported_names())
+                         description, exports.exported_names(), request.consistency)
     if request.sign_key:
         if not request.sign_cert:
             raise BuildError(stage="link", message="--sign-key needs --sign-cert",
@@ -170,7 +184,7 @@ def _link(request: BuildRequest, packages, units, work: Path, exports):
     return linked
 
 
-def _manifest(request, kernel, packages, diffs, units, linked, ko: Path, seconds, front) -> dict:
+def _manifest(request, kernel, diffs, units, linked, ko: Path, seconds, images) -> dict:
     objects: dict[str, list[dict]] = {}
     for unit in units:
         for fn in unit.functions:
@@ -183,8 +197,8 @@ def _manifest(request, kernel, packages, diffs, units, linked, ko: Path, seconds
         "kernel_release": kernel.release,
         "package_version": kernel.package_version,
         "distribution": kernel.distribution,
-        "vermagic": front.vermagic(ko),
-        "kernel_build_id": front.build_id(packages),
+        "vermagic": vermagic(ko),
+        "kernel_build_id": images["vmlinux"].build_id if "vmlinux" in images else None,
         "patches": [{"file": p.name, "sha256": sha256_file(p)} for p in request.patches],
         "patch_sha256": request.patch_sha256(),
         "builder_version": __version__,
@@ -202,6 +216,15 @@ def _manifest(request, kernel, packages, diffs, units, linked, ko: Path, seconds
         "stage_seconds": dict(seconds),
         "consistency": request.consistency,
     }
+
+
+def vermagic(ko: Path) -> str:
+    """The vermagic= string of a module's .modinfo."""
+    modinfo = ElfObject.read(ko).section(".modinfo")
+    for entry in modinfo.data.split(b"\0") if modinfo else []:
+        if entry.startswith(b"vermagic="):
+            return entry.split(b"=", 1)[1].decode()
+    return ""
 
 
 def manifest_matches(manifest_path: Path, request: BuildRequest) -> bool:

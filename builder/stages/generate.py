@@ -59,6 +59,8 @@ class SymbolSource(Protocol):
 class Exports(Protocol):
     def owner(self, name: str) -> str | None: ...  # "vmlinux", a module name, or None
 
+    def namespace(self, name: str) -> str: ...  # "" when exported without a namespace
+
 
 @dataclass
 class FunctionEntry:
@@ -221,14 +223,16 @@ class _Generator:
 
     def _external(self, name: str) -> Symbol:
         owner = self.exports.owner(name)
-        if owner is not None and (owner == "vmlinux" or owner != self.objname):
-            if name not in self.undefined:
-                self.undefined[name] = Symbol(name=name, bind=STB_GLOBAL)
-                self.out.symbols.append(self.undefined[name])
-            return self.undefined[name]
-        # Not exported (or exported by the very module being patched): the module
-        # loader cannot resolve it, livepatch can.
-        return self._klp_symbol(self.objname, name, None)
+        if owner is None or (owner == self.objname != "vmlinux"):
+            # Not exported, or exported by the very module being patched (a normal
+            # reference would make the patch depend on it): livepatch resolves it.
+            return self._klp_symbol(self.objname, name, None)
+        if self.exports.namespace(name):
+            return self._klp_symbol(owner, name, 0)  # no MODULE_IMPORT_NS needed
+        if name not in self.undefined:
+            self.undefined[name] = Symbol(name=name, bind=STB_GLOBAL)
+            self.out.symbols.append(self.undefined[name])
+        return self.undefined[name]
 
     def _klp_symbol(self, objname: str, name: str, sympos: int | None) -> Symbol:
         if sympos is None:

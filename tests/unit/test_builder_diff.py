@@ -12,8 +12,8 @@ import pytest
 
 from builder.elf import SHN_UNDEF, ElfObject
 from builder.errors import BuildError
-from builder.stages.diff import canonical, diff_unit, line_map
 from builder.layout import Layout
+from builder.stages.diff import canonical, diff_unit, line_map
 from builder.stages.generate import generate_unit
 
 LAYOUT_6_1 = Layout(12, 16, 12, 12, 8, 6, 16)
@@ -76,6 +76,9 @@ class Exports:
 
     def owner(self, name: str) -> str | None:
         return "vmlinux" if name in ("printk", "report", "__fentry__") else None
+
+    def namespace(self, name: str) -> str:
+        return ""
 
 
 class Symbols:

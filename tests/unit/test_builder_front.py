@@ -1,0 +1,230 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Front stages without a kernel: release names, patch parsing, tree restore, kbuild bits."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from builder.artifacts import KernelId, PreparedTree
+from builder.errors import BuildError
+from builder.providers import get_provider
+from builder.providers.debian import package_names_for, parse_release
+from builder.stages.acquire import fix_headers_makefile, repoint_symlinks
+from builder.stages.compile import (
+    check_compilable,
+    config_guard,
+    locked,
+    parse_patch,
+    restore_files,
+    save_files,
+    target_object,
+    touched_sources,
+)
+from builder.stages.prepare import config_drift, objtool_at_link, read_config
+
+CORPUS = Path("/work/shared/klp-corpus/debian-12")
+
+
+# ---------------------------------------------------------------- release names
+@pytest.mark.parametrize(("release", "abi", "series", "flavour", "common", "kbuild"), [
+    ("6.1.0-56-amd64", "6.1.0-56", "6.1", "amd64", "linux-headers-6.1.0-56-common",
+     "linux-kbuild-6.1"),
+    ("6.1.0-56-cloud-amd64", "6.1.0-56", "6.1", "cloud-amd64",
+     "linux-headers-6.1.0-56-common", "linux-kbuild-6.1"),
+    ("6.12.57+deb12-amd64", "6.12.57+deb12", "6.12", "amd64",
+     "linux-headers-6.12.57+deb12-common", "linux-kbuild-6.12.57+deb12"),
+    ("6.12.57+deb12-cloud-amd64", "6.12.57+deb12", "6.12", "cloud-amd64",
+     "linux-headers-6.12.57+deb12-common", "linux-kbuild-6.12.57+deb12"),
+    ("6.1.0-56-rt-amd64", "6.1.0-56", "6.1", "rt-amd64",
+     "linux-headers-6.1.0-56-common-rt", "linux-kbuild-6.1"),
+])
+def test_release_names(release, abi, series, flavour, common, kbuild):
+    rel = parse_release(release)
+    assert (rel.abi, rel.series, rel.flavour) == (abi, series, flavour)
+    names = package_names_for(rel)
+    assert names["image"] == f"linux-image-{release}-unsigned"
+    assert names["image_signed"] == f"linux-image-{release}"
+    assert names["headers"] == f"linux-headers-{release}"
+    assert names["common"] == common
+    assert names["kbuild"] == kbuild
+    assert names["source"] == f"linux-source-{series}"
+
+
+@pytest.mark.parametrize("bad", ["", "6.1.0-56", "6.1.0-56-arm64", "linux-image-6.1.0-56-amd64",
+                                 "6.1.192-amd64", "5.10.0-30-amd64x", "6.12.57-amd64"])
+def test_bad_release_names_are_refused_clearly(bad):
+    with pytest.raises(BuildError) as err:
+        parse_release(bad)
+    assert "not a Debian 12 kernel release" in str(err.value)
+    assert "uname -r" in str(err.value)
+
+
+def test_unknown_distribution():
+    with pytest.raises(BuildError, match="unknown distribution"):
+        get_provider("fedora-40")
+
+
+# ---------------------------------------------------------------- acquire helpers
+def test_absolute_symlinks_and_makefile_are_rerooted(tmp_path):
+    root = tmp_path / "pkgs"
+    headers = root / "usr/src/linux-headers-6.1.0-56-amd64"
+    headers.mkdir(parents=True)
+    (headers / "Makefile").write_text("include /usr/src/linux-headers-6.1.0-56-common/Makefile\n")
+    mods = root / "lib/modules/6.1.0-56-amd64"
+    mods.mkdir(parents=True)
+    (mods / "build").symlink_to("/usr/src/linux-headers-6.1.0-56-amd64")
+    (headers / "scripts").symlink_to("../../lib/linux-kbuild-6.1/scripts")
+    assert repoint_symlinks(root, root) == 1
+    assert os.readlink(mods / "build") == f"{root}/usr/src/linux-headers-6.1.0-56-amd64"
+    assert os.readlink(headers / "scripts") == "../../lib/linux-kbuild-6.1/scripts"
+    fix_headers_makefile(headers, root)
+    assert (headers / "Makefile").read_text() == \
+        f"include {root}/usr/src/linux-headers-6.1.0-56-common/Makefile\n"
+
+
+# ---------------------------------------------------------------- prepare helpers
+def test_config_reading_drift_and_objtool(tmp_path):
+    shipped = tmp_path / "config"
+    shipped.write_text('CONFIG_CC_VERSION_TEXT="gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0"\n'
+                       "CONFIG_LIVEPATCH=y\n# CONFIG_X86_KERNEL_IBT is not set\n"
+                       "CONFIG_PAHOLE_VERSION=124\n")
+    built = tmp_path / "built"
+    built.write_text('CONFIG_CC_VERSION_TEXT="gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0"\n'
+                     "CONFIG_LIVEPATCH=y\nCONFIG_PAHOLE_VERSION=125\nCONFIG_BUILD_SALT=\"\"\n")
+    a, b = read_config(shipped), read_config(built)
+    assert a["CONFIG_X86_KERNEL_IBT"] == "n"
+    assert config_drift(a, b) == []  # host tool versions and options Debian strips
+    b["CONFIG_LIVEPATCH"] = "n"
+    assert config_drift(a, b) == ["CONFIG_LIVEPATCH"]
+    assert not objtool_at_link(a)
+    assert objtool_at_link({"CONFIG_X86_KERNEL_IBT": "y"})
+    assert objtool_at_link({"CONFIG_LTO_CLANG": "y"})
+
+
+# ---------------------------------------------------------------- patch parsing
+def test_parse_corpus_patches():
+    if not CORPUS.is_dir():
+        pytest.skip("corpus not present")
+    assert touched_sources([CORPUS / "cmdline-suffix.patch"]) == ["fs/proc/cmdline.c"]
+    assert touched_sources([CORPUS / "module-binfmt.patch", CORPUS / "callbacks.patch"]) == \
+        ["fs/binfmt_misc.c", "fs/proc/meminfo.c"]
+    files = parse_patch((CORPUS / "callbacks.patch").read_text())
+    assert len(files) == 1 and files[0].hunks == 2
+
+
+MULTI = """\
+diff --git a/fs/a.c b/fs/a.c
+index 1111111..2222222 100644
+--- a/fs/a.c\t2024-01-01 00:00:00.000000000 +0000
++++ b/fs/a.c\t2024-01-01 00:00:00.000000000 +0000
+@@ -1,3 +1,3 @@
+ int a;
+---- looks like a header but is a removed line
++++ also not a header, an added line
+ int b;
+@@ -10 +10 @@
+-x
++y
+--- a/kernel/b.c
++++ b/kernel/b.c
+@@ -5,2 +5,3 @@ static int f(void)
+ {
++\treturn 1;
+ }
+\\ No newline at end of file
+"""
+
+
+def test_parse_counts_hunk_lines_so_dashes_in_bodies_are_not_headers():
+    files = parse_patch(MULTI, "multi.patch")
+    assert [(f.old, f.new, f.hunks) for f in files] == [
+        ("fs/a.c", "fs/a.c", 2), ("kernel/b.c", "kernel/b.c", 1)]
+
+
+def test_parse_refuses_non_patches_and_malformed_hunks():
+    with pytest.raises(BuildError, match="no file changes"):
+        parse_patch("just some text\n", "x.patch")
+    with pytest.raises(BuildError, match="malformed hunk line"):
+        parse_patch("--- a/x.c\n+++ b/x.c\n@@ -1,2 +1,2 @@\n a\n?b\n", "y.patch")
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("a/include/linux/fs.h", "b/include/linux/fs.h", r"include/linux/fs\.h \(a header\)"),
+    ("a/fs/Makefile", "b/fs/Makefile", "only C sources"),
+    ("/dev/null", "b/fs/new.c", "creates fs/new.c"),
+    ("a/fs/old.c", "/dev/null", "deletes fs/old.c"),
+])
+def test_refused_changes(old, new, message):
+    files = parse_patch(f"--- {old}\n+++ {new}\n@@ -1 +1 @@\n-a\n+b\n", "p.patch")
+    with pytest.raises(BuildError, match=message) as err:
+        check_compilable(files)
+    assert err.value.hint
+
+
+def test_target_object_from_kbuild_command():
+    builtin = ("gcc-12 -c -DKBUILD_BASENAME='\\\"cmdline\\\"' -DKBUILD_MODNAME='\\\"proc\\\"' "
+               "-o fs/proc/cmdline.o fs/proc/cmdline.c")
+    module = ("gcc-12 -DMODULE -DKBUILD_BASENAME='\\\"binfmt_misc\\\"' "
+              "-DKBUILD_MODNAME='\\\"binfmt_misc\\\"' -c -o fs/binfmt_misc.o fs/binfmt_misc.c")
+    assert target_object(builtin) == "vmlinux"
+    assert target_object(module) == "binfmt_misc"
+
+
+# ---------------------------------------------------------------- the shared tree
+def _tree(tmp_path: Path) -> PreparedTree:
+    source = tmp_path / "src" / "linux-source-6.1"
+    build = tmp_path / "build"
+    (source / "fs").mkdir(parents=True)
+    build.mkdir()
+    return PreparedTree(kernel=KernelId("6.1.0-56-amd64", "6.1.192-2"), source_dir=source,
+                        build_dir=build)
+
+
+def test_save_and_restore_bring_back_content_and_mtime(tmp_path):
+    tree = _tree(tmp_path)
+    src = tree.source_dir / "fs" / "a.c"
+    src.write_text("int a;\n")
+    os.utime(src, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    with locked(tree):
+        save_files(tree, ["fs/a.c", "fs/new.c"])
+        src.write_text("int a = 1;\n")
+        (tree.source_dir / "fs" / "new.c").write_text("x")
+        (tree.source_dir / "fs" / "a.c.rej").write_text("rejected hunk")
+        # an interrupted run: the next one finds the marker and restores
+        assert restore_files(tree) == ["fs/a.c", "fs/new.c"]
+    assert src.read_text() == "int a;\n"
+    assert src.stat().st_mtime_ns == 1_600_000_000_000_000_000
+    assert not (tree.source_dir / "fs" / "new.c").exists()
+    assert not (tree.source_dir / "fs" / "a.c.rej").exists()
+    assert restore_files(tree) == []  # nothing left to do
+
+
+def test_config_guard_names_the_disabling_option(tmp_path):
+    tree = _tree(tmp_path)
+    (tree.build_dir / ".config").write_text("CONFIG_PROC_FS=y\n# CONFIG_PROC_VMCORE is not set\n")
+    (tree.source_dir / "fs" / "Makefile").write_text(
+        "obj-$(CONFIG_PROC_FS) += cmdline.o \\\n\tmeminfo.o\n"
+        "proc-$(CONFIG_PROC_VMCORE)\t+= vmcore.o\nobj-y += always.o\n")
+    assert config_guard(tree, "fs/cmdline.c") is None
+    assert config_guard(tree, "fs/meminfo.c") is None
+    assert config_guard(tree, "fs/always.c") is None
+    assert config_guard(tree, "fs/vmcore.c") == "CONFIG_PROC_VMCORE"
+
+
+@pytest.mark.skipif(shutil.which("patch") is None, reason="needs GNU patch")
+def test_patch_that_does_not_apply_names_the_patch(tmp_path):
+    from builder.stages.compile import apply_patch
+
+    tree = _tree(tmp_path)
+    (tree.source_dir / "fs" / "a.c").write_text("int a;\n")
+    patch = tmp_path / "bad.patch"
+    patch.write_text("--- a/fs/a.c\n+++ b/fs/a.c\n@@ -1 +1 @@\n-int b;\n+int c;\n")
+    with pytest.raises(BuildError) as err:
+        apply_patch(tree, patch, dry_run=True)
+    assert "bad.patch" in str(err.value) and "does not apply" in str(err.value)
+    assert "FAILED" in str(err.value)  # patch's own hunk report
+    assert (tree.source_dir / "fs" / "a.c").read_text() == "int a;\n"

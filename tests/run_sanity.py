@@ -47,25 +47,31 @@ BUILTIN_IGNORE_DIRS = {"CVS", ".bzr", ".hg", ".git", ".svn", "__pycache__", ".to
 SKIPPED_TESTS: dict[str, str] = {}
 
 
-GET_PIP_STANDIN = """\
-# Stand-in for get-pip.py, written by klp.livepatch's tests/run_sanity.py.
+GET_PIP_MARKER = "# Stand-in for get-pip.py, written by klp.livepatch's tests/run_sanity.py."
+GET_PIP_STANDIN = f"""\
+{GET_PIP_MARKER}
 # Bootstraps pip with ensurepip, then lets pip install what ansible-test asked for.
 import subprocess
 import sys
 
 args = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel")]
-subprocess.check_call([sys.executable, "-m", "ensurepip", "--default-pip"])
-sys.exit(subprocess.call([sys.executable, "-m", "pip", "install", *args]))
+subprocess.check_call([sys.executable, "-m", "ensurepip", "--default-pip"],
+                      stdout=subprocess.DEVNULL)
+sys.exit(subprocess.call([sys.executable, "-m", "pip", "install", "-q", *args]))
 """
 
 
 def provide_get_pip() -> None:
-    """Put the get-pip.py stand-in where ansible-test looks before downloading."""
+    """Put the get-pip.py stand-in where ansible-test looks before downloading.
+
+    A real get-pip.py that someone saved there is left alone.
+    """
     from ansible_test._internal.python_requirements import get_venv_packages
 
     version = get_venv_packages(SimpleNamespace(version=PYTHON))["pip"]
     cache = Path.home() / ".ansible/test/cache" / f"get_pip_{version.replace('.', '_')}.py"
-    if not cache.exists():
+    current = cache.read_text() if cache.exists() else None
+    if current is None or (current.startswith(GET_PIP_MARKER) and current != GET_PIP_STANDIN):
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(GET_PIP_STANDIN)
         print(f"run_sanity: wrote get-pip stand-in {cache}", flush=True)

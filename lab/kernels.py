@@ -1,0 +1,138 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Kernel releases and aliases, resolved against the Debian archive with apt-cache."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+import subprocess
+
+from lab.errors import LabError
+
+# alias -> (series, flavour, which). Versions are never hard-coded: the archive decides.
+ALIASES: dict[str, tuple[str, str, str]] = {
+    "newest-6.1-amd64": ("6.1", "amd64", "newest"),
+    "newest-6.1-cloud-amd64": ("6.1", "cloud-amd64", "newest"),
+    "older-6.1-amd64": ("6.1", "amd64", "older"),
+    "newest-6.12-amd64": ("6.12", "amd64", "newest"),
+}
+DEFAULT_ALIAS = "newest-6.1-cloud-amd64"
+
+_IMAGE_NAME = re.compile(r"^linux-image-(\d+\.\d+\.\d+(?:-\d+)?(?:\+deb\d+)?-[a-z0-9-]+)$")
+
+
+def release_series(release: str) -> str:
+    """'6.1.0-56-amd64' -> '6.1'; '6.12.57+deb12-amd64' -> '6.12'."""
+    return ".".join(release.split(".")[:2])
+
+
+def release_flavour(release: str) -> str:
+    """'6.1.0-56-cloud-amd64' -> 'cloud-amd64'; '6.12.57+deb12-amd64' -> 'amd64'."""
+    m = re.match(r"^\d+\.\d+\.\d+(?:-\d+)?(?:\+deb\d+)?-(.+)$", release)
+    return m.group(1) if m else ""
+
+
+def release_key(release: str) -> tuple[int, ...]:
+    """Order releases of one series: every number in the name, left to right."""
+    return tuple(int(n) for n in re.findall(r"\d+", release.rsplit("-", 1)[0]))
+
+
+def parse_search(text: str) -> list[str]:
+    """Releases from `apt-cache search --names-only` output ('linux-image-R - description')."""
+    releases = []
+    for line in text.splitlines():
+        m = _IMAGE_NAME.match(line.split(" - ", 1)[0].strip())
+        if m and not m.group(1).endswith(("-dbg", "-unsigned")):
+            releases.append(m.group(1))
+    return sorted(set(releases))
+
+
+def parse_madison(text: str) -> dict[str, list[str]]:
+    """Package -> versions (archive order: newest first) from `apt-cache madison` output."""
+    versions: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) >= 3 and parts[0] and parts[1]:
+            seen = versions.setdefault(parts[0], [])
+            if parts[1] not in seen:
+                seen.append(parts[1])
+    return versions
+
+
+def pick(releases: list[str], versions: dict[str, list[str]], series: str, flavour: str,
+         which: str) -> str:
+    """Choose the release an alias means, from the archive's releases and package versions.
+
+    'newest' is the highest ABI of the series and flavour; 'older' is the highest ABI below
+    it whose image, headers and linux-source-<series> exist at the same version (so the
+    builder can work on it from exact sources).
+    """
+    candidates = sorted((r for r in releases if release_series(r) == series
+                         and release_flavour(r) == flavour), key=release_key, reverse=True)
+    if not candidates:
+        raise LabError(f"the archive has no linux-image for Linux {series} {flavour}; "
+                       "run 'apt-get update' and check /etc/apt/sources.list")
+    if which == "newest":
+        return candidates[0]
+    sources = versions.get(f"linux-source-{series}", [])
+    for release in candidates[1:]:
+        image = versions.get(f"linux-image-{release}", [])
+        headers = versions.get(f"linux-headers-{release}", [])
+        if image and image[0] in headers and image[0] in sources:
+            return release
+    raise LabError(f"no older Linux {series} {flavour} release in the archive has image, "
+                   f"headers and linux-source-{series} of the same version")
+
+
+def _apt_cache(*args: str) -> str:
+    try:
+        proc = subprocess.run(["apt-cache", *args], capture_output=True, text=True, check=False)
+    except FileNotFoundError as e:
+        raise LabError("apt-cache not found: the lab needs a Debian host") from e
+    return proc.stdout
+
+
+@functools.cache
+def archive_releases() -> tuple[str, ...]:
+    """Every amd64 kernel release the archive has an image package for."""
+    out = _apt_cache("search", "--names-only", r"^linux-image-[0-9].*-amd64$")
+    return tuple(parse_search(out))
+
+
+@functools.cache
+def _madison(*packages: str) -> dict[str, list[str]]:
+    return parse_madison(_apt_cache("madison", *packages))
+
+
+def package_version(release: str) -> str:
+    """The Debian version of linux-image-<release> the archive offers (newest if several)."""
+    versions = _madison(f"linux-image-{release}").get(f"linux-image-{release}")
+    if not versions:
+        raise LabError(unknown_release_message(release))
+    return versions[0]
+
+
+def unknown_release_message(release: str) -> str:
+    close = difflib.get_close_matches(release, archive_releases(), n=5, cutoff=0.6)
+    hint = f" Close matches in the archive: {', '.join(close)}." if close else ""
+    return (f"unknown kernel release {release!r}: the archive has no linux-image-{release}."
+            f"{hint} Aliases: {', '.join(ALIASES)}.")
+
+
+def resolve(alias: str) -> str:
+    """An alias or a release -> a release the archive has (checked)."""
+    if alias in ALIASES:
+        series, flavour, which = ALIASES[alias]
+        releases = list(archive_releases())
+        versions: dict[str, list[str]] = {}
+        if which == "older":
+            olders = [r for r in releases if release_series(r) == series
+                      and release_flavour(r) == flavour]
+            pkgs = [f"linux-source-{series}"]
+            for r in olders:
+                pkgs += [f"linux-image-{r}", f"linux-headers-{r}"]
+            versions = _madison(*pkgs)
+        return pick(releases, versions, series, flavour, which)
+    package_version(alias)  # raises with close matches when unknown
+    return alias

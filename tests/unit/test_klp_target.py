@@ -1,0 +1,541 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The target-side core: names, taint, ELF/modinfo parsing, and the livepatch sysfs
+state machine against a fake /sys + /proc tree driven by a fake kernel."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.klp.livepatch.plugins.module_utils import klp_target as kt
+
+RELEASE = "6.1.0-56-amd64"
+VERMAGIC = f"{RELEASE} SMP preempt mod_unload modversions "
+
+
+# --------------------------------------------------------------------------- tables
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("foo-bar.ko", "foo_bar"),
+    ("/var/lib/x/klp-cve-2026-1.ko", "klp_cve_2026_1"),
+    ("already_normal", "already_normal"),
+    ("with-dash", "with_dash"),
+    ("mod.ko.xz", "mod"),
+    ("mod.ko.zst", "mod"),
+])
+def test_module_name(given, expected):
+    assert kt.module_name(given) == expected
+
+
+@pytest.mark.parametrize(("value", "letters"), [
+    (0, ""),
+    (1 << 15, "K"),
+    ((1 << 12) | (1 << 13) | (1 << 15), "OEK"),
+    (1 << 0, "P"),
+    ((1 << 9) | (1 << 7), "DW"),
+    (1 << 18, "N"),
+    (1 << 30, "?"),
+])
+def test_decode_taint(value, letters):
+    decoded = kt.decode_taint(value)
+    assert decoded["value"] == value
+    assert decoded["letters"] == letters
+    assert len(decoded["flags"]) == len(letters)
+
+
+@pytest.mark.parametrize(("patterns", "ok"), [
+    ([], True),
+    (["ksoftirqd/*"], True),
+    (["ksoftirqd/0", "cpuhp/1", "rcuc/*"], True),
+    (["kworker/*"], False),
+    (["*"], False),
+    (["ksoftirqd/"], False),
+    (["ksoftirqd/*", "migration/*"], False),
+])
+def test_park_kthreads_validation(patterns, ok):
+    if ok:
+        assert kt.validate_park_kthreads(patterns) == patterns
+    else:
+        with pytest.raises(kt.KlpError, match="cannot be parked"):
+            kt.validate_park_kthreads(patterns)
+
+
+@pytest.mark.parametrize(("text", "release", "version"), [
+    ("Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian "
+     "12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) #1 SMP "
+     "PREEMPT_DYNAMIC Debian 6.1.192-2 (2026-11-16)\n", RELEASE, "6.1.192-2"),
+    ("Linux version 6.12.117+deb12-amd64 (x) #1 SMP Debian 6.12.117-1~deb12u1 (2026)",
+     "6.12.117+deb12-amd64", "6.12.117-1~deb12u1"),
+    ("Linux version 6.8.0 (me@host) #1 SMP", "6.8.0", None),
+])
+def test_parse_proc_version(text, release, version):
+    assert kt.parse_proc_version(text) == {"release": release, "package_version": version}
+
+
+# --------------------------------------------------------------------------- ELF
+
+def note(owner: bytes, ntype: int, desc: bytes) -> bytes:
+    def pad(b):
+        return b + b"\0" * (-len(b) % 4)
+    return struct.pack("<III", len(owner) + 1, len(desc), ntype) + pad(owner + b"\0") + pad(desc)
+
+
+def make_elf(sections: dict[str, bytes]) -> bytes:
+    """A minimal ELF64 little-endian relocatable file with the given sections."""
+    names = [""] + list(sections) + [".shstrtab"]
+    shstrtab = b"\0"
+    offsets = {"": 0}
+    for n in names[1:]:
+        offsets[n] = len(shstrtab)
+        shstrtab += n.encode() + b"\0"
+    body = b""
+    placed = []
+    data_start = 64
+    for n in names[1:]:
+        blob = shstrtab if n == ".shstrtab" else sections[n]
+        placed.append((n, data_start + len(body), len(blob)))
+        body += blob
+    shoff = data_start + len(body)
+    header = b"\x7fELF" + bytes([2, 1, 1, 0]) + b"\0" * 8
+    header += struct.pack("<HHIQQQIHHHHHH", 1, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64,
+                          len(names), len(names) - 1)
+    shdrs = struct.pack("<IIQQQQIIQQ", *([0] * 10))
+    for n, off, size in placed:
+        shtype = 3 if n == ".shstrtab" else (7 if n.startswith(".note") else 1)
+        shdrs += struct.pack("<IIQQQQIIQQ", offsets[n], shtype, 0, 0, off, size, 0, 0, 1, 0)
+    return header + body + shdrs
+
+
+def modinfo(**fields) -> bytes:
+    return b"".join(f"{k}={v}".encode() + b"\0" for k, v in fields.items())
+
+
+def livepatch_ko(name="klp_demo", vermagic=VERMAGIC, livepatch=True, build_id=b"\x01" * 20,
+                 extra=b""):
+    fields = {"license": "GPL", "name": name, "vermagic": vermagic}
+    if livepatch:
+        fields["livepatch"] = "Y"
+    return make_elf({
+        ".modinfo": modinfo(**fields) + extra,
+        ".gnu.linkonce.this_module": b"\0" * 64,
+        ".note.gnu.build-id": note(b"GNU", 3, build_id),
+    })
+
+
+def test_inspect_synthetic_module(tmp_path):
+    data = livepatch_ko(extra=b"parmtype=park_kthreads:charp\0")
+    path = tmp_path / "klp-demo.ko"
+    path.write_bytes(data)
+    info = kt.inspect_module(str(path))
+    assert info["name"] == "klp_demo"
+    assert info["livepatch"] is True
+    assert info["vermagic"] == VERMAGIC
+    assert info["build_id"] == "01" * 20
+    assert info["sha256"] == hashlib.sha256(data).hexdigest()
+    assert info["parameters"] == ["park_kthreads"]
+
+
+CORRUPTIONS = [
+    ("empty", lambda d: b"", "bad magic"),
+    ("not ELF", lambda d: b"MZ" + d[2:], "bad magic"),
+    ("truncated", lambda d: d[: len(d) // 2], "truncated"),
+    ("bad class", lambda d: d[:4] + b"\x07" + d[5:], "bad class"),
+    ("text file", lambda d: b"#!/bin/sh\necho not a module\n" * 4, "bad magic"),
+]
+
+
+@pytest.mark.parametrize(("label", "corrupt", "message"), CORRUPTIONS,
+                         ids=[c[0] for c in CORRUPTIONS])
+def test_inspect_refuses_corrupt_files(tmp_path, label, corrupt, message):
+    path = tmp_path / "bad.ko"
+    path.write_bytes(corrupt(livepatch_ko()))
+    with pytest.raises(kt.KlpError, match=message):
+        kt.inspect_module(str(path))
+
+
+def test_inspect_refuses_elf_without_modinfo(tmp_path):
+    path = tmp_path / "plain.o"
+    path.write_bytes(make_elf({".text": b"\xc3"}))
+    with pytest.raises(kt.KlpError, match="not a kernel module"):
+        kt.inspect_module(str(path))
+
+
+def test_notes_and_build_id():
+    blob = note(b"Linux", 6, b"6.1\0") + note(b"GNU", 3, bytes(range(20)))
+    assert kt.parse_notes(blob)[0] == ("Linux", 6, b"6.1\0")
+    assert kt.gnu_build_id(blob) == bytes(range(20)).hex()
+    assert kt.gnu_build_id(note(b"Xen", 3, b"abcd")) is None
+
+
+REAL_KO = sorted(Path("/tmp/study").glob(
+    "linux-image-6.1.0-*-amd64-unsigned_*/lib/modules/*/kernel/net/key/af_key.ko"))
+
+
+@pytest.mark.skipif(not REAL_KO, reason="needs an extracted Debian linux-image package")
+def test_inspect_real_debian_module():
+    info = kt.inspect_module(str(REAL_KO[0]))
+    assert info["name"] == "af_key"
+    assert info["livepatch"] is False
+    assert info["vermagic"].split()[0].startswith("6.1.0-")
+    assert "modversions" in info["vermagic"]
+    assert len(info["build_id"]) == 40
+
+
+# --------------------------------------------------------------------------- fake kernel
+
+class FakeKernel:
+    """A fake /sys + /proc tree and the livepatch behaviour of a 6.1 kernel.
+
+    insmod creates the patch's sysfs directory with a transition that completes after
+    `ticks` polls (never while a task is `stuck`), writing 0 to enabled reverses or
+    starts an unpatch transition, and a finished unpatch frees the sysfs directory.
+    """
+
+    def __init__(self, root: Path, ticks=3):
+        self.root = root
+        self.ticks = ticks
+        self.now = 0.0
+        self.modules: dict[str, dict] = {}  # name -> {"taints": "OEK", "info": {...}}
+        self.pending: dict[str, int] = {}
+        self.stuck: set[str] = set()  # patch names whose transitions never finish
+        self.commands: list[list[str]] = []
+        self.insmod_error: str | None = None
+        for d in ("sys/kernel/livepatch", "proc/sys/kernel", "sys/module"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        (root / "proc/sys/kernel/tainted").write_text("0\n")
+        self.sync_modules()
+
+    # helpers
+    def lp(self, name) -> Path:
+        return self.root / "sys/kernel/livepatch" / name
+
+    def sync_modules(self):
+        lines = [f"{n} 16384 0 - Live 0x0 ({m['taints']})\n" if m["taints"]
+                 else f"{n} 16384 0 - Live 0x0\n" for n, m in self.modules.items()]
+        (self.root / "proc/modules").write_text("".join(lines))
+
+    def add_task(self, pid, comm, patch_state=-1, stack=("[<0>] do_nanosleep+0x1/0x2",)):
+        task = self.root / "proc" / str(pid) / "task" / str(pid)
+        task.mkdir(parents=True, exist_ok=True)
+        (task / "comm").write_text(comm + "\n")
+        (task / "patch_state").write_text(f"{patch_state}\n")
+        (task / "stack").write_text("".join(line + "\n" for line in stack))
+
+    def set_task_states(self, state):
+        for f in (self.root / "proc").glob("*/task/*/patch_state"):
+            f.write_text(f"{state}\n")
+
+    def taint(self, letters):
+        value = int((self.root / "proc/sys/kernel/tainted").read_text())
+        for bit, letter, _d in kt.TAINT_FLAGS:
+            if letter in letters:
+                value |= 1 << bit
+        (self.root / "proc/sys/kernel/tainted").write_text(f"{value}\n")
+
+    # the command runner
+    def run_command(self, argv):
+        self.commands.append(list(argv))
+        tool = os.path.basename(argv[0])
+        if tool == "insmod":
+            if self.insmod_error:
+                return 1, "", f"insmod: ERROR: could not insert module {argv[1]}: " \
+                              f"{self.insmod_error}"
+            info = kt.inspect_module(argv[1])
+            name = info["name"]
+            if name in self.modules:
+                return 1, "", "insmod: ERROR: could not insert module: File exists"
+            self.modules[name] = {"taints": "OEK", "info": info}
+            notes = self.root / "sys/module" / name / "notes"
+            notes.mkdir(parents=True, exist_ok=True)
+            (notes / ".note.gnu.build-id").write_bytes(note(b"GNU", 3,
+                                                            bytes.fromhex(info["build_id"])))
+            d = self.lp(name)
+            func = d / "vmlinux" / "cmdline_proc_show,1"
+            func.mkdir(parents=True)
+            (d / "vmlinux" / "patched").write_text("1\n")
+            (d / "enabled").write_text("1\n")
+            (d / "transition").write_text("1\n")
+            (d / "force").write_text("")
+            self.pending[name] = self.ticks
+            self.set_task_states(0)
+            self.taint("OEK")
+            self.sync_modules()
+            return 0, "", ""
+        if tool == "rmmod":
+            name = argv[1]
+            if name not in self.modules:
+                return 1, "", f"rmmod: ERROR: Module {name} is not currently loaded"
+            if self.lp(name).exists():
+                return 1, "", f"rmmod: ERROR: Module {name} is in use"
+            del self.modules[name]
+            shutil.rmtree(self.root / "sys/module" / name, ignore_errors=True)
+            self.sync_modules()
+            return 0, "", ""
+        if tool == "dmesg":
+            return 0, "[ 1.0] livepatch: enabling patch\n", ""
+        raise AssertionError(f"unexpected command {argv}")
+
+    # the clock and the kernel's workqueue
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+        for name in list(self.pending):
+            d = self.lp(name)
+            if not d.exists():
+                self.pending.pop(name)
+                continue
+            enabled = (d / "enabled").read_text().strip() == "1"
+            if (d / "force").read_text().strip() == "1":
+                self.pending[name] = 0
+            if name in self.stuck and (d / "force").read_text().strip() != "1":
+                continue
+            self.pending[name] -= 1
+            if self.pending[name] > 0:
+                continue
+            self.pending.pop(name)
+            (d / "transition").write_text("0\n")
+            self.set_task_states(-1)
+            if not enabled:
+                shutil.rmtree(d)  # a disabled patch is freed
+            else:
+                # atomic replace: other patches disappear
+                if self.modules.get(name, {}).get("replace"):
+                    for other in self.root.joinpath("sys/kernel/livepatch").iterdir():
+                        if other.name != name:
+                            shutil.rmtree(other)
+
+
+class FakeTarget(kt.Target):
+    """Target whose sysfs writes start transitions in the fake kernel."""
+
+    def __init__(self, kernel: FakeKernel, store: Path):
+        super().__init__(root=str(kernel.root), run_command=kernel.run_command,
+                         release=RELEASE, store=str(store), sleep=kernel.sleep,
+                         clock=kernel.clock)
+        self.kernel = kernel
+
+    def write(self, value, *parts):
+        super().write(value, *parts)
+        if parts[-1] == "enabled":
+            name = parts[-2]
+            d = self.kernel.lp(name)
+            (d / "transition").write_text("1\n")
+            self.kernel.pending[name] = self.kernel.ticks
+            if value == "0":
+                self.kernel.stuck.discard(name)  # tasks still unpatched: the reverse is quick
+            self.kernel.set_task_states(1 if value == "0" else 0)
+
+
+@pytest.fixture
+def kernel(tmp_path):
+    return FakeKernel(tmp_path / "root")
+
+
+@pytest.fixture
+def target(kernel, tmp_path):
+    return FakeTarget(kernel, tmp_path / "store")
+
+
+@pytest.fixture
+def ko(tmp_path):
+    def make(name="klp_demo", **kw):
+        path = tmp_path / "src" / f"{name}.ko"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(livepatch_ko(name=name, **kw))
+        return kt.inspect_module(str(path))
+    return make
+
+
+def runner(target, **kw):
+    warnings = []
+    kw.setdefault("transition_timeout", 5)
+    r = kt.PatchRunner(target, "host1", warn=warnings.append, **kw)
+    r.warnings = warnings
+    return r
+
+
+# --------------------------------------------------------------------------- state machine
+
+def test_enable_then_idempotent(target, kernel, ko):
+    info = ko()
+    first = runner(target).enable(info)
+    assert first["changed"] is True
+    assert first["state"] == "enabled"
+    assert first["patched"] == {"vmlinux": ["cmdline_proc_show"]}
+    assert first["transition_seconds"] > 0
+    assert first["diff"] == {"before": "patch klp_demo: absent\n",
+                             "after": "patch klp_demo: enabled (transition complete)\n"}
+    stored = Path(target.stored_path("klp_demo"))
+    assert stored.exists() and oct(stored.parent.stat().st_mode & 0o777) == "0o700"
+    second = runner(target).enable(kt.inspect_module(str(stored)))
+    assert second["changed"] is False
+    assert [c[0] for c in kernel.commands].count("insmod") == 1
+
+
+def test_check_mode_changes_nothing(target, kernel, ko):
+    info = ko()
+    result = runner(target, check_mode=True).enable(info)
+    assert result["changed"] is True
+    assert result["state"] == "enabled"
+    assert kernel.commands == []
+    assert not Path(target.stored_path("klp_demo")).exists()
+    assert target.status("klp_demo") == "absent"
+
+
+def test_disable_enable_absent_cycle(target, kernel, ko):
+    info = ko()
+    runner(target).enable(info)
+    res = runner(target).remove("klp_demo", keep_stored=True)
+    assert res["changed"] is True and res["state"] == "disabled"
+    assert "klp_demo" not in target.loaded_modules()
+    assert not kernel.lp("klp_demo").exists()
+    assert runner(target).remove("klp_demo", keep_stored=True)["changed"] is False
+    # enable again from the stored copy
+    res = runner(target).enable(kt.inspect_module(target.stored_path("klp_demo")))
+    assert res["changed"] is True and res["state"] == "enabled"
+    # check mode absent predicts without touching
+    n = len(kernel.commands)
+    res = runner(target, check_mode=True).remove("klp_demo", keep_stored=False)
+    assert res["changed"] is True and res["state"] == "absent" and len(kernel.commands) == n
+    res = runner(target).remove("klp_demo", keep_stored=False)
+    assert res["changed"] is True and res["state"] == "absent"
+    assert not Path(target.stored_path("klp_demo")).exists()
+    assert runner(target).remove("klp_demo", keep_stored=False)["changed"] is False
+
+
+def test_stall_reverts_and_names_the_task(target, kernel, ko):
+    kernel.add_task(4242, "klp_sleeper", stack=("[<0>] klp_sleeper_wait+0x2a/0x50 [x]",
+                                                "[<0>] kthread+0xe8/0x110"))
+    kernel.add_task(1, "systemd")
+    kernel.stuck.add("klp_demo")
+
+    def insmod_and_stick(argv, _orig=kernel.run_command):
+        rc = _orig(argv)
+        if os.path.basename(argv[0]) == "insmod":
+            # only the sleeper stays unpatched; systemd switched
+            (kernel.root / "proc/1/task/1/patch_state").write_text("1\n")
+        return rc
+
+    target.run_command = insmod_and_stick
+    r = runner(target, transition_timeout=2)
+    with pytest.raises(kt.KlpFailure) as exc:
+        r.enable(ko())
+    message = str(exc.value)
+    assert "pid 4242" in message and "klp_sleeper" in message
+    assert "klp_sleeper_wait" in message and "host is as before" in message
+    assert [t["pid"] for t in exc.value.result["stalled_tasks"]] == [4242]
+    assert exc.value.result["reverted"] is True
+    assert "klp_demo" not in target.loaded_modules()
+    assert not kernel.lp("klp_demo").exists()
+
+
+def test_stall_force_completes(target, kernel, ko):
+    kernel.add_task(7, "stuck")
+    kernel.stuck.add("klp_demo")
+    res = runner(target, transition_timeout=1, on_stall="force").enable(ko())
+    assert res["forced"] is True and res["state"] == "enabled"
+    assert (kernel.lp("klp_demo") / "force").read_text() == "1"
+    assert [t["pid"] for t in res["stalled_tasks"]] == [7]
+
+
+def test_stall_wait_then_succeeds(target, kernel, ko):
+    kernel.ticks = 30  # 3 s at 0.1 s polls: longer than transition_timeout=1
+    r = runner(target, transition_timeout=1, on_stall="wait", stall_timeout=10)
+    res = r.enable(ko())
+    assert res["state"] == "enabled" and res["transition_seconds"] >= 2.9
+    assert r.warnings and "on_stall=wait" in r.warnings[0]
+
+
+def test_failed_insmod_leaves_nothing(target, kernel, ko):
+    kernel.insmod_error = "Invalid argument"
+    with pytest.raises(kt.KlpError, match="Invalid argument"):
+        runner(target).enable(ko())
+    assert target.status("klp_demo") == "absent"
+
+
+def test_refuses_other_transition(target, kernel, ko):
+    kernel.stuck.add("other")
+    kernel.ticks = 1000
+    kernel.run_command(["insmod", ko(name="other")["path"]])
+    with pytest.raises(kt.KlpError, match="other is still in transition"):
+        runner(target).enable(ko())
+
+
+def test_replaced_patches_are_unloaded(target, kernel, ko):
+    runner(target).enable(ko(name="klp_old"))
+    info = ko(name="klp_new", build_id=b"\x02" * 20)
+    orig = kernel.run_command
+
+    def insmod_replace(argv):
+        rc = orig(argv)
+        if os.path.basename(argv[0]) == "insmod":
+            kernel.modules["klp_new"]["replace"] = True
+        return rc
+
+    target.run_command = insmod_replace
+    res = runner(target).enable(info)
+    assert res["replaced"] == ["klp_old"]
+    assert "klp_old" not in target.loaded_modules()
+    assert target.patch_names() == ["klp_new"]
+
+
+@pytest.mark.parametrize(("vermagic", "livepatch", "message"), [
+    ("6.1.0-56-cloud-amd64 SMP preempt mod_unload modversions ", True, "built for kernel"),
+    ("", True, "built for kernel <unknown>"),
+    (VERMAGIC, False, "not a livepatch module"),
+])
+def test_check_loadable_refusals(target, ko, vermagic, livepatch, message):
+    with pytest.raises(kt.KlpError, match=message):
+        target.check_loadable(ko(vermagic=vermagic, livepatch=livepatch), "host1")
+
+
+def test_check_loadable_needs_livepatch_sysfs(target, kernel, ko):
+    shutil.rmtree(kernel.root / "sys/kernel/livepatch")
+    with pytest.raises(kt.KlpError, match="no livepatch support"):
+        target.check_loadable(ko(), "host1")
+
+
+def test_check_loadable_compares_full_vermagic(target, kernel, ko, tmp_path):
+    ref = kernel.root / "lib/modules" / RELEASE / "kernel/net"
+    ref.mkdir(parents=True)
+    (ref / "ref.ko").write_bytes(livepatch_ko(name="ref", livepatch=False))
+    target.check_loadable(ko(), "host1")  # same vermagic: fine
+    with pytest.raises(kt.KlpError, match="different build options"):
+        target.check_loadable(ko(vermagic=f"{RELEASE} SMP mod_unload "), "host1")
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("module_sha256", "0" * 64),
+    ("kernel_release", "6.1.0-50-amd64"),
+    ("module_name", "someone_else"),
+])
+def test_manifest_mismatch_refused(target, ko, key, value):
+    with pytest.raises(kt.KlpError, match=key):
+        target.check_manifest(ko(), {key: value}, "host1")
+
+
+def test_manifest_match_accepted(target, ko):
+    info = ko()
+    target.check_manifest(info, {"module_sha256": info["sha256"], "module_name": "klp_demo",
+                                 "kernel_release": RELEASE, "vermagic": VERMAGIC}, "host1")
+
+
+def test_patches_view_and_preflight(target, kernel, ko):
+    runner(target).enable(ko())
+    [patch] = target.patches()
+    assert patch["enabled"] is True and patch["transition"] is False
+    assert patch["objects"]["vmlinux"]["functions"] == [{"name": "cmdline_proc_show",
+                                                         "sympos": 1}]
+    assert patch["replace"] is None  # not exposed by 6.1 sysfs
+    kernel.add_task(99, "cat", stack=("[<0>] cmdline_proc_show+0x10/0x30",
+                                      "[<0>] seq_read_iter+0x11f/0x450"))
+    kernel.add_task(98, "sleep", stack=("[<0>] hrtimer_nanosleep+0x8f/0x120",))
+    found = target.tasks_in_functions(["cmdline_proc_show", "meminfo_proc_show"])
+    assert [(t["pid"], t["function"]) for t in found] == [(99, "cmdline_proc_show")]

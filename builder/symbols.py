@@ -54,8 +54,32 @@ def _decompressors():
     def lzma_alone(data: bytes) -> bytes:
         return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(data)
 
-    return [(b"\xfd7zXZ\x00", xz), (b"\x28\xb5\x2f\xfd", zstd), (b"\x1f\x8b\x08", gz),
+    return [(b"\xfd7zXZ\x00", xz), (b"\x02\x21\x4c\x18", lz4_legacy),
+            (b"\x28\xb5\x2f\xfd", zstd), (b"\x1f\x8b\x08", gz),
             (b"\x5d\x00\x00", lzma_alone), (b"BZh", bz2.decompress)]
+
+
+def lz4_legacy(data: bytes) -> bytes:
+    """The kernel's LZ4 "legacy" stream (cloud-amd64 uses it): magic, then blocks of
+    8 MiB output each, every one preceded by its compressed size; a size that does not
+    fit (kbuild's trailing length word) ends it."""
+    import lz4.block
+
+    out, pos = bytearray(), 4
+    while pos + 4 <= len(data):
+        size = int.from_bytes(data[pos:pos + 4], "little")
+        if size == 0x184C2102:  # a concatenated stream: its magic again
+            pos += 4
+            continue
+        if size == 0 or pos + 4 + size > len(data):
+            break
+        try:
+            out += lz4.block.decompress(data[pos + 4:pos + 4 + size],
+                                        uncompressed_size=8 << 20)
+        except lz4.block.LZ4BlockError:
+            break
+        pos += 4 + size
+    return bytes(out)
 
 
 def extract_vmlinux(vmlinuz: Path) -> bytes:

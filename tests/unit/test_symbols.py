@@ -1,0 +1,253 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Shipped-kernel knowledge and the verify stage, on tiny objects built with the host gcc."""
+
+from __future__ import annotations
+
+import lzma
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from builder.artifacts import CompiledUnit
+from builder.errors import BuildError
+from builder.stages.verify import mask, object_functions, verify
+from builder.symbols import (
+    Exports,
+    KSymbol,
+    ModuleImage,
+    VmlinuxImage,
+    extract_vmlinux,
+    find_module,
+    reloc_size,
+)
+
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("ld") is None,
+                               reason="needs gcc and ld")
+# Kernel-like code generation: absolute addresses in 32-bit sign-extended form, one
+# section per function (as the builder compiles originals).
+CFLAGS = ["-O2", "-fno-pic", "-mcmodel=kernel", "-ffunction-sections", "-fdata-sections",
+          "-fno-asynchronous-unwind-tables", "-mno-red-zone", "-fno-inline"]
+
+SOURCE = """\
+extern int counter;
+extern int report(const char *what, int value);
+
+int scaled(int x)
+{
+\tcounter += x;
+\treturn report("scaled", x * %(factor)d) + counter;
+}
+
+static int helper(int x)
+{
+\treturn report("helper", x + %(add)d);
+}
+
+int use_helper(int x)
+{
+\treturn helper(x) * 3;
+}
+"""
+SUPPORT = """\
+int counter;
+int report(const char *what, int value) { return value + (what[0] == 's'); }
+void _start(void) { }
+"""
+
+
+def _cc(tmp: Path, name: str, text: str, extra: list[str] | None = None) -> Path:
+    src = tmp / f"{name}.c"
+    src.write_text(text)
+    obj = tmp / f"{name}.o"
+    subprocess.run(["gcc", *CFLAGS, *(extra or []), "-c", str(src), "-o", str(obj)], check=True)
+    return obj
+
+
+def _unit(obj: Path, target: str = "vmlinux") -> CompiledUnit:
+    return CompiledUnit(source="fixture.c", object_name="fixture.o", target_object=target,
+                        original=obj, patched=obj)
+
+
+def _linked_image(tmp: Path, objs: list[Path]) -> VmlinuxImage:
+    """Link like vmlinux: relocations resolved, so reloc sites hold real values."""
+    exe = tmp / "vmlinux"
+    subprocess.run(["ld", "-static", "-e", "_start", "-Ttext=0x1000000", "-o", str(exe),
+                    *map(str, objs)], check=True)
+    symbols = []
+    with open(exe, "rb") as fh:
+        for sym in ELFFile(fh).get_section_by_name(".symtab").iter_symbols():
+            if sym["st_info"]["type"] == "STT_FUNC":
+                local = sym["st_info"]["bind"] == "STB_LOCAL"
+                symbols.append(KSymbol(sym.name, sym["st_value"], "t" if local else "T"))
+    symbols.sort(key=lambda s: s.address)  # kallsyms order: by address
+    return VmlinuxImage(exe, symbols)
+
+
+# ---------------------------------------------------------------- exports
+SYMVERS = (
+    "0x1b2e9b0a\tseq_puts\tvmlinux\tEXPORT_SYMBOL\t\n"
+    "0x11223344\tusb_stor_probe1\tdrivers/usb/storage/usb-storage\tEXPORT_SYMBOL_GPL\tUSB_STORAGE\n"
+    "0x00000001\t__register_binfmt\tvmlinux\tEXPORT_SYMBOL\t\n"
+    "garbage line\n"
+)
+
+
+def test_exports_from_module_symvers():
+    exports = Exports.parse(SYMVERS)
+    assert len(exports) == 3
+    assert exports.is_exported("seq_puts") and not exports.is_exported("saved_command_line")
+    assert exports.owner("seq_puts") == "vmlinux"
+    assert exports.owner("usb_stor_probe1") == "usb_storage"  # module names use '_'
+    assert exports.owner("saved_command_line") is None
+    assert exports.namespace("usb_stor_probe1") == "USB_STORAGE"
+    assert exports.namespace("seq_puts") == ""
+    assert exports.get("seq_puts").crc == 0x1B2E9B0A
+    assert "__register_binfmt" in exports.exported_names()
+
+
+def test_reloc_sizes():
+    assert reloc_size(1) == 8  # R_X86_64_64
+    assert [reloc_size(t) for t in (2, 4, 10, 11)] == [4, 4, 4, 4]  # PC32 PLT32 32 32S
+
+
+def test_mask_zeroes_only_relocation_sites():
+    assert mask(b"\xe8\x01\x02\x03\x04\xc3", [(1, 4)]) == b"\xe8\x00\x00\x00\x00\xc3"
+    assert mask(b"\xaa\xbb", [(1, 8)]) == b"\xaa\x00"  # clipped at the end
+
+
+# ---------------------------------------------------------------- vmlinux
+def test_extract_vmlinux_finds_the_compressed_elf(tmp_path):
+    elf = b"\x7fELF" + bytes(range(256)) * 8
+    payload = lzma.compress(elf, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
+    vmlinuz = tmp_path / "vmlinuz"
+    # setup code containing a false XZ magic first, then the real stream, then padding
+    vmlinuz.write_bytes(b"MZ" + b"\xfd7zXZ\x00junk" + b"\x00" * 100 + payload + b"\x00" * 64)
+    assert extract_vmlinux(vmlinuz) == elf
+    vmlinuz.write_bytes(b"MZ no kernel here")
+    with pytest.raises(BuildError, match="no compressed ELF kernel"):
+        extract_vmlinux(vmlinuz)
+
+
+def test_extract_vmlinux_lz4_legacy_as_cloud_kernels_use(tmp_path):
+    lz4_block = pytest.importorskip("lz4.block")
+    elf = b"\x7fELF" + bytes(range(256)) * 64
+    chunks = [elf[:8000], elf[8000:]]  # two blocks, as the kernel's 8 MiB chunks
+    stream = b"\x02\x21\x4c\x18"
+    for chunk in chunks:
+        block = lz4_block.compress(chunk, store_size=False)
+        stream += len(block).to_bytes(4, "little") + block
+    stream += len(elf).to_bytes(4, "little")  # kbuild's trailing size word
+    vmlinuz = tmp_path / "vmlinuz"
+    vmlinuz.write_bytes(b"MZ setup" + stream)
+    assert extract_vmlinux(vmlinuz) == elf
+
+
+def test_sympos_is_kallsyms_order(tmp_path):
+    exe = tmp_path / "x"
+    exe.write_bytes(_minimal_elf())
+    image = VmlinuxImage(exe, [KSymbol("dup", 0x10, "t"), KSymbol("uniq", 0x20, "T"),
+                               KSymbol("dup", 0x30, "t")])
+    assert image.positions("dup") == [0x10, 0x30]
+    assert image.sympos("dup", 0x10) == 1 and image.sympos("dup", 0x30) == 2
+    assert image.sympos("uniq", 0x20) == 0
+    assert image.exists("uniq") and not image.exists("nope")
+    with pytest.raises(BuildError):
+        image.sympos("dup", 0x20)
+
+
+def _minimal_elf() -> bytes:
+    """An ELF64 header with no segments (enough for the symbol-table-only tests)."""
+    import struct
+
+    ident = b"\x7fELF\x02\x01\x01" + b"\x00" * 9
+    return ident + struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, 0, 0, 0, 0, 64, 56, 0, 64, 0, 0)
+
+
+@needs_gcc
+def test_verify_matches_outside_relocations_and_reports_the_first_difference(tmp_path):
+    orig = _cc(tmp_path, "fixture", SOURCE % {"factor": 3, "add": 1})
+    support = _cc(tmp_path, "support", SUPPORT)
+    image = _linked_image(tmp_path, [orig, support])
+    # Linking filled every relocation site: the bytes match only with masking.
+    fn = object_functions(orig)["scaled"]
+    assert fn.relocs, "the fixture must have relocations"
+    raw = image.read(image.positions("scaled")[0], len(fn.code))
+    assert raw != fn.code and mask(raw, fn.relocs) == mask(fn.code, fn.relocs)
+    results = verify(_unit(orig), ["scaled", "use_helper", "helper"], image)
+    assert [(r.name, r.sympos, r.size) for r in results] == [
+        ("scaled", 0, len(fn.code)), ("use_helper", 0, len(object_functions(orig)["use_helper"]
+                                                          .code)),
+        ("helper", 0, len(object_functions(orig)["helper"].code))]
+    assert all(r.masked > 0 for r in results)
+
+    # The "shipped" kernel was built from other source: refused, with the offset.
+    other = tmp_path / "other"
+    other.mkdir()
+    changed = _cc(other, "fixture", SOURCE % {"factor": 5, "add": 1})
+    with pytest.raises(BuildError) as err:
+        verify(_unit(changed), ["scaled"], image)
+    text = str(err.value)
+    assert "scaled" in text and "differs from the shipped vmlinux at offset 0x" in text
+    assert "source package version, compiler or config" in text
+
+
+@needs_gcc
+def test_verify_refuses_functions_missing_from_the_shipped_kernel(tmp_path):
+    orig = _cc(tmp_path, "fixture", SOURCE % {"factor": 3, "add": 1})
+    support = _cc(tmp_path, "support", SUPPORT)
+    image = _linked_image(tmp_path, [orig, support])
+    image = VmlinuxImage(image.path, [s for s in image.symbols if s.name != "helper"])
+    with pytest.raises(BuildError, match="inlined"):
+        verify(_unit(orig), ["helper"], image)
+    with pytest.raises(BuildError, match="not a function of the rebuilt"):
+        verify(_unit(orig), ["no_such_function"], image)
+
+
+# ---------------------------------------------------------------- modules
+@needs_gcc
+def test_module_image_symtab_order_sympos_and_own_relocations(tmp_path):
+    one = _cc(tmp_path, "one", SOURCE % {"factor": 3, "add": 1})
+    two_dir = tmp_path / "two"
+    two_dir.mkdir()
+    two = _cc(two_dir, "two", (SOURCE % {"factor": 3, "add": 2})
+              .replace("scaled", "scaled2").replace("use_helper", "use_helper2"))
+    modinfo = tmp_path / "modinfo.o"
+    modinfo_src = tmp_path / "modinfo.c"
+    modinfo_src.write_text('__attribute__((section(".modinfo"), used)) '
+                           'static const char n[] = "license=GPL\\0name=fix_mod";\n')
+    subprocess.run(["gcc", "-c", str(modinfo_src), "-o", str(modinfo)], check=True)
+    mods = tmp_path / "lib/modules/6.1.0-56-amd64/kernel/fs"
+    mods.mkdir(parents=True)
+    ko = mods / "fix-mod.ko"
+    subprocess.run(["ld", "-r", "-o", str(ko), str(one), str(two), str(modinfo)], check=True)
+
+    assert find_module(tmp_path / "lib/modules", "fix_mod") == ko
+    with pytest.raises(BuildError, match="not in"):
+        find_module(tmp_path / "lib/modules", "absent")
+    module = ModuleImage(ko)
+    assert module.name == "fix_mod"
+    helpers = module.positions("helper")
+    assert len(helpers) == 2  # two static helpers, in symtab order
+    assert [module.sympos("helper", a) for a in helpers] == [1, 2]
+    assert module.reloc_offsets("scaled")  # the .ko's own relocation sites
+
+    # Each object's helper matches exactly one of the two (the immediates differ).
+    first = verify(_unit(one, "fix_mod"), ["helper", "scaled"], module)
+    assert [(r.name, r.sympos) for r in first] == [("helper", 1), ("scaled", 0)]
+    second = verify(_unit(two, "fix_mod"), ["helper"], module)
+    assert [(r.name, r.sympos) for r in second] == [("helper", 2)]
+
+
+@needs_gcc
+def test_identical_same_named_functions_are_ambiguous(tmp_path):
+    one = _cc(tmp_path, "one", SOURCE % {"factor": 3, "add": 1})
+    (tmp_path / "b").mkdir()
+    two = _cc(tmp_path / "b", "two", (SOURCE % {"factor": 3, "add": 1})
+              .replace("scaled", "scaled2").replace("use_helper", "use_helper2"))
+    ko = tmp_path / "dup.ko"
+    subprocess.run(["ld", "-r", "-o", str(ko), str(one), str(two)], check=True)
+    with pytest.raises(BuildError, match="2 identical copies of helper"):
+        verify(_unit(one, "dup"), ["helper"], ModuleImage(ko))

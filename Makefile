@@ -87,7 +87,7 @@ lint-yaml: setup
 	$(BIN)/yamllint -s .
 
 lint-ansible: setup
-	$(BIN)/ansible-lint --profile production
+	$(BIN)/ansible-lint --profile production $(if $(CI),--nocolor)
 
 lint-changelog: setup
 	$(BIN)/antsibull-changelog lint

@@ -128,12 +128,7 @@ class VmlinuxImage:
     @classmethod
     def load(cls, vmlinuz: Path, cache_dir: Path) -> VmlinuxImage:
         """Decompress and read kallsyms once; later calls read the cache (<1 s)."""
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        vmlinux = cache_dir / "vmlinux"
-        if not vmlinux.is_file():
-            tmp = cache_dir / f".vmlinux.tmp-{os.getpid()}"
-            tmp.write_bytes(extract_vmlinux(vmlinuz))
-            tmp.replace(vmlinux)
+        vmlinux = ensure_vmlinux(vmlinuz, cache_dir)
         table = cache_dir / "kallsyms.json"
         symbols = None
         if table.is_file():
@@ -195,6 +190,17 @@ class VmlinuxImage:
         if self._build_id is None:
             self._build_id = elf_build_id(self.path) or ""
         return self._build_id
+
+
+def ensure_vmlinux(vmlinuz: Path, cache_dir: Path) -> Path:
+    """The raw ELF vmlinux, decompressed once into cache_dir/vmlinux (atomically)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    vmlinux = cache_dir / "vmlinux"
+    if not vmlinux.is_file():
+        tmp = cache_dir / f".vmlinux.tmp-{os.getpid()}"
+        tmp.write_bytes(extract_vmlinux(vmlinuz))
+        tmp.replace(vmlinux)
+    return vmlinux
 
 
 def _load_segments(data: bytes) -> list[tuple[int, int, int]]:
@@ -443,4 +449,5 @@ class Exports:
 
 
 __all__ = ["VmlinuxImage", "ModuleImage", "Exports", "Export", "KSymbol", "MSymbol",
-           "extract_vmlinux", "read_kallsyms", "find_module", "reloc_size", "elf_build_id"]
+           "extract_vmlinux", "ensure_vmlinux", "read_kallsyms", "find_module", "reloc_size",
+           "elf_build_id"]

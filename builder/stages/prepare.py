@@ -26,7 +26,7 @@ JOBS = "-j2"
 # Config symbols that describe the host's tools rather than the kernel: a different
 # pahole or linker version changes them without changing the code we compile.
 _TOOL_SYMBOLS = re.compile(r"^CONFIG_(PAHOLE_VERSION|LD_VERSION|AS_VERSION|LLD_VERSION|"
-                           r"RUSTC_VERSION|BINDGEN_VERSION|RUST_IS_AVAILABLE|.*_BTF.*)$")
+                           r"RUSTC_LLVM_VERSION|RUSTC_VERSION|BINDGEN_VERSION|RUST_IS_AVAILABLE|.*_BTF.*)$")
 
 
 def read_config(path: Path) -> dict[str, str]:

@@ -747,7 +747,8 @@ class PatchRunner:
         if status == "enabled" and same_build:
             stored = self._store(info["path"], name)
             return self._result(name, stored, before, predicted="enabled",
-                                transition_seconds=0.0, module_path=info["path"])
+                                transition_seconds=0.0,
+                                module_path=self._module_path(info, name))
         if self.check_mode:
             return self._result(name, True, before, predicted="enabled",
                                 module_path=info["path"],
@@ -766,6 +767,7 @@ class PatchRunner:
             self.t.rmmod(name)
             self.t.wait_unloaded(name)
         active_before = set(self.t.patch_names())
+        started = self.t.clock()
         self.t.insmod(info["path"], params)
         if self.t.patch(name) is None:
             log = self.t.kernel_log(name)
@@ -774,12 +776,17 @@ class PatchRunner:
             raise KlpError("{}: {} loaded but registered no livepatch named {}{}".format(
                 self.host, info["path"], name, ("; kernel log: " + " | ".join(log))
                 if log else ""))
-        result = self._finish_transition(name, before, info, params_changed=True)
+        result = self._finish_transition(name, before, info, params_changed=True,
+                                         started=started)
         result["replaced"] = self.t.unload_replaced(active_before, keep=name)
         return result
 
-    def _finish_transition(self, name, before, info, params_changed):
-        finished, seconds = self.t.wait_transition(name, self.transition_timeout)
+    def _finish_transition(self, name, before, info, params_changed, started=None):
+        """Wait for NAME's transition; the time counts from STARTED (before insmod)."""
+        if started is None:
+            started = self.t.clock()
+        finished, _s = self.t.wait_transition(name, self.transition_timeout)
+        seconds = self.t.clock() - started
         stalled = []
         forced = False
         if not finished:
@@ -816,7 +823,10 @@ class PatchRunner:
         stored = self._store(info["path"], name)
         return self._result(name, params_changed or stored, before,
                             transition_seconds=round(seconds, 3), stalled_tasks=stalled,
-                            forced=forced, module_path=info["path"])
+                            forced=forced, module_path=self._module_path(info, name))
+
+    def _module_path(self, info, name):
+        return info["path"] if self.check_mode else self.t.stored_path(name)
 
     # ---- disabled / absent
     def remove(self, name, keep_stored):

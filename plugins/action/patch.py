@@ -1,0 +1,121 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright: klp.livepatch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin for klp.livepatch.patch: push the module only when needed, then run.
+
+1. On the controller: find O(src), read its ELF .modinfo (name, vermagic, livepatch
+   flag) and sha256, and the manifest NAME.json beside it if there is one.
+2. Probe: run the module without src. If the target already stores a copy with that
+   sha256, this run does the whole job and nothing is transferred.
+3. Otherwise (the module answers missing_module) copy the .ko into the remote temporary
+   directory and run the module again with src pointing at it; the module stores it
+   under /var/lib/klp-livepatch/modules/RELEASE/ itself.
+The remote temporary directory is always removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ansible.errors import AnsibleActionFail, AnsibleError
+from ansible.module_utils.common.text.converters import to_text
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_target import (
+    KlpError,
+    inspect_module,
+    module_name,
+)
+
+MODULE = "klp.livepatch.patch"
+
+
+def read_manifest(ko_path: str) -> dict | None:
+    """The builder manifest NAME.json beside NAME.ko, or None."""
+    path = os.path.splitext(ko_path)[0] + ".json"
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise AnsibleActionFail(f"cannot read the manifest {path}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise AnsibleActionFail(f"manifest {path} is not a JSON object")
+    return manifest
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = True
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars or {})
+        del tmp  # unused; the connection's tmpdir is used
+        args = dict(self._task.args)
+        src = args.pop("src", None)
+        state = args.get("state", "enabled")
+        try:
+            if src:
+                args.update(self._controller_checks(src, args))
+            if not src or state != "enabled":
+                result.update(self._run_module(args, task_vars))
+                return result
+            probe = self._run_module(args, task_vars)
+            if not (probe.get("failed") and probe.get("missing_module")):
+                result.update(probe)
+                return result
+            remote = self._transfer(src, args["name"])
+            result.update(self._run_module(dict(args, src=remote), task_vars))
+            return result
+        except AnsibleError:
+            raise
+        except KlpError as exc:
+            raise AnsibleActionFail(str(exc)) from exc
+        finally:
+            self._remove_tmp_path(self._connection._shell.tmpdir)
+
+    def _controller_checks(self, src: str, args: dict) -> dict:
+        try:
+            path = self._find_needle("files", src)
+        except AnsibleError as exc:
+            raise AnsibleActionFail(f"livepatch module {src} not found on the controller: "
+                                    f"{to_text(exc)}") from exc
+        try:
+            info = inspect_module(path)
+        except KlpError as exc:
+            raise AnsibleActionFail(f"refusing {path}: {exc}") from exc
+        if not info["livepatch"]:
+            raise AnsibleActionFail(f"{path} is not a livepatch module (no livepatch=Y in "
+                                    ".modinfo); refusing to send it to any host")
+        name = args.get("name")
+        if name and module_name(name) != info["name"]:
+            raise AnsibleActionFail(f"{path} is kernel module {info['name']!r} but name is "
+                                    f"{name!r}")
+        wanted = args.get("sha256")
+        if wanted and wanted.lower() != info["sha256"]:
+            raise AnsibleActionFail(f"{path} has sha256 {info['sha256']}, not {wanted}")
+        extra = {"name": info["name"], "sha256": info["sha256"]}
+        manifest = read_manifest(path)
+        if manifest is not None:
+            if manifest.get("module_sha256") and manifest["module_sha256"] != info["sha256"]:
+                raise AnsibleActionFail(
+                    f"{path} has sha256 {info['sha256']} but its manifest says "
+                    f"{manifest['module_sha256']}: the module was changed or corrupted "
+                    "after the build")
+            extra["manifest"] = manifest
+        self._klp_src = path
+        return extra
+
+    def _transfer(self, src: str, name: str) -> str:
+        if not self._connection._shell.tmpdir:
+            self._make_tmp_path()
+        remote = self._connection._shell.join_path(self._connection._shell.tmpdir,
+                                                   f"{name}.ko")
+        self._transfer_file(self._klp_src, remote)
+        self._fixup_perms2((self._connection._shell.tmpdir, remote))
+        return remote
+
+    def _run_module(self, args: dict, task_vars) -> dict:
+        return self._execute_module(module_name=MODULE, module_args=args,
+                                    task_vars=task_vars)

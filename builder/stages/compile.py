@@ -238,14 +238,25 @@ def _config_value(tree: PreparedTree, symbol: str) -> str:
 
 
 def config_guard(tree: PreparedTree, source: str) -> str | None:
-    """The CONFIG_ option that excludes this object, if its kbuild line has one set to n.
+    """The CONFIG_ option that excludes this object, if a kbuild line sets it to n.
 
     kbuild happily compiles any single .o on request, even one the configuration does
-    not link anywhere, so "it compiled" proves nothing: look at the directory's own
-    Makefile/Kbuild line that names the object.
+    not link anywhere, so "it compiled" proves nothing. Look at the line naming the
+    object in its directory's Makefile, then at the line naming each directory in its
+    parent's (fs/ext2/super.o needs `obj-$(CONFIG_EXT2_FS) += ext2/` in fs/Makefile).
     """
-    obj = Path(source).with_suffix(".o").name
-    directory = tree.source_dir / Path(source).parent
+    parts = Path(source).parts
+    entries = [(Path(*parts[:-1]), Path(source).with_suffix(".o").name)]
+    for depth in range(len(parts) - 2, 0, -1):
+        entries.append((Path(*parts[:depth]), parts[depth] + "/"))
+    for directory, entry in entries:
+        symbol = _guard_in(tree, tree.source_dir / directory, entry)
+        if symbol:
+            return symbol
+    return None
+
+
+def _guard_in(tree: PreparedTree, directory: Path, entry: str) -> str | None:
     for name in ("Kbuild", "Makefile"):
         makefile = directory / name
         if not makefile.is_file():
@@ -253,13 +264,13 @@ def config_guard(tree: PreparedTree, source: str) -> str | None:
         text = makefile.read_text(errors="replace").replace("\\\n", " ")
         for line in text.splitlines():
             lhs, sep, rhs = line.partition("+=") if "+=" in line else line.partition(":=")
-            if not sep or not re.search(rf"(^|\s){re.escape(obj)}(\s|$)", rhs):
+            if not sep or not re.search(rf"(^|\s){re.escape(entry)}(\s|$)", rhs):
                 continue
             for symbol in re.findall(r"\$\((CONFIG_[A-Za-z0-9_]+)\)", lhs):
                 if _config_value(tree, symbol) not in ("y", "m"):
                     return symbol
             return None
-        break
+        return None
     return None
 
 

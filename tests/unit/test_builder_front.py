@@ -213,6 +213,11 @@ def test_config_guard_names_the_disabling_option(tmp_path):
     assert config_guard(tree, "fs/meminfo.c") is None
     assert config_guard(tree, "fs/always.c") is None
     assert config_guard(tree, "fs/vmcore.c") == "CONFIG_PROC_VMCORE"
+    # a directory the configuration never enters
+    (tree.source_dir / "fs" / "ext2").mkdir()
+    (tree.source_dir / "fs" / "ext2" / "Makefile").write_text("obj-y += super.o\n")
+    (tree.source_dir / "fs" / "Makefile").write_text("obj-$(CONFIG_EXT2_FS) += ext2/\n")
+    assert config_guard(tree, "fs/ext2/super.c") == "CONFIG_EXT2_FS"
 
 
 @pytest.mark.skipif(shutil.which("patch") is None, reason="needs GNU patch")

@@ -283,7 +283,8 @@ def build_object(tree: PreparedTree, source: str, extra_cflags: str = "") -> tup
     cmd = tree.make_args + [obj, f"KCFLAGS={kcflags}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not built.is_file():
-        output = (proc.stderr + proc.stdout).strip()
+        # Paths relative to the source tree read like the user's own patch.
+        output = (proc.stderr + proc.stdout).strip().replace(f"{tree.source_dir}/", "")
         if proc.returncode == 0:
             raise BuildError(stage=STAGE, file=source,
                              message="kbuild built nothing for it: this configuration does "

@@ -202,6 +202,11 @@ class Lab:
             raise LabError(f"kernel {release} is not installed in the image of VM {name} "
                            f"(it has {', '.join(image.kernels)}); boot a VM with "
                            f"NAME={','.join([*image.kernels, release])} to get both")
+        if old.alive:  # flush the guest's page cache: QEMU is stopped like a power cut
+            try:
+                old.ssh("sync", timeout=30)
+            except subprocess.TimeoutExpired:
+                step(f"{name}: sync before restart timed out; restarting anyway")
         self._stop(old)
         vm = self._boot(name, image, release, old.append if append is None else append,
                         fresh_disk=False)

@@ -69,7 +69,7 @@ def command(*, name: str, image: Image, release: str, overlay: Path, vm_dir: Pat
         "-serial", "chardev:con0",
         "-kernel", str(image.vmlinuz(release)), "-initrd", str(image.initrd(release)),
         "-append", kernel_cmdline,
-        "-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe",
+        "-drive", f"file={overlay},if=virtio,format=qcow2",
         # restrict=on: the guest reaches nothing, not even the host; only the forward in.
         "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net-pci,netdev=n0",

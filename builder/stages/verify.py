@@ -102,12 +102,21 @@ def first_difference(a: bytes, b: bytes) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+ENDBR64 = bytes.fromhex("f30f1efa")
+# objtool --ibt at vmlinux link (IBT kernels: 6.12) "seals" the ENDBR of functions whose
+# address is never taken, overwriting it with this 4-byte NOP. The rebuilt object has
+# not been through that step yet, so the two forms are equivalent here.
+SEALED_ENDBR = bytes.fromhex("0f1f40d6")
+
+
 def _compare(fn: ObjectFunction, image, address: int) -> tuple[int | None, int]:
     """(first differing offset or None, masked byte count) of one shipped candidate."""
     sites = list(fn.relocs)
     if isinstance(image, ModuleImage):
         sites += image.reloc_offsets(fn.name, address)
     shipped = image.read(address, len(fn.code))
+    if fn.code[:4] == ENDBR64 and shipped[:4] == SEALED_ENDBR:
+        sites.append((0, 4))
     return first_difference(mask(fn.code, sites), mask(shipped, sites)), \
         sum(n for _, n in sites)
 

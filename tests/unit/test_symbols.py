@@ -113,6 +113,19 @@ def test_reloc_sizes():
     assert [reloc_size(t) for t in (2, 4, 10, 11)] == [4, 4, 4, 4]  # PC32 PLT32 32 32S
 
 
+def test_sealed_endbr_counts_as_endbr(tmp_path):
+    from builder.stages.verify import ObjectFunction, _compare
+
+    class Image:  # the shipped bytes: objtool sealed the ENDBR
+        def read(self, address, size):
+            return (bytes.fromhex("0f1f40d6") + b"\x90\xc3")[:size]
+
+    fn = ObjectFunction("f", bytes.fromhex("f30f1efa") + b"\x90\xc3", [])
+    assert _compare(fn, Image(), 0)[0] is None
+    other = ObjectFunction("f", bytes.fromhex("f30f1efa") + b"\x91\xc3", [])
+    assert _compare(other, Image(), 0)[0] == 4
+
+
 def test_mask_zeroes_only_relocation_sites():
     assert mask(b"\xe8\x01\x02\x03\x04\xc3", [(1, 4)]) == b"\xe8\x00\x00\x00\x00\xc3"
     assert mask(b"\xaa\xbb", [(1, 8)]) == b"\xaa\x00"  # clipped at the end

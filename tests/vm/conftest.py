@@ -1,0 +1,118 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Session-scoped lab for VM tests: boot the kernels the session needs once, always tear down.
+
+Kernels: the default set, or `KLP_LAB_KERNELS` (whitespace-separated specs), plus any
+`@pytest.mark.lab_kernels("spec", …)` on collected tests. Only VMs this session booted are
+stopped at the end (a VM the user already had running is reused and left alone).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from lab import VM, Lab
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_KERNELS = ["newest-6.1-amd64", "newest-6.1-cloud-amd64"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "lab_kernels(*specs): lab VM specs a test needs booted")
+
+
+def session_kernels(items: list[pytest.Item]) -> list[str]:
+    """The union, in first-seen order, of the base set and the specs tests ask for."""
+    specs = os.environ.get("KLP_LAB_KERNELS", "").split() or list(DEFAULT_KERNELS)
+    for item in items:
+        for marker in item.iter_markers("lab_kernels"):
+            specs += [s for s in marker.args if s not in specs]
+    return specs
+
+
+def _teardown(lab: Lab) -> None:
+    if lab.started:
+        lab.down(list(lab.started))
+
+
+@pytest.fixture(scope="session")
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """The Lab with the session's VMs running; `lab.up([...])` boots more on demand."""
+    the_lab = Lab(state_dir=os.environ.get("KLP_LAB_STATE", ROOT / ".lab"))
+    atexit.register(_teardown, the_lab)  # also when pytest itself is interrupted oddly
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:  # turn SIGTERM into an exception so finally runs
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        the_lab.up(session_kernels(request.session.items))
+        yield the_lab
+    finally:
+        _teardown(the_lab)
+        if previous is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session")
+def lab_vms(lab: Lab, request: pytest.FixtureRequest) -> list[VM]:
+    """The VMs of the session's kernel set, in spec order (already running: no reboot)."""
+    return lab.up(session_kernels(request.session.items))
+
+
+@pytest.fixture(scope="session")
+def lab_inventory(lab: Lab) -> Path:
+    """Path of the inventory (all running lab VMs) for ansible -i."""
+    return lab.inventory_path
+
+
+@pytest.fixture(scope="session")
+def lab_boot(lab: Lab) -> Callable[[list[str]], list[VM]]:
+    """Boot extra VMs on demand (`lab_boot(["name=RELEASE+cmdline"])`); down at session end."""
+    return lab.up
+
+
+def _ansible_bin(tool: str) -> str:
+    local = Path(sys.executable).parent / tool
+    found = str(local) if local.exists() else shutil.which(tool)
+    if not found:
+        pytest.fail(f"{tool} not found: run 'make venv'")
+    return found
+
+
+def run_ansible(tool: str, *args: str, inventory: Path, timeout: float = 600
+                ) -> dict[str, dict]:
+    """Run `ansible` or `ansible-playbook` like a user would; return each host's last result.
+
+    Results come from ansible-core's `tree` callback (one JSON file per host), so a playbook
+    whose result matters should end with the task that produces it.
+    """
+    with tempfile.TemporaryDirectory(prefix="klp-ansible-tree-") as tree:
+        env = {**os.environ, "ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.tree",
+               "ANSIBLE_CALLBACK_TREE_DIR": tree, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+               "ANSIBLE_HOST_KEY_CHECKING": "False",
+               "ANSIBLE_DEPRECATION_WARNINGS": "False", "ANSIBLE_NOCOLOR": "1"}
+        proc = subprocess.run([_ansible_bin(tool), "-i", str(inventory), *args], env=env,
+                              capture_output=True, text=True, timeout=timeout, check=False,
+                              cwd=ROOT)
+        results = {p.name: json.loads(p.read_text()) for p in Path(tree).iterdir()}
+    if proc.returncode != 0 or not results:
+        pytest.fail(f"{tool} {' '.join(args)} exited {proc.returncode}:\n"
+                    f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return results
+
+
+@pytest.fixture(scope="session")
+def ansible(lab_inventory: Path) -> Callable[..., dict]:
+    """`ansible(pattern, "-m", MODULE, "-a", ARGS)` against the lab inventory: host -> result."""
+    def run(*args: str, tool: str = "ansible", timeout: float = 600) -> dict[str, dict]:
+        return run_ansible(tool, *args, inventory=lab_inventory, timeout=timeout)
+    return run

@@ -398,7 +398,7 @@ class Target:
         if not patch:
             return {}
         return {obj: [f["name"] for f in o["functions"]]
-                    for obj, o in patch["objects"].items()}
+                for obj, o in patch["objects"].items()}
 
     def livepatch_modules(self):
         """Loaded modules that carry the livepatch taint (K), whether active or not."""
@@ -558,8 +558,8 @@ class Target:
         if release != self.release:
             raise KlpError(
                 "{} was built for kernel {} (vermagic {!r}) but {} runs {}: build the "
-                "patch for {}".format(info["path"], release or "<unknown>", info["vermagic"],
-                                  host, self.release, self.release))
+                "patch for {}".format(info["path"], release or "<unknown>",
+                                      info["vermagic"], host, self.release, self.release))
         ref = self.reference_vermagic()
         if ref is not None and ref.split() != info["vermagic"].split():
             raise KlpError(
@@ -627,7 +627,6 @@ class Target:
             self.rmmod(name)
             unloaded.append(name)
         return unloaded
-
 
 
 # --------------------------------------------------------------------------- orchestration

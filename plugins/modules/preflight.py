@@ -159,7 +159,7 @@ def main():
     if not functions:
         module.fail_json(msg="no functions to look for: the manifest lists none")
     target = Target()
-    tasks = sum(1 for _ in target.tasks())
+    tasks = len(list(target.tasks()))
     blocking = target.tasks_in_functions(functions)
     module.exit_json(changed=False, functions=functions, blocking_tasks=blocking,
                      safe=not blocking, tasks_scanned=tasks)

@@ -9,6 +9,7 @@ is put on sys.path for the test session.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import shutil
 import sys
 import tempfile
@@ -25,7 +26,5 @@ def _collection_path() -> str:
     return str(base)
 
 
-try:
-    import ansible_collections.klp.livepatch  # noqa: F401 - already importable
-except ImportError:
+if importlib.util.find_spec("ansible_collections") is None:
     sys.path.insert(0, _collection_path())

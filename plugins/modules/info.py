@@ -151,8 +151,25 @@ stored_patches:
   elements: dict
   sample:
     - name: cve_2026_1234
+      persist: true
       path: /var/lib/klp-livepatch/modules/6.1.0-56-amd64/cve_2026_1234.ko
       sha256: 556812e28f13cd720d99a0e87abaee797a82b7c8b951bfca95ec7ac348bccbfe
+boot:
+  description: >-
+    Boot-time loading set up by O(klp.livepatch.patch#module:persist=true). It shows the
+    boot units and the crash-loop guard. C(pending) lists the patches loaded by this
+    boot, cleared 120 s after boot. C(skipped) lists the patches the guard kept from
+    loading. C(failed) lists the patches whose load failed at boot. C(last_ok) is the
+    epoch time of the last boot marked healthy.
+  returned: always
+  type: dict
+  sample:
+    installed: true
+    unit_enabled: true
+    pending: []
+    skipped: []
+    failed: []
+    last_ok: 1795852461
 """
 
 import os
@@ -161,6 +178,7 @@ import re
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.klp.livepatch.plugins.module_utils.klp_target import (
+    Persistence,
     Target,
     parse_proc_version,
     sha256_file,
@@ -185,11 +203,12 @@ def lockdown_mode(target):
 
 def stored(target):
     store = target.store_dir()
+    persisted = Persistence(target).persisted()
     try:
         names = sorted(n for n in os.listdir(store) if n.endswith(".ko"))
     except OSError:
         return []
-    return [{"name": n[:-3], "path": os.path.join(store, n),
+    return [{"name": n[:-3], "path": os.path.join(store, n), "persist": n[:-3] in persisted,
              "sha256": sha256_file(os.path.join(store, n))} for n in names]
 
 
@@ -211,6 +230,7 @@ def main():
         lockdown=lockdown_mode(target),
         sig_enforce={"Y": True, "N": False}.get(sig),
         stored_patches=stored(target),
+        boot=dict(Persistence(target).guard(), installed=Persistence(target).installed()),
     )
 
 

@@ -111,6 +111,22 @@ options:
     type: list
     elements: str
     default: []
+  persist:
+    description:
+      - V(true) makes the patch load again at every boot of the same kernel release.
+        The stored copy is marked persistent, and a systemd unit
+        (C(klp-livepatch.service)) loads early in boot the marked patches stored for
+        the running kernel release. Patches built for other kernels are never loaded.
+      - A crash-loop guard comes with it. Each boot that loads patches writes a
+        C(pending) mark under C(/var/lib/klp-livepatch/boot/). The mark is cleared
+        120 s after boot by C(klp-livepatch-ok.timer). If a boot finds the mark of the
+        previous boot still there, it loads nothing and records the patches as
+        C(skipped). They stay skipped until this module persists a patch again (see
+        M(klp.livepatch.info)).
+      - V(false) removes the mark. When this option is not set, persistence is left
+        as it is. O(state=disabled) and O(state=absent) always remove the mark.
+      - Patches replaced by an atomic-replace patch lose their mark.
+    type: bool
 attributes:
   action:
     support: full
@@ -261,6 +277,11 @@ missing_module:
   returned: on that failure
   type: bool
   sample: true
+persisted:
+  description: Whether the patch is marked to load at boot (see O(persist)).
+  returned: on success
+  type: bool
+  sample: false
 release:
   description: Kernel release running on the target.
   returned: always
@@ -277,6 +298,7 @@ from ansible_collections.klp.livepatch.plugins.module_utils.klp_target import (
     KlpError,
     KlpFailure,
     PatchRunner,
+    Persistence,
     Target,
     inspect_module,
     module_name,
@@ -295,6 +317,7 @@ ARGUMENT_SPEC = {
     "consistency": {"type": "str", "choices": ["default", "freeze"], "default": "default"},
     "freeze_timeout": {"type": "int", "default": 2000},
     "park_kthreads": {"type": "list", "elements": "str", "default": []},
+    "persist": {"type": "bool"},
 }
 
 
@@ -366,9 +389,22 @@ def main():
             target.check_loadable(info, host)
             target.check_manifest(info, p["manifest"], host)
             result = runner.enable(info, hook_parameters(module, info, p["manifest"], host))
+            persist = p["persist"]
         else:
             name = module_name(p["name"]) if p["name"] else inspect_module(p["src"])["name"]
             result = runner.remove(name, keep_stored=p["state"] == "disabled")
+            persist = False
+        boot = Persistence(target)
+        if persist is not None or result.get("replaced"):
+            if module.check_mode:
+                changed = persist is not None and boot.plan(result["name"], persist)
+            else:
+                changed = boot.apply(result["name"], persist if persist is not None else
+                                     result["name"] in boot.persisted(),
+                                     drop=result.get("replaced", []))
+            result["changed"] = result["changed"] or changed
+        result["persisted"] = result["name"] in boot.persisted() if not module.check_mode \
+            else bool(persist) if persist is not None else result["name"] in boot.persisted()
     except KlpFailure as exc:
         result = exc.result
         result.pop("diff", None)

@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -539,3 +540,75 @@ def test_patches_view_and_preflight(target, kernel, ko):
     kernel.add_task(98, "sleep", stack=("[<0>] hrtimer_nanosleep+0x8f/0x120",))
     found = target.tasks_in_functions(["cmdline_proc_show", "meminfo_proc_show"])
     assert [(t["pid"], t["function"]) for t in found] == [(99, "cmdline_proc_show")]
+
+
+# --------------------------------------------------------------------------- persistence
+
+def test_persistence_apply_and_guard(target, kernel, ko, tmp_path):
+    runner(target).enable(ko())
+    calls = []
+    target.run_command = lambda argv: (calls.append(argv[1:]) or (0, "", ""))
+    boot = kt.Persistence(target)  # the units go under the fake root
+    assert boot.plan("klp_demo", True) is True
+    assert boot.apply("klp_demo", True) is True
+    assert calls == [["daemon-reload"],
+                     ["enable", "klp-livepatch.service", "klp-livepatch-ok.timer"]]
+    assert boot.persisted() == ["klp_demo"] and boot.installed()
+    script = Path(target.path(kt.BOOT_SCRIPT))
+    assert script.stat().st_mode & 0o111
+    wants = kernel.root / "etc/systemd/system/sysinit.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "klp-livepatch.service").symlink_to(kt.BOOT_UNIT)
+    assert boot.plan("klp_demo", True) is False
+    assert boot.apply("klp_demo", True) is False
+    assert boot.apply("klp_demo", False) is True and boot.persisted() == []
+    assert boot.plan("klp_demo", False) is False
+
+
+def run_boot_script(tmp_path, *args, insmod_rc=0):
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    (bindir / "insmod").write_text(f"#!/bin/sh\necho \"$1\" >> {tmp_path}/insmod.log\n"
+                                   f"exit {insmod_rc}\n")
+    (bindir / "insmod").chmod(0o755)
+    script = tmp_path / "boot.sh"
+    script.write_text(kt.BOOT_SCRIPT_TEXT % {"state": tmp_path / "state",
+                                             "store": tmp_path / "store", "ok": 120,
+                                             "script": script})
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
+    return subprocess.run(["sh", str(script), *args], env=env, check=True,
+                          capture_output=True, text=True)
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs sh")
+def test_boot_script_crash_loop_guard(tmp_path):
+    store = tmp_path / "store" / os.uname().release
+    store.mkdir(parents=True)
+    (store / "klp_a.ko").write_bytes(b"x")
+    (store / "klp_a.persist").write_text("r\n")
+    (store / "klp_other.ko").write_bytes(b"x")  # stored but not persistent
+    state = tmp_path / "state"
+    log = tmp_path / "insmod.log"
+
+    run_boot_script(tmp_path, "load")  # boot 1 loads and marks pending
+    assert log.read_text().split() == [str(store / "klp_a.ko")]
+    assert (state / "pending").read_text().split() == ["klp_a"]
+    run_boot_script(tmp_path, "ok")  # boot 1 reached boot-ok
+    assert not (state / "pending").exists() and (state / "last-ok").exists()
+
+    run_boot_script(tmp_path, "load")  # boot 2 loads again ... and never reaches ok
+    assert len(log.read_text().split()) == 2
+    proc = run_boot_script(tmp_path, "load")  # boot 3: the guard skips
+    assert "skipping" in proc.stderr
+    assert len(log.read_text().split()) == 2
+    assert (state / "skipped").read_text().split() == ["klp_a"]
+    run_boot_script(tmp_path, "load")  # boot 4: still skipped until re-armed
+    assert len(log.read_text().split()) == 2
+
+
+def test_boot_script_records_failed_loads(tmp_path):
+    store = tmp_path / "store" / os.uname().release
+    store.mkdir(parents=True)
+    (store / "klp_b.persist").write_text("r\n")
+    run_boot_script(tmp_path, "load", insmod_rc=1)
+    assert (tmp_path / "state" / "failed").read_text().split() == ["klp_b"]

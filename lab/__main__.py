@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from lab.core import Lab
+from lab.core import SSH_TIMEOUT, Lab
 from lab.errors import LabError
 from lab.kernels import ALIASES, DEFAULT_ALIAS
 
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"RELEASE may be an alias: {', '.join(ALIASES)} "
                         f"(default {DEFAULT_ALIAS}).")
     up.add_argument("specs", nargs="*", metavar="SPEC")
-    up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for SSH")
+    up.add_argument("--timeout", type=float, default=SSH_TIMEOUT,
+                    help="seconds to wait for SSH (KLP_LAB_SSH_TIMEOUT)")
     down = sub.add_parser("down", help="stop VMs (all by default)")
     down.add_argument("names", nargs="*", metavar="NAME")
     sub.add_parser("status", help="table of VMs")
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     restart.add_argument("name")
     restart.add_argument("--kernel", help="boot this release (installed in the VM's image)")
     restart.add_argument("--append", help="replace the extra kernel command line")
-    restart.add_argument("--timeout", type=float, default=180.0)
+    restart.add_argument("--timeout", type=float, default=SSH_TIMEOUT)
     args = parser.parse_args(argv)
     lab = Lab(args.state_dir)
     try:

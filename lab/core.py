@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -16,7 +17,8 @@ from lab.errors import LabError
 from lab.progress import step, tail
 from lab.specs import Spec, default_name, parse_spec
 
-SSH_TIMEOUT = 180.0
+# Boot to SSH is ~20-40 s under TCG, much longer when other VMs share the host's cores.
+SSH_TIMEOUT = float(os.environ.get("KLP_LAB_SSH_TIMEOUT", "300"))
 
 
 @dataclass
@@ -126,7 +128,9 @@ class Lab:
                     if running.release != releases[0]:
                         raise LabError(f"VM {name} already runs {running.release}, not "
                                        f"{releases[0]}: 'python3 -m lab down {name}' first")
-                    step(f"{name}: already running ({running.release}, port {running.port})")
+                    note = (f"; its cmdline extra is {running.append!r}, not {append!r}: "
+                            "'restart --append' to change it" if running.append != append else "")
+                    step(f"{name}: already running ({running.release}, port {running.port}){note}")
                     result[name] = running
                     continue
                 image = images.ensure_image(releases)
@@ -201,7 +205,7 @@ class Lab:
         if release not in image.kernels:
             raise LabError(f"kernel {release} is not installed in the image of VM {name} "
                            f"(it has {', '.join(image.kernels)}); boot a VM with "
-                           f"NAME={','.join([*image.kernels, release])} to get both")
+                           f"NAME={','.join([*image.kernels, release])} to get all of them")
         if old.alive:  # flush the guest's page cache: QEMU is stopped like a power cut
             try:
                 old.ssh("sync", timeout=30)

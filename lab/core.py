@@ -141,10 +141,8 @@ class Lab:
             for vm in new:
                 self._wait_ssh(vm, timeout)
         except BaseException:
-            for vm in new:
-                self._stop(vm)
-                if vm.name in self.started:
-                    self.started.remove(vm.name)
+            for vm in new:  # leave nothing of this call behind: no QEMU, no disk, no vm.json
+                self._discard(vm)
             self.write_inventory()
             raise
         self.write_inventory()
@@ -226,6 +224,14 @@ class Lab:
     def _stop(self, vm: VM) -> None:
         qemu.stop(vm.pid, Path(vm.overlay))
 
+    def _discard(self, vm: VM) -> None:
+        """Stop the VM's QEMU and drop its disk and record (console logs stay)."""
+        self._stop(vm)
+        Path(vm.overlay).unlink(missing_ok=True)
+        (self._vm_dir(vm.name) / "vm.json").unlink(missing_ok=True)
+        if vm.name in self.started:
+            self.started.remove(vm.name)
+
     def down(self, names: list[str] | None = None) -> list[str]:
         """Stop VMs (all by default) and drop their disks; logs stay for post-mortems."""
         targets = names if names is not None else [vm.name for vm in
@@ -236,11 +242,7 @@ class Lab:
             if vm is None:
                 raise LabError(f"no VM {name} in {self.state_dir}")
             was_alive = vm.alive
-            self._stop(vm)
-            Path(vm.overlay).unlink(missing_ok=True)
-            (self._vm_dir(name) / "vm.json").unlink(missing_ok=True)
-            if name in self.started:
-                self.started.remove(name)
+            self._discard(vm)
             if was_alive:
                 step(f"{name}: stopped (pid {vm.pid})")
             stopped.append(name)

@@ -1,0 +1,288 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""klp.livepatch.patch, info and preflight on a real Debian 12 kernel in a lab VM.
+
+Test modules come from tests/fixtures/kmod (built against the VM kernel's headers,
+under $KLP_CACHE) and go to the VM through ansible-playbook and the collection, the
+way a user runs them. Each test is one playbook run (the guest's Python is slow under
+emulation), whose tasks register results; the results come back as JSON and the test
+asserts on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "fixtures" / "kmod"))
+import build as kmod_build  # noqa: E402 - the fixture builder lives beside the C sources
+
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+BAD_LOG = ("WARNING:", "Call Trace:", "BUG:", "Oops")
+
+
+@pytest.fixture(scope="session")
+def klp_inventory(request) -> Path:
+    """The lab's inventory: from the lab fixture when there is one, else .lab/."""
+    try:
+        return Path(request.getfixturevalue("lab_inventory"))
+    except pytest.FixtureLookupError:
+        inventory = REPO / ".lab" / "inventory.yml"
+        if not inventory.exists():
+            pytest.skip("no lab VM: run 'python3 -m lab up newest-6.1-amd64'")
+        return inventory
+
+
+def lab_hosts(inventory: Path) -> dict[str, dict]:
+    data = yaml.safe_load(inventory.read_text())
+    return data["all"]["children"]["lab"]["hosts"] or {}
+
+
+@pytest.fixture(scope="session")
+def amd64_host(klp_inventory) -> str:
+    for name, hostvars in lab_hosts(klp_inventory).items():
+        release = hostvars.get("klp_lab_kernel_release", "")
+        if release.startswith("6.1.") and release.endswith("-amd64") and "cloud" not in release:
+            return name
+    pytest.skip("no lab VM runs a Debian 6.1 amd64 kernel")
+
+
+@pytest.fixture(scope="session")
+def collections_path(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("collections")
+    (base / "ansible_collections" / "klp").mkdir(parents=True)
+    (base / "ansible_collections" / "klp" / "livepatch").symlink_to(REPO)
+    return base
+
+
+def playbook(inventory: Path, host: str, collections: Path, tmp: Path, tasks: list,
+             variables: dict | None = None) -> dict:
+    """Run TASKS on HOST; return the registered variables named in `variables['keep']`."""
+    out = tmp / "results.json"
+    keep = (variables or {}).pop("keep", [])
+    play = [{
+        "name": "klp.livepatch VM test",
+        "hosts": host,
+        "gather_facts": False,
+        "vars": variables or {},
+        "tasks": tasks + [{
+            "name": "Return the results to the test",
+            "ansible.builtin.copy": {
+                "content": "{{ {" + ", ".join(
+                    f"'{k}': ({k} | default(None))" for k in keep) + "} | to_nice_json }}",
+                "dest": str(out),
+                "mode": "0600",
+            },
+            "delegate_to": "localhost",
+        }],
+    }]
+    path = tmp / "play.yml"
+    path.write_text(yaml.safe_dump(play, sort_keys=False))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections),
+               ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1",
+               ANSIBLE_STDOUT_CALLBACK="default")
+    proc = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(path)],
+                          capture_output=True, text=True, env=env, check=False, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def patch(**args) -> dict:
+    return {"klp.livepatch.patch": args}
+
+
+def task(register: str, body: dict, **extra) -> dict:
+    return {"name": register, **body, "register": register, **extra}
+
+
+def loaded_klp_modules() -> dict:
+    return {"ansible.builtin.shell": "grep '^klp_test' /proc/modules || true; "
+                                     "ls /sys/kernel/livepatch"}
+
+
+@pytest.fixture(scope="session")
+def vm_release(klp_inventory, amd64_host) -> str:
+    return lab_hosts(klp_inventory)[amd64_host]["klp_lab_kernel_release"]
+
+
+@pytest.fixture(scope="session")
+def vm_facts(klp_inventory, amd64_host, collections_path, tmp_path_factory) -> dict:
+    """klp.livepatch.info on the VM (also gives the Debian package version)."""
+    tmp = tmp_path_factory.mktemp("info")
+    res = playbook(klp_inventory, amd64_host, collections_path, tmp,
+                   [task("info", {"klp.livepatch.info": {}})], {"keep": ["info"]})
+    return res["info"]
+
+
+@pytest.fixture(scope="session")
+def kmods(vm_facts) -> Path:
+    """Fixture modules built for the VM's kernel."""
+    return kmod_build.build(vm_facts["kernel_release"], vm_facts["package_version"])
+
+
+@pytest.fixture(scope="session")
+def cloud_kmods(vm_facts) -> Path:
+    """The same modules built for the cloud flavour: the wrong kernel for the VM."""
+    return kmod_build.build(vm_facts["kernel_release"].replace("-amd64", "-cloud-amd64"),
+                            vm_facts["package_version"])
+
+
+def test_info_reports_kernel(vm_facts, vm_release):
+    assert vm_facts["kernel_release"] == vm_release
+    assert vm_facts["package_version"] and vm_facts["package_version"][0].isdigit()
+    assert len(vm_facts["build_id"]) == 40
+    assert vm_facts["livepatch_supported"] is True
+    assert vm_facts["config_livepatch"] == "y"
+    assert vm_facts["lockdown"] in ("none", "integrity", "confidentiality", None)
+
+
+def test_lifecycle_idempotent_with_check_and_replace(
+        klp_inventory, amd64_host, collections_path, kmods, tmp_path):
+    cmdline = str(kmods / "klp_test_cmdline.ko")
+    replace = str(kmods / "klp_test_replace.ko")
+    cat = {"ansible.builtin.command": "cat /proc/cmdline", "changed_when": False}
+    tasks = [
+        {"name": "clear the kernel log", "ansible.builtin.command": "dmesg --clear",
+         "changed_when": True},
+        task("check_load", patch(src=cmdline), check_mode=True),
+        task("after_check", loaded_klp_modules()),
+        task("load", patch(src=cmdline), diff=True),
+        task("cmd_loaded", cat),
+        task("again", patch(src=cmdline)),
+        task("check_absent", patch(name="klp_test_cmdline", state="absent"), check_mode=True),
+        task("disable", patch(name="klp_test_cmdline", state="disabled"), diff=True),
+        task("cmd_disabled", cat),
+        task("disable_again", patch(name="klp_test_cmdline", state="disabled")),
+        task("reenable", patch(name="klp_test_cmdline")),
+        task("cmd_reenabled", cat),
+        task("replace", patch(src=replace)),
+        task("cmd_replaced", cat),
+        task("after_replace", loaded_klp_modules()),
+        task("info_live", {"klp.livepatch.info": {}}),
+        task("absent_replace", patch(src=replace, state="absent")),
+        task("absent_old", patch(name="klp_test_cmdline", state="absent")),
+        task("absent_again", patch(name="klp_test_cmdline", state="absent")),
+        task("cmd_absent", cat),
+        task("after_absent", loaded_klp_modules()),
+        task("store", {"ansible.builtin.find": {
+            "paths": "/var/lib/klp-livepatch/modules", "recurse": True}}),
+        task("log", {"ansible.builtin.command": "dmesg"}, changed_when=False),
+    ]
+    keep = [t["register"] for t in tasks if "register" in t]
+    r = playbook(klp_inventory, amd64_host, collections_path, tmp_path, tasks, {"keep": keep})
+
+    assert r["check_load"]["changed"] is True and r["check_load"]["state"] == "enabled"
+    assert "klp_test" not in r["after_check"]["stdout"]
+    load = r["load"]
+    assert load["changed"] is True and load["state"] == "enabled"
+    assert load["patched"] == {"vmlinux": ["cmdline_proc_show"]}
+    assert "K" in load["taint_after"]["letters"]
+    assert load["diff"]["before"].strip() == "patch klp_test_cmdline: absent"
+    print(f"\nload + transition: {load['transition_seconds']} s")
+    assert r["cmd_loaded"]["stdout"] == "klp_test_cmdline"
+    assert r["again"]["changed"] is False
+    assert r["check_absent"]["changed"] is True
+    assert r["disable"]["changed"] is True and r["disable"]["state"] == "disabled"
+    assert "klp_test_cmdline" not in r["cmd_disabled"]["stdout"]
+    assert r["disable_again"]["changed"] is False
+    assert r["reenable"]["changed"] is True and r["reenable"]["state"] == "enabled"
+    assert r["cmd_reenabled"]["stdout"] == "klp_test_cmdline"
+    assert r["replace"]["replaced"] == ["klp_test_cmdline"]
+    assert r["cmd_replaced"]["stdout"] == "klp_test_replace"
+    assert "klp_test_cmdline" not in r["after_replace"]["stdout"]
+    assert [p["name"] for p in r["info_live"]["patches"]] == ["klp_test_replace"]
+    assert r["absent_replace"]["changed"] is True and r["absent_replace"]["state"] == "absent"
+    assert r["absent_old"]["changed"] is True  # its stored copy is removed
+    assert r["absent_again"]["changed"] is False
+    assert "klp_test" not in r["cmd_absent"]["stdout"]
+    assert "klp_test" not in r["after_absent"]["stdout"]
+    assert not [f for f in r["store"]["files"] if "klp_test" in f["path"]]
+    assert not [line for line in r["log"]["stdout_lines"] if any(b in line for b in BAD_LOG)]
+
+
+def test_refusals_load_nothing(klp_inventory, amd64_host, collections_path, kmods,
+                               cloud_kmods, tmp_path):
+    corrupt = tmp_path / "klp_test_corrupt.ko"
+    data = (kmods / "klp_test_cmdline.ko").read_bytes()
+    corrupt.write_bytes(data[: len(data) // 3])
+    tasks = [
+        {"name": "clear the kernel log", "ansible.builtin.command": "dmesg --clear",
+         "changed_when": True},
+        task("corrupt", patch(src=str(corrupt)), ignore_errors=True),
+        task("wrong_kernel", patch(src=str(cloud_kmods / "klp_test_cmdline.ko")),
+             ignore_errors=True),
+        task("bad_callback", patch(src=str(kmods / "klp_test_badcb.ko")), ignore_errors=True),
+        task("not_livepatch", patch(src=str(kmods / "klp_test_sleeper.ko")),
+             ignore_errors=True),
+        task("park", patch(src=str(kmods / "klp_test_cmdline.ko"),
+                           park_kthreads=["kworker/*"]), ignore_errors=True),
+        task("freeze", patch(src=str(kmods / "klp_test_cmdline.ko"), consistency="freeze"),
+             ignore_errors=True),
+        task("after", loaded_klp_modules()),
+        task("log", {"ansible.builtin.command": "dmesg"}, changed_when=False),
+    ]
+    keep = [t["register"] for t in tasks if "register" in t]
+    r = playbook(klp_inventory, amd64_host, collections_path, tmp_path, tasks, {"keep": keep})
+    for key, text in [("corrupt", "truncated"),
+                      ("wrong_kernel", "built for kernel 6.1.0-56-cloud-amd64"),
+                      ("bad_callback", "failed to enable patch 'klp_test_badcb'"),
+                      ("not_livepatch", "not a livepatch module"),
+                      ("park", "cannot be parked"),
+                      ("freeze", "not supported by this module build")]:
+        assert r[key]["failed"] is True, key
+        assert text in r[key]["msg"], (key, r[key]["msg"])
+    assert "klp_test" not in r["after"]["stdout"]
+    assert not [line for line in r["log"]["stdout_lines"] if any(b in line for b in BAD_LOG)]
+
+
+def test_stall_is_reverted_and_names_the_task(klp_inventory, amd64_host, collections_path,
+                                              kmods, tmp_path):
+    sleeper = str(kmods / "klp_test_sleeper.ko")
+    params = "/sys/module/klp_test_sleeper/parameters/release"
+    tasks = [
+        {"name": "clear the kernel log", "ansible.builtin.command": "dmesg --clear",
+         "changed_when": True},
+        {"name": "copy the sleeper module",
+         "ansible.builtin.copy": {"src": sleeper, "dest": "/root/klp_test_sleeper.ko",
+                                  "mode": "0600"}},
+        {"name": "load the sleeper (a kthread in klp_sleeper_wait)",
+         "ansible.builtin.command": "insmod /root/klp_test_sleeper.ko", "changed_when": True},
+        task("preflight", {"klp.livepatch.preflight": {"functions": ["klp_sleeper_wait"]}}),
+        task("stalled", patch(src=str(kmods / "klp_test_sleeper_patch.ko"),
+                              transition_timeout=5), ignore_errors=True),
+        task("after_revert", loaded_klp_modules()),
+        {"name": "let the sleeper leave klp_sleeper_wait",
+         "ansible.builtin.shell": f"echo 1 > {params}", "changed_when": True},
+        task("now_ok", patch(src=str(kmods / "klp_test_sleeper_patch.ko"),
+                             transition_timeout=30)),
+        task("removed", patch(name="klp_test_sleeper_patch", state="absent")),
+        {"name": "unload the sleeper", "ansible.builtin.command": "rmmod klp_test_sleeper",
+         "changed_when": True},
+        task("after", loaded_klp_modules()),
+        task("log", {"ansible.builtin.command": "dmesg"}, changed_when=False),
+    ]
+    keep = [t["register"] for t in tasks if "register" in t]
+    r = playbook(klp_inventory, amd64_host, collections_path, tmp_path, tasks, {"keep": keep})
+
+    pre = r["preflight"]
+    assert pre["safe"] is False
+    assert [t["comm"] for t in pre["blocking_tasks"]] == ["klp_sleeper"]
+    stalled = r["stalled"]
+    assert stalled["failed"] is True and stalled["reverted"] is True
+    assert [t["comm"] for t in stalled["stalled_tasks"]] == ["klp_sleeper"]
+    assert "klp_sleeper_wait" in stalled["msg"] and "host is as before" in stalled["msg"]
+    print(f"\nstall: waited {stalled['transition_seconds']:.1f} s, "
+          f"revert + unload {stalled['revert_seconds']:.2f} s")
+    assert "klp_test_sleeper_patch" not in r["after_revert"]["stdout"]
+    assert "klp_test_sleeper " in r["after_revert"]["stdout"]
+    assert r["now_ok"]["state"] == "enabled"
+    assert r["now_ok"]["patched"] == {"klp_test_sleeper": ["klp_sleeper_wait"]}
+    assert r["removed"]["changed"] is True
+    assert "klp_test" not in r["after"]["stdout"]
+    assert not [line for line in r["log"]["stdout_lines"] if any(b in line for b in BAD_LOG)]

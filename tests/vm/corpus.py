@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# The venv's ansible, whether or not the venv's bin is on PATH.
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
 CORPUS = Path(os.environ.get("KLP_CORPUS", REPO.parent / "shared" / "klp-corpus"))
 
 

@@ -163,7 +163,7 @@ class ElfObject:
                          section=section, shndx=numeric if section is None else 0)
             raw_symbols[i] = sym
             obj.symbols.append(sym)
-        for _, rela in rela_headers:
+        for _index, rela in rela_headers:
             target = by_index.get(rela.header["sh_info"])
             relocs = [Reloc(offset=r["r_offset"], type=r["r_info_type"],
                             symbol=raw_symbols[r["r_info_sym"]], addend=r["r_addend"])

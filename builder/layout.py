@@ -62,7 +62,7 @@ def probe(headers_dir: Path, cache_file: Path) -> Layout:
         shutil.copy(PROBE, work / PROBE.name)
         (work / "Kbuild").write_text("obj-m := layout_probe.o\n")
         proc = subprocess.run(["make", "-C", str(headers_dir), f"M={work}", "layout_probe.o"],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         obj_path = work / "layout_probe.o"
         if proc.returncode != 0 or not obj_path.is_file():
             raise BuildError(stage="generate", message="could not compile the layout probe "

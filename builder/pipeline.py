@@ -148,7 +148,7 @@ def _verify_all(packages, compiled, diffs) -> dict:
     from builder.stages.verify import verify_units
 
     functions = {d.source: [c.name for c in d.changed] for d in diffs}
-    images, _ = verify_units(packages, compiled.units, functions)
+    images, _verified = verify_units(packages, compiled.units, functions)
     return images
 
 

@@ -447,7 +447,6 @@ class Exports:
         return len(self._exports)
 
 
-
 __all__ = ["VmlinuxImage", "ModuleImage", "Exports", "Export", "KSymbol", "MSymbol",
            "extract_vmlinux", "ensure_vmlinux", "read_kallsyms", "find_module", "reloc_size",
            "elf_build_id"]

@@ -120,7 +120,7 @@ def link_module(work: Path, name: str, headers_dir: Path, units: list[GeneratedU
     (moddir / "Kbuild").write_text(kbuild)
     argv = ["make", "-C", str(headers_dir), f"M={moddir}", "modules",
             "KBUILD_MODPOST_WARN=1", "-j2"]
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     (work / "kbuild.log").write_text(proc.stdout + proc.stderr)
     ko = moddir / f"{kname}.ko"
     if proc.returncode != 0 or not ko.exists():
@@ -160,7 +160,7 @@ def convert_livepatch_relocations(ko: Path, exported: set[str]) -> list[str]:
                 keep.append(rel)
         sec.relocs = keep
     names = []
-    for (objname, _), (sec, relocs) in groups.items():
+    for (objname, _section_id), (sec, relocs) in groups.items():
         name = f".klp.rela.{objname}.{sec.name}"
         rela = Section(name=name, type=SHT_RELA,
                        flags=SHF_ALLOC | SHF_INFO_LINK | SHF_RELA_LIVEPATCH, align=8, entsize=24)
@@ -173,7 +173,7 @@ def convert_livepatch_relocations(ko: Path, exported: set[str]) -> list[str]:
 def sign_module(ko: Path, sign_file: Path, key: Path, cert: Path, hash_algo: str = "sha256"
                 ) -> None:
     proc = subprocess.run([str(sign_file), hash_algo, str(key), str(cert), str(ko)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise BuildError(stage="link", message=f"signing {ko.name} failed: "
                          + _tail(proc.stdout + proc.stderr),

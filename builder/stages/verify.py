@@ -118,7 +118,7 @@ def _compare(fn: ObjectFunction, image, address: int) -> tuple[int | None, int]:
     if fn.code[:4] == ENDBR64 and shipped[:4] == SEALED_ENDBR:
         sites.append((0, 4))
     return first_difference(mask(fn.code, sites), mask(shipped, sites)), \
-        sum(n for _, n in sites)
+        sum(n for _offset, n in sites)
 
 
 def verify_function(unit: CompiledUnit, fn: ObjectFunction, image) -> VerifiedFunction:

@@ -51,7 +51,7 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         patches = [Path(self._loader.path_dwim(p)) for p in args["patches"]]
         for patch in patches:
             if not patch.is_file():
@@ -75,6 +75,7 @@ class ActionModule(ActionBase):
             if self._task.check_mode:
                 argv.append("--check")
             proc = subprocess.run(argv, cwd=COLLECTION_ROOT, capture_output=True, text=True,
+                                  check=False,
                                   env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
             result["log"][release] = proc.stderr.splitlines()
             if proc.returncode != 0:

@@ -125,18 +125,18 @@ def test_canonical_names_drop_gcc_numbering(name, expected):
 def test_changed_string_is_found_even_though_string_offsets_move(tmp_path):
     new = BASE.replace('"other\\n"', '"other, patched\\n"').replace(
         '"value %d\\n"', '"value %d\\n"')
-    _, _, diff = run_diff(tmp_path, new)
+    _orig, _patched, diff = run_diff(tmp_path, new)
     assert changed_names(diff) == ["other"]
     assert "other, patched" in diff.changed[0].reason
 
 
 def test_a_changed_callee_is_patched_alone(tmp_path):
-    _, _, diff = run_diff(tmp_path, BASE.replace("x * 3", "x * 5"))
+    _orig, _patched, diff = run_diff(tmp_path, BASE.replace("x * 3", "x * 5"))
     assert changed_names(diff) == ["helper"]
 
 
 def test_a_change_inlined_into_a_caller_patches_the_caller(tmp_path):
-    _, _, diff = run_diff(tmp_path, BASE.replace("x * 7", "x * 9"))
+    _orig, _patched, diff = run_diff(tmp_path, BASE.replace("x * 7", "x * 9"))
     assert changed_names(diff) == ["show"]
 
 
@@ -144,7 +144,7 @@ def test_line_number_moves_alone_are_not_a_change(tmp_path):
     # Adding a line above where() changes the __LINE__ it passes, nothing else.
     new = BASE.replace("int where(void)\n", "/* moved */\nint where(void)\n")
     new = new.replace('\tprintk("other\\n");', '\tprintk("other!\\n");')
-    _, _, diff = run_diff(tmp_path, new)
+    _orig, _patched, diff = run_diff(tmp_path, new)
     assert changed_names(diff) == ["other"]
 
 
@@ -153,7 +153,7 @@ def test_new_function_and_new_data_are_reported(tmp_path):
         "int other(void)\n{\n",
         "static int calls;\n__attribute__((noinline)) static void bump(void) { calls++; }\n"
         "int other(void)\n{\n\tbump();\n")
-    _, _, diff = run_diff(tmp_path, new)
+    _orig, _patched, diff = run_diff(tmp_path, new)
     assert changed_names(diff) == ["other"]
     assert diff.new_functions == ["bump"]
     assert diff.new_data == ["calls"]

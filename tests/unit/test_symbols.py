@@ -190,10 +190,10 @@ def test_verify_matches_outside_relocations_and_reports_the_first_difference(tmp
     raw = image.read(image.positions("scaled")[0], len(fn.code))
     assert raw != fn.code and mask(raw, fn.relocs) == mask(fn.code, fn.relocs)
     results = verify(_unit(orig), ["scaled", "use_helper", "helper"], image)
+    sizes = {name: len(f.code) for name, f in object_functions(orig).items()}
     assert [(r.name, r.sympos, r.size) for r in results] == [
-        ("scaled", 0, len(fn.code)), ("use_helper", 0, len(object_functions(orig)["use_helper"]
-                                                          .code)),
-        ("helper", 0, len(object_functions(orig)["helper"].code))]
+        ("scaled", 0, len(fn.code)), ("use_helper", 0, sizes["use_helper"]),
+        ("helper", 0, sizes["helper"])]
     assert all(r.masked > 0 for r in results)
 
     # The "shipped" kernel was built from other source: refused, with the offset.

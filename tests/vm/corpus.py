@@ -52,4 +52,5 @@ def build(case: Case, release: str, output: Path, extra: list[str] | None = None
     argv = [sys.executable, "-m", "builder", "build", "--kernel", release,
             "--patch", str(case.patch), "--name", case.module_name, "--output", str(output),
             *(extra or [])]
-    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=1800,
+                          check=False)

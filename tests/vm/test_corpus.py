@@ -60,7 +60,7 @@ def corpus_runs(lab_vms, lab_inventory, tmp_path_factory) -> dict:
                 [ANSIBLE_PLAYBOOK, "-i", str(lab_inventory), "--limit", vm.name, str(PLAYBOOK),
                  "-e", json.dumps({"corpus_dir": str(staged), "corpus_cases": [
                      f"{c.module_name}:{c.kind}" for c in ready]})],
-                capture_output=True, text=True, timeout=1800,
+                capture_output=True, text=True, timeout=1800, check=False,
                 env={**os.environ, "ANSIBLE_PIPELINING": "1"})
             assert play.returncode == 0, play.stdout[-4000:] + play.stderr[-2000:]
             for line in re.findall(r'"CASE (\S+) ([^"]*)"', play.stdout):

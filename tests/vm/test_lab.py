@@ -38,8 +38,7 @@ def test_each_host_runs_the_requested_release(lab_vms, ansible, lab_inventory):
 
 
 def test_each_host_has_livepatch_sysfs(lab_vms, ansible):
-    results = (ansible("lab", "-m", "ansible.builtin.stat",
-                                   "-a", "path=/sys/kernel/livepatch"))
+    results = ansible("lab", "-m", "ansible.builtin.stat", "-a", "path=/sys/kernel/livepatch")
     for vm in lab_vms:
         stat = results[vm.name]["stat"]
         assert stat["exists"] and stat["isdir"], (vm.name, stat)
@@ -86,7 +85,7 @@ def test_guest_reaches_no_network(lab_vms, ansible, tmp_path):
         output = ansible(str(playbook), tool="ansible-playbook")
         listener.settimeout(0.2)
         try:
-            conn, _ = listener.accept()
+            conn, _address = listener.accept()
             conn.close()
             accepted = True
         except OSError:

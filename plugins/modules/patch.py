@@ -126,6 +126,9 @@ options:
       - V(false) removes the mark. When this option is not set, persistence is left
         as it is. O(state=disabled) and O(state=absent) always remove the mark.
       - Patches replaced by an atomic-replace patch lose their mark.
+      - The unit runs before C(sysinit.target), while devices are still being set
+        up, so a persistent patch must be safe to apply that early. A patch that
+        changes C(/proc/cmdline) would, for example, hide C(net.ifnames=0) from udev.
     type: bool
 attributes:
   action:

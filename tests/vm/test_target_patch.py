@@ -5,7 +5,8 @@ Test modules come from tests/fixtures/kmod (built against the VM kernel's header
 under $KLP_CACHE) and go to the VM through ansible-playbook and the collection, the
 way a user runs them. Each test is one playbook run (the guest's Python is slow under
 emulation), whose tasks register results; the results come back as JSON and the test
-asserts on them.
+asserts on them. The persistence test restarts the VM through the lab (a power cut
+after a guest sync) to check the boot unit and its crash-loop guard.
 """
 
 from __future__ import annotations
@@ -286,3 +287,63 @@ def test_stall_is_reverted_and_names_the_task(klp_inventory, amd64_host, collect
     assert r["removed"]["changed"] is True
     assert "klp_test" not in r["after"]["stdout"]
     assert not [line for line in r["log"]["stdout_lines"] if any(b in line for b in BAD_LOG)]
+
+
+def test_persist_survives_reboot_and_guard_skips_after_bad_boot(
+        request, klp_inventory, amd64_host, collections_path, kmods, tmp_path):
+    """Reboots are power cuts by the lab (guest page cache synced first).
+
+    The patch must be harmless at boot: patching /proc/cmdline early in boot, for
+    instance, hides net.ifnames=0 from udev and the guest loses its network.
+    """
+    try:
+        lab = request.getfixturevalue("lab")
+    except pytest.FixtureLookupError:
+        pytest.skip("needs the lab fixture to restart the VM")
+    src = str(kmods / "klp_test_version.ko")  # harmless at boot
+    pending = "/var/lib/klp-livepatch/boot/pending"
+
+    def run(name, tasks):
+        keep = [t["register"] for t in tasks if "register" in t]
+        (tmp_path / name).mkdir()
+        return playbook(klp_inventory, amd64_host, collections_path, tmp_path / name, tasks,
+                        {"keep": keep})
+
+    r1 = run("before", [task("persist", patch(src=src, persist=True)),
+                        task("persist_again", patch(src=src, persist=True))])
+    lab.restart(amd64_host)
+    r2 = run("boot1", [
+        task("boot1", {"klp.livepatch.info": {}}),
+        task("unit1", {"ansible.builtin.command": "systemctl is-active klp-livepatch.service"},
+             changed_when=False, failed_when=False),
+        task("version1", {"ansible.builtin.command": "cat /proc/version"}, changed_when=False),
+        {"name": "pretend this boot dies before boot-ok",
+         "ansible.builtin.shell": f"echo klp_test_version > {pending}; sync",
+         "changed_when": True},
+    ])
+    lab.restart(amd64_host)
+    r3 = run("boot2", [
+        task("boot2", {"klp.livepatch.info": {}}),
+        task("rearm", patch(src=src, persist=True)),
+        task("boot2_after", {"klp.livepatch.info": {}}),
+        task("absent", patch(name="klp_test_version", state="absent")),
+        task("after", loaded_klp_modules()),
+    ])
+
+    assert r1["persist"]["changed"] is True and r1["persist"]["persisted"] is True
+    assert r1["persist_again"]["changed"] is False
+    boot1 = r2["boot1"]
+    assert [p["name"] for p in boot1["patches"]] == ["klp_test_version"]
+    assert boot1["patches"][0]["enabled"] is True
+    assert boot1["boot"]["installed"] is True and boot1["boot"]["unit_enabled"] is True
+    assert boot1["boot"]["skipped"] == []
+    assert r2["unit1"]["stdout"] == "active"
+    assert "(klp_test_version)" in r2["version1"]["stdout"]
+    assert boot1["package_version"]  # /proc/version still parses
+    boot2 = r3["boot2"]
+    assert boot2["patches"] == []
+    assert boot2["boot"]["skipped"] == ["klp_test_version"]
+    assert r3["rearm"]["changed"] is True and r3["rearm"]["state"] == "enabled"
+    assert r3["boot2_after"]["boot"]["skipped"] == []
+    assert r3["absent"]["changed"] is True and r3["absent"]["persisted"] is False
+    assert "klp_test" not in r3["after"]["stdout"]

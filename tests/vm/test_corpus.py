@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Every case of the shared corpus, on lab VMs running Debian's newest 6.1 kernels.
+"""Every case of the shared corpus and of tests/corpus, on lab VMs running Debian's
+newest 6.1 kernels (amd64 and cloud-amd64).
 
 Must-build cases are built on the controller, loaded through Ansible and checked
 before, during and after the patch; -FAIL cases must be refused with the
@@ -20,7 +21,9 @@ from lab.kernels import release_flavour
 from tests.vm.corpus import ANSIBLE_PLAYBOOK, CORPUS, REPO, Case, build, cases
 
 DEBIAN_12 = CORPUS / "debian-12"
-CASES = cases(DEBIAN_12) if DEBIAN_12.is_dir() else []
+# The shared corpus is the floor; the project's own cases add to it.
+OWN = REPO / "tests" / "corpus" / "debian-12"
+CASES = (cases(DEBIAN_12) + cases(OWN)) if DEBIAN_12.is_dir() else []
 LIVE = [c for c in CASES if c.kind != "fail"]
 PLAYBOOK = REPO / "tests" / "vm" / "playbooks" / "corpus_case.yml"
 FLAVOURS = ("amd64", "cloud-amd64")

@@ -13,14 +13,14 @@ run_one() {  # dir name kind
     sysfs=/sys/kernel/livepatch/$name
     dmesg --clear
     if [ -x "$dir/setup" ] && ! "$dir/setup"; then echo "FAIL: setup script failed"; return 1; fi
-    if sh "$dir/check"; then echo "FAIL: check passes before the patch is loaded"; return 1; fi
+    if "$dir/check"; then echo "FAIL: check passes before the patch is loaded"; return 1; fi
     start=$(date +%s%N)
     if ! insmod "$dir/patch.ko"; then
         [ "$kind" = loadfail ] || { echo "FAIL: insmod failed"; return 1; }
         if grep -q "^$name " /proc/modules || [ -d "$sysfs" ]; then
             echo "FAIL: the failed load left the patch loaded"; return 1
         fi
-        if sh "$dir/check"; then echo "FAIL: check passes after a failed load"; return 1; fi
+        if "$dir/check"; then echo "FAIL: check passes after a failed load"; return 1; fi
         echo "OK: load refused cleanly"; return 0
     fi
     [ "$kind" = loadfail ] && { echo "FAIL: the load should have failed"; return 1; }
@@ -28,13 +28,13 @@ run_one() {  # dir name kind
     [ "$(cat "$sysfs/enabled")" = 1 ] || { echo "FAIL: enabled is not 1"; return 1; }
     [ "$(cat "$sysfs/transition")" = 0 ] || { echo "FAIL: transition still 1 after 60 s"; return 1; }
     took=$(( ($(date +%s%N) - start) / 1000000 ))
-    sh "$dir/check" || { echo "FAIL: check fails while the patch is live"; return 1; }
+    "$dir/check" || { echo "FAIL: check fails while the patch is live"; return 1; }
     echo 0 > "$sysfs/enabled"
     for _ in $(seq 600); do [ -d "$sysfs" ] || break; sleep 0.1; done
     [ -d "$sysfs" ] && { echo "FAIL: unpatch transition did not complete in 60 s"; return 1; }
     rmmod "$name" || { echo "FAIL: rmmod failed"; return 1; }
     if grep -q "^$name " /proc/modules; then echo "FAIL: still loaded after rmmod"; return 1; fi
-    if sh "$dir/check"; then echo "FAIL: check still passes after the unload"; return 1; fi
+    if "$dir/check"; then echo "FAIL: check still passes after the unload"; return 1; fi
     if dmesg | grep -qE "WARNING:|Call Trace:|BUG:|Oops"; then
         echo "FAIL: the kernel log has a warning or call trace"; return 1
     fi

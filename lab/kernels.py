@@ -65,8 +65,8 @@ def pick(releases: list[str], versions: dict[str, list[str]], series: str, flavo
     """Choose the release an alias means, from the archive's releases and package versions.
 
     'newest' is the highest ABI of the series and flavour; 'older' is the highest ABI below
-    it whose image, headers and linux-source-<series> exist at the same version (so the
-    builder can work on it from exact sources).
+    it whose image, headers, common headers, kbuild and linux-source packages all exist at
+    the same version (so the builder can work on it from exact sources).
     """
     candidates = sorted((r for r in releases if release_series(r) == series
                          and release_flavour(r) == flavour), key=release_key, reverse=True)
@@ -75,14 +75,20 @@ def pick(releases: list[str], versions: dict[str, list[str]], series: str, flavo
                        "run 'apt-get update' and check /etc/apt/sources.list")
     if which == "newest":
         return candidates[0]
-    sources = versions.get(f"linux-source-{series}", [])
     for release in candidates[1:]:
         image = versions.get(f"linux-image-{release}", [])
-        headers = versions.get(f"linux-headers-{release}", [])
-        if image and image[0] in headers and image[0] in sources:
+        if image and all(image[0] in versions.get(pkg, []) for pkg in builder_packages(release)):
             return release
-    raise LabError(f"no older Linux {series} {flavour} release in the archive has image, "
-                   f"headers and linux-source-{series} of the same version")
+    raise LabError(f"no older Linux {series} {flavour} release in the archive has all the "
+                   "packages the builder needs at the same version")
+
+
+def builder_packages(release: str) -> list[str]:
+    """The packages the builder downloads for a release (the builder's own list)."""
+    from builder.providers.debian import package_names_for, parse_release
+
+    names = package_names_for(parse_release(release))
+    return [names[role] for role in ("headers", "common", "kbuild", "source")]
 
 
 def _apt_cache(*args: str) -> str:
@@ -129,10 +135,10 @@ def resolve(alias: str) -> str:
         if which == "older":
             olders = [r for r in releases if release_series(r) == series
                       and release_flavour(r) == flavour]
-            pkgs = [f"linux-source-{series}"]
+            pkgs = []
             for r in olders:
-                pkgs += [f"linux-image-{r}", f"linux-headers-{r}"]
-            versions = _madison(*pkgs)
+                pkgs += [f"linux-image-{r}", *builder_packages(r)]
+            versions = _madison(*dict.fromkeys(pkgs))
         return pick(releases, versions, series, flavour, which)
     package_version(alias)  # raises with close matches when unknown
     return alias

@@ -31,8 +31,12 @@ linux-headers-6.1.0-55-amd64 |  6.1.192-1 | http://deb.debian.org/debian-securit
 linux-image-6.1.0-50-amd64 |  6.1.176-1 | http://deb.debian.org/debian bookworm/main amd64 Packages
 linux-image-6.1.0-50-amd64 |  6.1.176-1 | http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
 linux-headers-6.1.0-50-amd64 |  6.1.176-1 | http://deb.debian.org/debian bookworm/main amd64 Packages
+linux-headers-6.1.0-55-common |  6.1.192-1 | http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
+linux-headers-6.1.0-50-common |  6.1.176-1 | http://deb.debian.org/debian bookworm/main amd64 Packages
 linux-source-6.1 |  6.1.192-2 | http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
 linux-source-6.1 |  6.1.176-1 | http://deb.debian.org/debian bookworm/main amd64 Packages
+linux-kbuild-6.1 |  6.1.192-2 | http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
+linux-kbuild-6.1 |  6.1.176-1 | http://deb.debian.org/debian bookworm/main amd64 Packages
 """  # noqa: E501
 
 
@@ -59,12 +63,14 @@ def test_pick_newest(series, flavour, which, release):
     assert kernels.pick(kernels.parse_search(SEARCH), {}, series, flavour, which) == release
 
 
-def test_pick_older_needs_headers_and_source_of_the_same_version():
+def test_pick_older_needs_every_builder_package_of_the_same_version():
     releases = kernels.parse_search(SEARCH)
     versions = kernels.parse_madison(MADISON)
-    # 6.1.0-55 has headers but no linux-source 6.1.192-1: skipped for 6.1.0-50.
+    # 6.1.0-55 has headers but no linux-source or kbuild 6.1.192-1: skipped for 6.1.0-50.
     assert kernels.pick(releases, versions, "6.1", "amd64", "older") == "6.1.0-50-amd64"
     versions["linux-source-6.1"].append("6.1.192-1")
+    assert kernels.pick(releases, versions, "6.1", "amd64", "older") == "6.1.0-50-amd64"
+    versions["linux-kbuild-6.1"].append("6.1.192-1")
     assert kernels.pick(releases, versions, "6.1", "amd64", "older") == "6.1.0-55-amd64"
 
 

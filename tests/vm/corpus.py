@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -54,3 +56,40 @@ def build(case: Case, release: str, output: Path, extra: list[str] | None = None
             *(extra or [])]
     return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=1800,
                           check=False)
+
+
+PLAYBOOK = REPO / "tests" / "vm" / "playbooks" / "corpus_case.yml"
+
+
+def run_on_vm(vm, inventory: Path, root: Path, live: list[Case]
+              ) -> tuple[dict[str, subprocess.CompletedProcess], dict[str, str]]:
+    """Build each case for the VM's kernel, then run them all on the VM in one play.
+
+    Returns the builder runs by case name and each case's result line ("OK: …" or
+    "FAIL: …" with the kernel log) by module name.
+    """
+    builds, staged = {}, root / "stage"
+    for case in live:
+        out = root / case.name
+        builds[case.name] = build(case, vm.release, out)
+        if builds[case.name].returncode == 0:
+            target = staged / case.module_name
+            target.mkdir(parents=True)
+            shutil.copy(out / f"{case.module_name}.ko", target / "patch.ko")
+            shutil.copy(case.check, target / "check")
+            if case.setup:
+                shutil.copy(case.setup, target / "setup")
+    ready = [c for c in live if builds[c.name].returncode == 0]
+    results: dict[str, str] = {}
+    if ready:
+        play = subprocess.run(
+            [ANSIBLE_PLAYBOOK, "-i", str(inventory), "--limit", vm.name, str(PLAYBOOK),
+             "-e", json.dumps({"corpus_dir": str(staged), "corpus_cases": [
+                 f"{c.module_name}:{c.kind}" for c in ready]})],
+            capture_output=True, text=True, timeout=1800, check=False,
+            env={**os.environ, "ANSIBLE_PIPELINING": "1"})
+        if play.returncode != 0:
+            raise AssertionError(play.stdout[-4000:] + play.stderr[-2000:])
+        for name, text in re.findall(r'"CASE (\S+) ([^"]*)"', play.stdout):
+            results[name] = results.get(name, "") + text + "\n"
+    return builds, results

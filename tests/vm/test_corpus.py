@@ -9,23 +9,18 @@ expected text and leave no module behind.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import subprocess
 
 import pytest
 
 from lab.kernels import release_flavour
-from tests.vm.corpus import ANSIBLE_PLAYBOOK, CORPUS, REPO, Case, build, cases
+from tests.vm.corpus import CORPUS, REPO, Case, build, cases, run_on_vm
 
 DEBIAN_12 = CORPUS / "debian-12"
 # The shared corpus is the floor; the project's own cases add to it.
 OWN = REPO / "tests" / "corpus" / "debian-12"
 CASES = (cases(DEBIAN_12) + cases(OWN)) if DEBIAN_12.is_dir() else []
 LIVE = [c for c in CASES if c.kind != "fail"]
-PLAYBOOK = REPO / "tests" / "vm" / "playbooks" / "corpus_case.yml"
 FLAVOURS = ("amd64", "cloud-amd64")
 
 pytestmark = pytest.mark.skipif(not CASES, reason=f"corpus not found at {DEBIAN_12}")
@@ -40,36 +35,12 @@ def _vm_for(lab_vms, flavour: str):
 
 @pytest.fixture(scope="session")
 def corpus_runs(lab_vms, lab_inventory, tmp_path_factory) -> dict:
-    """Build every live case per kernel, run them all on that kernel's VM in one play."""
+    """Per flavour: the VM, the builder runs and each case's result on the VM."""
     runs = {}
     for flavour in FLAVOURS:
         vm = _vm_for(lab_vms, flavour)
-        root = tmp_path_factory.mktemp(f"corpus-{flavour}")
-        builds, staged = {}, root / "stage"
-        for case in LIVE:
-            out = root / case.name
-            builds[case.name] = build(case, vm.release, out)
-            if builds[case.name].returncode == 0:
-                target = staged / case.module_name
-                target.mkdir(parents=True)
-                shutil.copy(out / f"{case.module_name}.ko", target / "patch.ko")
-                shutil.copy(case.check, target / "check")
-                if case.setup:
-                    shutil.copy(case.setup, target / "setup")
-        ready = [c for c in LIVE if builds[c.name].returncode == 0]
-        results: dict[str, str] = {}
-        if ready:
-            play = subprocess.run(
-                [ANSIBLE_PLAYBOOK, "-i", str(lab_inventory), "--limit", vm.name, str(PLAYBOOK),
-                 "-e", json.dumps({"corpus_dir": str(staged), "corpus_cases": [
-                     f"{c.module_name}:{c.kind}" for c in ready]})],
-                capture_output=True, text=True, timeout=1800, check=False,
-                env={**os.environ, "ANSIBLE_PIPELINING": "1"})
-            assert play.returncode == 0, play.stdout[-4000:] + play.stderr[-2000:]
-            for line in re.findall(r'"CASE (\S+) ([^"]*)"', play.stdout):
-                results.setdefault(line[0], "")
-                results[line[0]] += line[1] + "\n"
-        runs[flavour] = (vm, builds, results)
+        runs[flavour] = (vm, *run_on_vm(vm, lab_inventory,
+                                        tmp_path_factory.mktemp(f"corpus-{flavour}"), LIVE))
     return runs
 
 

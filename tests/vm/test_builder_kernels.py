@@ -1,0 +1,49 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The builder beyond the newest 6.1: a 6.12 kernel and an older 6.1 ABI.
+
+For each: build a corpus patch for exactly the running kernel, prove the manifest
+describes that kernel (release, package version, build-id from the target's own
+/sys/kernel/notes) and run the case on the VM through Ansible.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lab.kernels import resolve
+from tests.vm.corpus import CORPUS, cases, run_on_vm
+
+SPECS = ("newest-6.12-amd64", "older-6.1-amd64")
+CMDLINE = [c for c in cases(CORPUS / "debian-12") if c.name == "cmdline-suffix"] \
+    if (CORPUS / "debian-12").is_dir() else []
+
+pytestmark = [pytest.mark.lab_kernels(*SPECS),
+              pytest.mark.skipif(not CMDLINE, reason="shared corpus not found")]
+
+
+def running_build_id(vm) -> str:
+    """GNU build-id of the running kernel, read from /sys/kernel/notes on the guest."""
+    script = ("import struct;d=open('/sys/kernel/notes','rb').read();o=0\n"
+              "while o+12<=len(d):\n"
+              " n,s,t=struct.unpack_from('<III',d,o);nm=d[o+12:o+12+n];o2=o+12+(n+3)//4*4\n"
+              " if t==3 and nm[:3]==b'GNU':print(d[o2:o2+s].hex())\n"
+              " o=o2+(s+3)//4*4")
+    return vm.ssh(["python3", "-c", script], check=True).stdout.strip()
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_builds_and_loads_on_this_kernel(spec, lab, lab_inventory, tmp_path):
+    release = resolve(spec)
+    vm = next(v for v in lab.up([spec]) if v.release == release)
+    builds, results = run_on_vm(vm, lab_inventory, tmp_path, CMDLINE)
+    case = CMDLINE[0]
+    assert builds[case.name].returncode == 0, builds[case.name].stderr
+    manifest = json.loads((tmp_path / case.name / f"{case.module_name}.json").read_text())
+    assert manifest["kernel_release"] == release
+    assert manifest["vermagic"].startswith(release + " ")
+    assert manifest["kernel_build_id"] == running_build_id(vm)
+    assert vm.ssh(["cat", "/proc/version"], check=True).stdout.find(
+        manifest["package_version"]) > 0
+    assert results.get(case.module_name, "").startswith("OK:"), results

@@ -1,0 +1,280 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright: klp.livepatch contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Action plugin for klp.livepatch.report: the fleet report (JSON, JUnit XML, HTML).
+
+Everything about the report lives here: reading each host's rollout facts, deciding its
+status, rendering the three formats and answering JMESPath queries. The rendering
+functions are pure so that unit tests can feed them a fixed fleet.
+
+Host facts read (all optional; see roles/rollout and roles/verify):
+  livepatch_kernel   {release, package_version}      set when the host was reached
+  livepatch_result   {status, state, gate, reason, transition_seconds, changed, ...}
+  livepatch_verify   {ok, reachable, state, transition, reason}
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+try:
+    import jmespath
+except ImportError:  # reported when a query is asked for
+    jmespath = None
+
+FORMATS = ("json", "junit", "html")
+FILES = {"json": "report.json", "junit": "report.xml", "html": "report.html"}
+# Worst first: the order of the summary and of the HTML table.
+STATUSES = ("failed", "unreachable", "skipped", "not_attempted", "ok")
+
+ARGUMENT_SPEC = {
+    "dest": {"type": "path", "required": True},
+    "name": {"type": "str", "required": True},
+    "state": {"type": "str", "default": "enabled", "choices": ["enabled", "absent"]},
+    "hosts": {"type": "list", "elements": "str"},
+    "records": {"type": "dict"},
+    "build": {"type": "dict", "default": {}},
+    "formats": {"type": "list", "elements": "str", "default": list(FORMATS),
+                "choices": list(FORMATS)},
+    "query": {"type": "str"},
+}
+
+HOST_FACTS = ("livepatch_kernel", "livepatch_result", "livepatch_verify")
+
+
+def _plain(value):
+    """A JSON round trip: plain dicts, lists and strings instead of Ansible's wrappers."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def host_entry(host: str, facts: dict) -> dict:
+    """One host's line of the report, from its facts (see HOST_FACTS)."""
+    kernel = facts.get("livepatch_kernel") or {}
+    result = facts.get("livepatch_result") or {}
+    verify = facts.get("livepatch_verify") or {}
+    entry = {
+        "host": host,
+        "kernel_release": kernel.get("release"),
+        "package_version": kernel.get("package_version"),
+        "status": "ok",
+        "patch_state": verify.get("state") or result.get("state"),
+        "transition_seconds": result.get("transition_seconds"),
+        "changed": bool(result.get("changed", False)),
+        "gate": result.get("gate"),
+        "reason": result.get("reason"),
+        "rolled_back": bool(result.get("rolled_back", False)),
+        "verified": bool(verify.get("ok", False)),
+        "taint": result.get("taint"),
+    }
+    if not kernel or verify.get("reachable") is False:
+        entry.update(status="unreachable", gate=entry["gate"] or "reachable",
+                     reason=entry["reason"] or verify.get("reason") or "host not reachable",
+                     verified=False)
+    elif result.get("status") == "failed":
+        entry["status"] = "failed"
+    elif result.get("status") == "skipped":
+        entry["status"] = "skipped"
+    elif not result:
+        entry.update(status="not_attempted",
+                     reason="the rollout stopped before this host's batch")
+    elif verify and not verify.get("ok", False):
+        entry.update(status="failed", gate="verify", reason=verify.get("reason"))
+    return entry
+
+
+def build_report(entries: list[dict], name: str, state: str = "enabled",
+                 build: dict | None = None, generated: str | None = None) -> dict:
+    """The whole report as one document: what the JSON file holds."""
+    summary = dict.fromkeys(STATUSES, 0)
+    for entry in entries:
+        summary[entry["status"]] += 1
+    entries = sorted(entries, key=lambda e: (STATUSES.index(e["status"]), e["host"]))
+    return {
+        "patch": name,
+        "state": state,
+        "generated": generated or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "summary": {"hosts": len(entries), **summary},
+        "success": summary["failed"] == 0 and summary["unreachable"] == 0,
+        "build": build or {},
+        "hosts": entries,
+    }
+
+
+def render_json(report: dict) -> str:
+    return json.dumps(report, indent=2, sort_keys=False) + "\n"
+
+
+def render_junit(report: dict) -> str:
+    """JUnit XML for CI: one testcase per host; failure message is `gate: reason`."""
+    summary = report["summary"]
+    suite = ET.Element("testsuite", {
+        "name": f"klp.livepatch {report['patch']} ({report['state']})",
+        "tests": str(summary["hosts"]),
+        "failures": str(summary["failed"]),
+        "errors": str(summary["unreachable"]),
+        "skipped": str(summary["skipped"] + summary["not_attempted"]),
+        "time": f"{sum(e['transition_seconds'] or 0 for e in report['hosts']):.3f}",
+        "timestamp": report["generated"],
+    })
+    for entry in report["hosts"]:
+        case = ET.SubElement(suite, "testcase", {
+            "classname": f"klp.livepatch.{report['patch']}.{entry['kernel_release'] or 'unknown'}",
+            "name": entry["host"],
+            "time": f"{entry['transition_seconds'] or 0:.3f}",
+        })
+        message = f"{entry['gate']}: {entry['reason']}"
+        if entry["status"] == "failed":
+            failure = ET.SubElement(case, "failure", {"message": message, "type": entry["gate"]})
+            failure.text = json.dumps(entry, indent=2)
+        elif entry["status"] == "unreachable":
+            ET.SubElement(case, "error", {"message": message, "type": "unreachable"})
+        elif entry["status"] in ("skipped", "not_attempted"):
+            ET.SubElement(case, "skipped", {"message": entry["reason"] or entry["status"]})
+    root = ET.Element("testsuites", {"name": "klp.livepatch rollout"})
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+CSS = """
+body { font: 15px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
+h1 { font-size: 1.4em; margin-bottom: .2em; }
+.meta { color: #666; margin-bottom: 1em; }
+.cards span { display: inline-block; padding: .4em .9em; margin: 0 .4em .8em 0;
+  border-radius: 6px; background: #eee; font-weight: 600; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .45em .7em; border-bottom: 1px solid #ddd;
+  vertical-align: top; }
+th { background: #f4f4f4; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.badge { padding: .15em .6em; border-radius: 1em; font-size: .85em; font-weight: 600; }
+.ok { background: #d8f5d8; color: #135e13; }
+.failed { background: #fbd5d5; color: #8a1414; }
+.unreachable { background: #fde7c2; color: #7a4b00; }
+.skipped, .not_attempted { background: #e4e4ee; color: #444; }
+"""
+
+
+def render_html(report: dict) -> str:
+    """A self-contained page: summary cards, then hosts x kernel x state x time x failure."""
+    esc = html.escape
+    summary = report["summary"]
+    cards = "".join(
+        f'<span class="{s}">{esc(s.replace("_", " "))}: {summary[s]}</span>'
+        for s in STATUSES if summary[s] or s in ("ok", "failed"))
+    rows = []
+    for e in report["hosts"]:
+        seconds = "" if e["transition_seconds"] is None else f"{e['transition_seconds']:.2f}"
+        problem = ""
+        if e["status"] != "ok":
+            problem = f"<b>{esc(str(e['gate'] or ''))}</b> {esc(str(e['reason'] or ''))}"
+        if e["rolled_back"]:
+            problem += " (rolled back)"
+        status = esc(e["status"])
+        rows.append(
+            "<tr>"
+            f"<td>{esc(e['host'])}</td>"
+            f"<td>{esc(e['kernel_release'] or '?')}"
+            f"<br><small>{esc(e['package_version'] or '')}</small></td>"
+            f'<td><span class="badge {status}">{status.replace("_", " ")}</span></td>'
+            f"<td>{esc(str(e['patch_state'] or '-'))}</td>"
+            f'<td class="num">{seconds}</td>'
+            f"<td>{'yes' if e['changed'] else 'no'}</td>"
+            f"<td>{problem}</td>"
+            "</tr>")
+    build = report.get("build") or {}
+    built = ", ".join(build.get("built", [])) or "none"
+    skipped = ", ".join(build.get("skipped", [])) or "none"
+    verdict = "all hosts OK" if report["success"] else "attention needed"
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>klp.livepatch {esc(report['patch'])}: {esc(verdict)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<h1>Livepatch <code>{esc(report['patch'])}</code> ({esc(report['state'])}): {esc(verdict)}</h1>
+<div class="meta">Generated {esc(report['generated'])} &middot; {summary['hosts']} hosts
+ &middot; built: {esc(built)} &middot; reused: {esc(skipped)}</div>
+<div class="cards">{cards}</div>
+<table>
+<thead><tr><th>Host</th><th>Kernel</th><th>Status</th><th>Patch state</th>
+<th>Transition (s)</th><th>Changed</th><th>Failure</th></tr></thead>
+<tbody>
+{chr(10).join(rows)}
+</tbody>
+</table>
+</body>
+</html>
+"""
+
+
+RENDERERS = {"json": render_json, "junit": render_junit, "html": render_html}
+
+
+def run_query(report: dict, query: str):
+    """Apply a JMESPath expression to the report, e.g. hosts[?status=='failed'].host."""
+    if jmespath is None:
+        raise AnsibleActionFail("query needs the Python library jmespath on the controller")
+    try:
+        return jmespath.search(query, report)
+    except jmespath.exceptions.JMESPathError as exc:
+        raise AnsibleActionFail(f"invalid report query {query!r}: {exc}") from exc
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Replace PATH in one step, so a reader never sees half a report."""
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=".report-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        task_vars = task_vars or {}
+        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        records = args["records"]
+        if records is None:
+            hosts = args["hosts"] or task_vars.get("ansible_play_hosts_all", [])
+            hostvars = task_vars.get("hostvars", {})
+            records = {}
+            for host in hosts:
+                facts = hostvars[host] if host in hostvars else {}  # noqa: SIM401 - HostVars
+                records[host] = {k: _plain(facts[k]) for k in HOST_FACTS if k in facts}
+        entries = [host_entry(host, facts or {}) for host, facts in _plain(records).items()]
+        report = build_report(entries, args["name"], args["state"], _plain(args["build"]))
+        dest = self._loader.path_dwim(args["dest"])
+        files = {}
+        if not self._task.check_mode:
+            try:
+                os.makedirs(dest, exist_ok=True)
+                for fmt in args["formats"]:
+                    files[fmt] = os.path.join(dest, FILES[fmt])
+                    write_atomic(files[fmt], RENDERERS[fmt](report))
+            except OSError as exc:
+                raise AnsibleActionFail(f"cannot write the report to {dest}: {exc}") from exc
+        result.update(changed=False, report=report, files=files, success=report["success"])
+        if args["query"]:
+            result["query_result"] = run_query(report, args["query"])
+        return result

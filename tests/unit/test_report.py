@@ -1,0 +1,139 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The fleet report (plugins/action/report.py): statuses, JSON, JUnit XML, HTML, queries."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from ansible_collections.klp.livepatch.plugins.action import report as rp
+
+KERNEL = {"release": "6.1.0-56-amd64", "package_version": "6.1.192-2"}
+CLOUD = {"release": "6.1.0-56-cloud-amd64", "package_version": "6.1.192-2"}
+
+# A fixed fleet: one host per status, with the facts the roles set.
+FLEET = {
+    "web1": {"livepatch_kernel": KERNEL,
+             "livepatch_result": {"status": "ok", "state": "enabled", "changed": True,
+                                  "transition_seconds": 1.25, "taint": "OEK"},
+             "livepatch_verify": {"ok": True, "reachable": True, "state": "enabled"}},
+    "web2": {"livepatch_kernel": CLOUD,
+             "livepatch_result": {"status": "failed", "state": "enabled", "changed": True,
+                                  "gate": "kernel_log", "reason": "WARNING: at mm/slab.c:42",
+                                  "transition_seconds": 0.5, "rolled_back": True}},
+    "db1": {},  # never reached
+    "db2": {"livepatch_kernel": KERNEL},  # reached, but the rollout stopped before it
+    "db3": {"livepatch_kernel": KERNEL,
+            "livepatch_result": {"status": "skipped", "state": "disabled", "gate": "preflight",
+                                 "reason": "kworker/0:1 sleeps in cmdline_proc_show"}},
+    "db4": {"livepatch_kernel": KERNEL,
+            "livepatch_result": {"status": "ok", "state": "enabled", "transition_seconds": 2.0},
+            "livepatch_verify": {"ok": False, "reachable": True, "state": "transition",
+                                 "reason": "patch still in transition"}},
+    "db5": {"livepatch_kernel": KERNEL,
+            "livepatch_result": {"status": "ok", "state": "enabled", "transition_seconds": 1.0},
+            "livepatch_verify": {"ok": False, "reachable": False,
+                                 "reason": "ssh: connect to host db5 port 22: timed out"}},
+}
+
+EXPECTED_STATUS = {"web1": "ok", "web2": "failed", "db1": "unreachable", "db2": "not_attempted",
+                   "db3": "skipped", "db4": "failed", "db5": "unreachable"}
+
+
+@pytest.fixture
+def report() -> dict:
+    entries = [rp.host_entry(host, facts) for host, facts in FLEET.items()]
+    return rp.build_report(entries, "cve_2026_1234", build={"built": ["6.1.0-56-amd64"],
+                                                            "skipped": []},
+                           generated="2026-11-28T08:00:00Z")
+
+
+@pytest.mark.parametrize(("host", "status"), sorted(EXPECTED_STATUS.items()))
+def test_status(report, host, status):
+    entry = next(e for e in report["hosts"] if e["host"] == host)
+    assert entry["status"] == status
+
+
+def test_gates_and_reasons(report):
+    by_host = {e["host"]: e for e in report["hosts"]}
+    assert (by_host["web2"]["gate"], by_host["web2"]["rolled_back"]) == ("kernel_log", True)
+    assert by_host["db4"]["gate"] == "verify"
+    assert by_host["db4"]["reason"] == "patch still in transition"
+    assert by_host["db1"]["gate"] == "reachable"
+    assert "timed out" in by_host["db5"]["reason"]
+    assert by_host["web1"]["verified"] is True
+
+
+def test_summary_and_order(report):
+    assert report["summary"] == {"hosts": 7, "failed": 2, "unreachable": 2, "skipped": 1,
+                                 "not_attempted": 1, "ok": 1}
+    assert report["success"] is False
+    assert [e["status"] for e in report["hosts"]][0] == "failed"
+    assert report["hosts"][-1]["host"] == "web1"
+
+
+def test_all_ok_is_success():
+    entries = [rp.host_entry("web1", FLEET["web1"])]
+    assert rp.build_report(entries, "p")["success"] is True
+
+
+def test_json_round_trip(report):
+    assert json.loads(rp.render_json(report)) == report
+
+
+def test_junit(report):
+    root = ET.fromstring(rp.render_junit(report))
+    suite = root.find("testsuite")
+    assert suite.get("tests") == "7"
+    assert (suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("2", "2", "2")
+    cases = {c.get("name"): c for c in suite.findall("testcase")}
+    assert set(cases) == set(FLEET)
+    assert cases["web2"].find("failure").get("message") == "kernel_log: WARNING: at mm/slab.c:42"
+    assert cases["db1"].find("error") is not None
+    assert cases["db3"].find("skipped") is not None
+    assert list(cases["web1"]) == []
+    assert cases["web1"].get("time") == "1.250"
+    assert cases["web1"].get("classname") == "klp.livepatch.cve_2026_1234.6.1.0-56-amd64"
+
+
+def test_html(report):
+    page = rp.render_html(report)
+    assert page.startswith("<!DOCTYPE html>")
+    for host in FLEET:
+        assert f"<td>{host}</td>" in page
+    assert "6.1.0-56-cloud-amd64" in page
+    assert "kernel_log" in page and "(rolled back)" in page
+    assert "attention needed" in page
+    assert "http" not in page  # self-contained: no external assets
+
+
+def test_html_escapes():
+    entries = [rp.host_entry("<b>x</b>", {"livepatch_kernel": KERNEL, "livepatch_result": {
+        "status": "failed", "gate": "probe", "reason": "<script>alert(1)</script>"}})]
+    page = rp.render_html(rp.build_report(entries, "p"))
+    assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+@pytest.mark.parametrize(("query", "answer"), [
+    ("hosts[?status=='failed'].host | sort(@)", ["db4", "web2"]),
+    ("hosts[?kernel_release=='6.1.0-56-cloud-amd64'].host", ["web2"]),
+    ("summary.ok", 1),
+    ("length(hosts[?changed])", 2),
+])
+def test_query(report, query, answer):
+    assert rp.run_query(report, query) == answer
+
+
+def test_bad_query(report):
+    with pytest.raises(rp.AnsibleActionFail, match="invalid report query"):
+        rp.run_query(report, "hosts[?")
+
+
+def test_write_atomic(tmp_path):
+    path = tmp_path / "report.json"
+    rp.write_atomic(str(path), "one")
+    rp.write_atomic(str(path), "two")
+    assert path.read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]

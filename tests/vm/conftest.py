@@ -22,8 +22,10 @@ from pathlib import Path
 import pytest
 
 from lab import VM, Lab
+from tests.vm.playbook import lab_hosts
 
 ROOT = Path(__file__).resolve().parents[2]
+REPO = ROOT
 DEFAULT_KERNELS = ["newest-6.1-amd64", "newest-6.1-cloud-amd64"]
 
 
@@ -116,3 +118,39 @@ def ansible(lab_inventory: Path) -> Callable[..., dict]:
     def run(*args: str, tool: str = "ansible", timeout: float = 600) -> dict[str, dict]:
         return run_ansible(tool, *args, inventory=lab_inventory, timeout=timeout)
     return run
+
+
+# ---- fixtures for tests that drive the collection's modules (tests/vm/playbook.py)
+
+@pytest.fixture(scope="session")
+def klp_inventory(request) -> Path:
+    """The lab's inventory: from the lab fixture when there is one, else .lab/."""
+    try:
+        return Path(request.getfixturevalue("lab_inventory"))
+    except pytest.FixtureLookupError:
+        inventory = REPO / ".lab" / "inventory.yml"
+        if not inventory.exists():
+            pytest.skip("no lab VM: run 'python3 -m lab up newest-6.1-amd64'")
+        return inventory
+
+
+@pytest.fixture(scope="session")
+def amd64_host(klp_inventory) -> str:
+    for name, hostvars in lab_hosts(klp_inventory).items():
+        release = hostvars.get("klp_lab_kernel_release", "")
+        if release.startswith("6.1.") and release.endswith("-amd64") and "cloud" not in release:
+            return name
+    pytest.skip("no lab VM runs a Debian 6.1 amd64 kernel")
+
+
+@pytest.fixture(scope="session")
+def collections_path(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("collections")
+    (base / "ansible_collections" / "klp").mkdir(parents=True)
+    (base / "ansible_collections" / "klp" / "livepatch").symlink_to(REPO)
+    return base
+
+
+@pytest.fixture(scope="session")
+def vm_release(klp_inventory, amd64_host) -> str:
+    return lab_hosts(klp_inventory)[amd64_host]["klp_lab_kernel_release"]

@@ -11,105 +11,18 @@ after a guest sync) to check the boot unit and its crash-loop guard.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "fixtures" / "kmod"))
 import build as kmod_build  # noqa: E402 - the fixture builder lives beside the C sources
 
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+from tests.vm.playbook import loaded_klp_modules, patch, playbook, task  # noqa: E402
+
 BAD_LOG = ("WARNING:", "Call Trace:", "BUG:", "Oops")
-
-
-@pytest.fixture(scope="session")
-def klp_inventory(request) -> Path:
-    """The lab's inventory: from the lab fixture when there is one, else .lab/."""
-    try:
-        return Path(request.getfixturevalue("lab_inventory"))
-    except pytest.FixtureLookupError:
-        inventory = REPO / ".lab" / "inventory.yml"
-        if not inventory.exists():
-            pytest.skip("no lab VM: run 'python3 -m lab up newest-6.1-amd64'")
-        return inventory
-
-
-def lab_hosts(inventory: Path) -> dict[str, dict]:
-    data = yaml.safe_load(inventory.read_text())
-    return data["all"]["children"]["lab"]["hosts"] or {}
-
-
-@pytest.fixture(scope="session")
-def amd64_host(klp_inventory) -> str:
-    for name, hostvars in lab_hosts(klp_inventory).items():
-        release = hostvars.get("klp_lab_kernel_release", "")
-        if release.startswith("6.1.") and release.endswith("-amd64") and "cloud" not in release:
-            return name
-    pytest.skip("no lab VM runs a Debian 6.1 amd64 kernel")
-
-
-@pytest.fixture(scope="session")
-def collections_path(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("collections")
-    (base / "ansible_collections" / "klp").mkdir(parents=True)
-    (base / "ansible_collections" / "klp" / "livepatch").symlink_to(REPO)
-    return base
-
-
-def playbook(inventory: Path, host: str, collections: Path, tmp: Path, tasks: list,
-             variables: dict | None = None) -> dict:
-    """Run TASKS on HOST; return the registered variables named in `variables['keep']`."""
-    out = tmp / "results.json"
-    keep = (variables or {}).pop("keep", [])
-    play = [{
-        "name": "klp.livepatch VM test",
-        "hosts": host,
-        "gather_facts": False,
-        "vars": variables or {},
-        "tasks": tasks + [{
-            "name": "Return the results to the test",
-            "ansible.builtin.copy": {
-                "content": "{{ {" + ", ".join(
-                    f"'{k}': ({k} | default(None))" for k in keep) + "} | to_nice_json }}",
-                "dest": str(out),
-                "mode": "0600",
-            },
-            "delegate_to": "localhost",
-        }],
-    }]
-    path = tmp / "play.yml"
-    path.write_text(yaml.safe_dump(play, sort_keys=False))
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections),
-               ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1",
-               ANSIBLE_STDOUT_CALLBACK="default")
-    proc = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(path)],
-                          capture_output=True, text=True, env=env, check=False, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text())
-
-
-def patch(**args) -> dict:
-    return {"klp.livepatch.patch": args}
-
-
-def task(register: str, body: dict, **extra) -> dict:
-    return {"name": register, **body, "register": register, **extra}
-
-
-def loaded_klp_modules() -> dict:
-    return {"ansible.builtin.shell": "grep '^klp_test' /proc/modules || true; "
-                                     "ls /sys/kernel/livepatch"}
-
-
-@pytest.fixture(scope="session")
-def vm_release(klp_inventory, amd64_host) -> str:
-    return lab_hosts(klp_inventory)[amd64_host]["klp_lab_kernel_release"]
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,9 @@ status, rendering the three formats and answering JMESPath queries. The renderin
 functions are pure so that unit tests can feed them a fixed fleet.
 
 Host facts read (all optional; see roles/rollout and roles/verify):
-  livepatch_kernel   {release, package_version}      set when the host was reached
-  livepatch_result   {status, state, gate, reason, transition_seconds, changed, ...}
-  livepatch_verify   {ok, reachable, state, transition, reason}
+  build_kernel     {release, package_version, livepatch_supported}  set once the host answered
+  rollout_result   {status, state, gate, reason, transition_seconds, changed, ...}
+  verify_result    {ok, reachable, state, transition, reason}
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ ARGUMENT_SPEC = {
     "query": {"type": "str"},
 }
 
-HOST_FACTS = ("livepatch_kernel", "livepatch_result", "livepatch_verify")
+HOST_FACTS = ("build_kernel", "rollout_result", "verify_result")
 
 
 def _plain(value):
@@ -57,9 +57,9 @@ def _plain(value):
 
 def host_entry(host: str, facts: dict) -> dict:
     """One host's line of the report, from its facts (see HOST_FACTS)."""
-    kernel = facts.get("livepatch_kernel") or {}
-    result = facts.get("livepatch_result") or {}
-    verify = facts.get("livepatch_verify") or {}
+    kernel = facts.get("build_kernel") or {}
+    result = facts.get("rollout_result") or {}
+    verify = facts.get("verify_result") or {}
     entry = {
         "host": host,
         "kernel_release": kernel.get("release"),
@@ -78,6 +78,9 @@ def host_entry(host: str, facts: dict) -> dict:
         entry.update(status="unreachable", gate=entry["gate"] or "reachable",
                      reason=entry["reason"] or verify.get("reason") or "host not reachable",
                      verified=False)
+    elif kernel.get("livepatch_supported") is False:
+        entry.update(status="failed", gate="kernel",
+                     reason=f"{kernel.get('release')} has no livepatch support")
     elif result.get("status") == "failed":
         entry["status"] = "failed"
     elif result.get("status") == "skipped":
@@ -263,7 +266,8 @@ class ActionModule(ActionBase):
                 facts = hostvars[host] if host in hostvars else {}  # noqa: SIM401 - HostVars
                 records[host] = {k: _plain(facts[k]) for k in HOST_FACTS if k in facts}
         entries = [host_entry(host, facts or {}) for host, facts in _plain(records).items()]
-        report = build_report(entries, args["name"], args["state"], _plain(args["build"]))
+        build = {k: v for k, v in _plain(args["build"]).items() if k in ("built", "skipped")}
+        report = build_report(entries, args["name"], args["state"], build)
         dest = self._loader.path_dwim(args["dest"])
         files = {}
         if not self._task.check_mode:

@@ -42,16 +42,16 @@ options:
     default: enabled
   hosts:
     description:
-      - Hosts to report on. Their facts C(livepatch_kernel), C(livepatch_result) and
-        C(livepatch_verify) are read from C(hostvars).
+      - Hosts to report on. Their facts C(build_kernel), C(rollout_result) and
+        C(verify_result) are read from C(hostvars).
       - Defaults to every host the play targets (C(ansible_play_hosts_all)), so hosts
         that failed or became unreachable are still in the report.
     type: list
     elements: str
   records:
     description:
-      - The facts of each host given directly, as C({host: {livepatch_kernel, livepatch_result,
-        livepatch_verify}}), instead of reading them from C(hostvars).
+      - The facts of each host given directly, as C({host: {build_kernel, rollout_result,
+        verify_result}}), instead of reading them from C(hostvars).
     type: dict
   build:
     description: The result of M(klp.livepatch.build) (C(built), C(skipped)) to show in the report.

@@ -15,26 +15,26 @@ CLOUD = {"release": "6.1.0-56-cloud-amd64", "package_version": "6.1.192-2"}
 
 # A fixed fleet: one host per status, with the facts the roles set.
 FLEET = {
-    "web1": {"livepatch_kernel": KERNEL,
-             "livepatch_result": {"status": "ok", "state": "enabled", "changed": True,
+    "web1": {"build_kernel": KERNEL,
+             "rollout_result": {"status": "ok", "state": "enabled", "changed": True,
                                   "transition_seconds": 1.25, "taint": "OEK"},
-             "livepatch_verify": {"ok": True, "reachable": True, "state": "enabled"}},
-    "web2": {"livepatch_kernel": CLOUD,
-             "livepatch_result": {"status": "failed", "state": "enabled", "changed": True,
+             "verify_result": {"ok": True, "reachable": True, "state": "enabled"}},
+    "web2": {"build_kernel": CLOUD,
+             "rollout_result": {"status": "failed", "state": "enabled", "changed": True,
                                   "gate": "kernel_log", "reason": "WARNING: at mm/slab.c:42",
                                   "transition_seconds": 0.5, "rolled_back": True}},
     "db1": {},  # never reached
-    "db2": {"livepatch_kernel": KERNEL},  # reached, but the rollout stopped before it
-    "db3": {"livepatch_kernel": KERNEL,
-            "livepatch_result": {"status": "skipped", "state": "disabled", "gate": "preflight",
+    "db2": {"build_kernel": KERNEL},  # reached, but the rollout stopped before it
+    "db3": {"build_kernel": KERNEL,
+            "rollout_result": {"status": "skipped", "state": "disabled", "gate": "preflight",
                                  "reason": "kworker/0:1 sleeps in cmdline_proc_show"}},
-    "db4": {"livepatch_kernel": KERNEL,
-            "livepatch_result": {"status": "ok", "state": "enabled", "transition_seconds": 2.0},
-            "livepatch_verify": {"ok": False, "reachable": True, "state": "transition",
+    "db4": {"build_kernel": KERNEL,
+            "rollout_result": {"status": "ok", "state": "enabled", "transition_seconds": 2.0},
+            "verify_result": {"ok": False, "reachable": True, "state": "transition",
                                  "reason": "patch still in transition"}},
-    "db5": {"livepatch_kernel": KERNEL,
-            "livepatch_result": {"status": "ok", "state": "enabled", "transition_seconds": 1.0},
-            "livepatch_verify": {"ok": False, "reachable": False,
+    "db5": {"build_kernel": KERNEL,
+            "rollout_result": {"status": "ok", "state": "enabled", "transition_seconds": 1.0},
+            "verify_result": {"ok": False, "reachable": False,
                                  "reason": "ssh: connect to host db5 port 22: timed out"}},
 }
 
@@ -110,7 +110,7 @@ def test_html(report):
 
 
 def test_html_escapes():
-    entries = [rp.host_entry("<b>x</b>", {"livepatch_kernel": KERNEL, "livepatch_result": {
+    entries = [rp.host_entry("<b>x</b>", {"build_kernel": KERNEL, "rollout_result": {
         "status": "failed", "gate": "probe", "reason": "<script>alert(1)</script>"}})]
     page = rp.render_html(rp.build_report(entries, "p"))
     assert "<script>" not in page and "&lt;script&gt;" in page
@@ -137,3 +137,8 @@ def test_write_atomic(tmp_path):
     rp.write_atomic(str(path), "two")
     assert path.read_text() == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_kernel_without_livepatch_support():
+    entry = rp.host_entry("old", {"build_kernel": {**KERNEL, "livepatch_supported": False}})
+    assert (entry["status"], entry["gate"]) == ("failed", "kernel")

@@ -180,6 +180,10 @@ def gnu_build_id(notes_blob):
     return None
 
 
+# The trailer scripts/sign-file appends to a signed module.
+MODULE_SIGNATURE_MARKER = b"~Module signature appended~\n"
+
+
 def inspect_module(path):
     """Read a kernel module file: sha256, name, vermagic, livepatch flag, build-id, modinfo."""
     try:
@@ -211,6 +215,7 @@ def inspect_module(path):
         "vermagic": vermagic if isinstance(vermagic, str) else vermagic[0],
         "livepatch": modinfo.get("livepatch") == "Y",
         "build_id": build_id,
+        "signed": data.endswith(MODULE_SIGNATURE_MARKER),
         "modinfo": modinfo,
         "parameters": sorted(_as_list(modinfo.get("parmtype"), lambda p: p.split(":", 1)[0])),
     }
@@ -331,6 +336,11 @@ class Target:
 
     def livepatch_supported(self):
         return os.path.isdir(self.livepatch_dir)
+
+    def signatures_enforced(self):
+        """True/False from module.sig_enforce; None when the kernel does not say."""
+        value = (self.read("sys/module/module/parameters/sig_enforce") or "").strip()
+        return {"Y": True, "N": False}.get(value)
 
     def taint(self):
         return decode_taint(self.read_int("proc/sys/kernel/tainted") or 0)
@@ -570,6 +580,12 @@ class Target:
             raise KlpError(
                 f"{host}: /sys/kernel/livepatch does not exist: kernel {self.release} has "
                 "no livepatch support (CONFIG_LIVEPATCH)")
+        if self.signatures_enforced() and not info.get("signed"):
+            raise KlpError(
+                "{} enforces module signatures (module.sig_enforce) and {} is unsigned: "
+                "build it with klp.livepatch.build sign_key/sign_cert, using a key the "
+                "kernel trusts (an enrolled MOK or the built-in keyring)".format(
+                    host, info["path"]))
 
     def check_manifest(self, info, manifest, host="target"):
         """Cross-check a builder manifest (NAME.json) with the file and this kernel."""

@@ -216,7 +216,6 @@ def main():
     module = AnsibleModule(argument_spec={}, supports_check_mode=True)
     target = Target()
     version = parse_proc_version(target.read("proc/version") or "")
-    sig = (target.read("sys/module/module/parameters/sig_enforce") or "").strip()
     module.exit_json(
         changed=False,
         kernel_release=target.release,
@@ -228,7 +227,7 @@ def main():
         livepatch_modules=target.livepatch_modules(),
         taint=target.taint(),
         lockdown=lockdown_mode(target),
-        sig_enforce={"Y": True, "N": False}.get(sig),
+        sig_enforce=target.signatures_enforced(),
         stored_patches=stored(target),
         boot=dict(Persistence(target).guard(), installed=Persistence(target).installed()),
     )

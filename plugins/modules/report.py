@@ -50,8 +50,8 @@ options:
     elements: str
   records:
     description:
-      - The facts of each host given directly, as C({host: {build_kernel, rollout_result,
-        verify_result}}), instead of reading them from C(hostvars).
+      - "The facts of each host given directly, as C({host: {build_kernel, rollout_result,
+        verify_result}}), instead of reading them from C(hostvars)."
     type: dict
   build:
     description: The result of M(klp.livepatch.build) (C(built), C(skipped)) to show in the report.

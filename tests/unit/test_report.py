@@ -15,27 +15,37 @@ CLOUD = {"release": "6.1.0-56-cloud-amd64", "package_version": "6.1.192-2"}
 
 # A fixed fleet: one host per status, with the facts the roles set.
 FLEET = {
-    "web1": {"build_kernel": KERNEL,
-             "rollout_result": {"status": "ok", "state": "enabled", "changed": True,
-                                  "transition_seconds": 1.25, "taint": "OEK"},
-             "verify_result": {"ok": True, "reachable": True, "state": "enabled"}},
-    "web2": {"build_kernel": CLOUD,
-             "rollout_result": {"status": "failed", "state": "enabled", "changed": True,
-                                  "gate": "kernel_log", "reason": "WARNING: at mm/slab.c:42",
-                                  "transition_seconds": 0.5, "rolled_back": True}},
+    "web1": {
+        "build_kernel": KERNEL,
+        "rollout_result": {"status": "ok", "state": "enabled", "changed": True,
+                           "transition_seconds": 1.25, "taint": "OEK"},
+        "verify_result": {"ok": True, "reachable": True, "state": "enabled"},
+    },
+    "web2": {
+        "build_kernel": CLOUD,
+        "rollout_result": {"status": "failed", "state": "enabled", "changed": True,
+                           "gate": "kernel_log", "reason": "WARNING: at mm/slab.c:42",
+                           "transition_seconds": 0.5, "rolled_back": True},
+    },
     "db1": {},  # never reached
     "db2": {"build_kernel": KERNEL},  # reached, but the rollout stopped before it
-    "db3": {"build_kernel": KERNEL,
-            "rollout_result": {"status": "skipped", "state": "disabled", "gate": "preflight",
-                                 "reason": "kworker/0:1 sleeps in cmdline_proc_show"}},
-    "db4": {"build_kernel": KERNEL,
-            "rollout_result": {"status": "ok", "state": "enabled", "transition_seconds": 2.0},
-            "verify_result": {"ok": False, "reachable": True, "state": "transition",
-                                 "reason": "patch still in transition"}},
-    "db5": {"build_kernel": KERNEL,
-            "rollout_result": {"status": "ok", "state": "enabled", "transition_seconds": 1.0},
-            "verify_result": {"ok": False, "reachable": False,
-                                 "reason": "ssh: connect to host db5 port 22: timed out"}},
+    "db3": {
+        "build_kernel": KERNEL,
+        "rollout_result": {"status": "skipped", "state": "disabled", "gate": "preflight",
+                           "reason": "kworker/0:1 sleeps in cmdline_proc_show"},
+    },
+    "db4": {
+        "build_kernel": KERNEL,
+        "rollout_result": {"status": "ok", "state": "enabled", "transition_seconds": 2.0},
+        "verify_result": {"ok": False, "reachable": True, "state": "transition",
+                          "reason": "patch still in transition"},
+    },
+    "db5": {
+        "build_kernel": KERNEL,
+        "rollout_result": {"status": "ok", "state": "enabled", "transition_seconds": 1.0},
+        "verify_result": {"ok": False, "reachable": False,
+                          "reason": "ssh: connect to host db5 port 22: timed out"},
+    },
 }
 
 EXPECTED_STATUS = {"web1": "ok", "web2": "failed", "db1": "unreachable", "db2": "not_attempted",

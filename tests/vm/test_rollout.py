@@ -19,6 +19,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
@@ -45,14 +46,15 @@ def env(fleet: dict) -> dict:
                 ANSIBLE_STDOUT_CALLBACK="default")
 
 
-def livepatch(fleet: dict, step: str, **extra) -> tuple[subprocess.CompletedProcess, Path]:
+def livepatch(fleet: dict, step: str, inventory: Path | None = None, **extra
+              ) -> tuple[subprocess.CompletedProcess, Path]:
     """ansible-playbook livepatch.yml on the fleet; returns the run and its report dir."""
     report = fleet["base"] / step
     variables = {"livepatch_name": NAME, "livepatch_patches": [str(PATCH)],
                  "livepatch_hosts": ":".join(fleet["hosts"]), "livepatch_become": False,
                  "livepatch_artifact_dir": str(fleet["artifacts"]),
                  "livepatch_report_dir": str(report), **extra}
-    proc = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(fleet["inventory"]),
+    proc = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(inventory or fleet["inventory"]),
                            str(REPO / "livepatch.yml"), "-e", json.dumps(variables)],
                           capture_output=True, text=True, env=env(fleet), check=False,
                           cwd=REPO, timeout=3600)
@@ -151,3 +153,24 @@ def test_rollback_restores_every_host(fleet):
         assert (entry["status"], entry["patch_state"]) == ("ok", "absent")
         assert probe(fleet, host) != 0
     assert "klp.livepatch.build : Build the livepatch" not in proc.stdout
+
+
+def test_unreachable_host_is_reported(fleet):
+    """A host that does not answer is in the report (and the JUnit file) as unreachable."""
+    inventory = yaml.safe_load(fleet["inventory"].read_text())
+    lab_hosts = inventory["all"]["children"]["lab"]["hosts"]
+    ghost = dict(lab_hosts[next(iter(fleet["hosts"]))], ansible_port=1)
+    ghost["ansible_ssh_common_args"] += " -o ConnectTimeout=5"
+    lab_hosts["klp-ghost"] = ghost
+    path = fleet["base"] / "ghost-inventory.yml"
+    path.write_text(yaml.safe_dump(inventory))
+    proc, report_dir = livepatch(fleet, "ghost", inventory=path, livepatch_state="absent",
+                                 livepatch_patches=[],
+                                 livepatch_hosts=":".join([*fleet["hosts"], "klp-ghost"]))
+    assert proc.returncode == 4, proc.stdout[-6000:]  # ansible-playbook: a host unreachable
+    hosts = hosts_of(report_dir)
+    assert (hosts["klp-ghost"]["status"], hosts["klp-ghost"]["gate"]) == ("unreachable",
+                                                                        "reachable")
+    assert all(hosts[host]["status"] == "ok" for host in fleet["hosts"])
+    suite = ET.parse(report_dir / "report.xml").getroot().find("testsuite")
+    assert suite.get("errors") == "1"

@@ -75,9 +75,10 @@ def host_entry(host: str, facts: dict) -> dict:
         "taint": result.get("taint"),
     }
     if not kernel or verify.get("reachable") is False:
+        reason = verify.get("reason") if kernel else (
+            "did not answer when the fleet's kernels were read")
         entry.update(status="unreachable", gate=entry["gate"] or "reachable",
-                     reason=entry["reason"] or verify.get("reason") or "host not reachable",
-                     verified=False)
+                     reason=entry["reason"] or reason or "host not reachable", verified=False)
     elif kernel.get("livepatch_supported") is False:
         entry.update(status="failed", gate="kernel",
                      reason=f"{kernel.get('release')} has no livepatch support")
@@ -194,8 +195,10 @@ def render_html(report: dict) -> str:
             f"<td>{problem}</td>"
             "</tr>")
     build = report.get("build") or {}
-    built = ", ".join(build.get("built", [])) or "none"
-    skipped = ", ".join(build.get("skipped", [])) or "none"
+    built = ""
+    if build:
+        built = (f" &middot; built: {esc(', '.join(build.get('built', [])) or 'none')}"
+                 f" &middot; reused: {esc(', '.join(build.get('skipped', [])) or 'none')}")
     verdict = "all hosts OK" if report["success"] else "attention needed"
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -206,8 +209,8 @@ def render_html(report: dict) -> str:
 </head>
 <body>
 <h1>Livepatch <code>{esc(report['patch'])}</code> ({esc(report['state'])}): {esc(verdict)}</h1>
-<div class="meta">Generated {esc(report['generated'])} &middot; {summary['hosts']} hosts
- &middot; built: {esc(built)} &middot; reused: {esc(skipped)}</div>
+<div class="meta">Generated {esc(report['generated'])}
+ &middot; {summary['hosts']} hosts{built}</div>
 <div class="cards">{cards}</div>
 <table>
 <thead><tr><th>Host</th><th>Kernel</th><th>Status</th><th>Patch state</th>

@@ -72,6 +72,7 @@ def test_gates_and_reasons(report):
     assert by_host["db4"]["gate"] == "verify"
     assert by_host["db4"]["reason"] == "patch still in transition"
     assert by_host["db1"]["gate"] == "reachable"
+    assert "did not answer" in by_host["db1"]["reason"]
     assert "timed out" in by_host["db5"]["reason"]
     assert by_host["web1"]["verified"] is True
 
@@ -116,6 +117,7 @@ def test_html(report):
     assert "6.1.0-56-cloud-amd64" in page
     assert "kernel_log" in page and "(rolled back)" in page
     assert "attention needed" in page
+    assert "built: 6.1.0-56-amd64" in page
     assert "http" not in page  # self-contained: no external assets
 
 

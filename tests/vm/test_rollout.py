@@ -169,8 +169,8 @@ def test_unreachable_host_is_reported(fleet):
                                  livepatch_hosts=":".join([*fleet["hosts"], "klp-ghost"]))
     assert proc.returncode == 4, proc.stdout[-6000:]  # ansible-playbook: a host unreachable
     hosts = hosts_of(report_dir)
-    assert (hosts["klp-ghost"]["status"], hosts["klp-ghost"]["gate"]) == ("unreachable",
-                                                                        "reachable")
+    ghost_entry = hosts["klp-ghost"]
+    assert (ghost_entry["status"], ghost_entry["gate"]) == ("unreachable", "reachable")
     assert all(hosts[host]["status"] == "ok" for host in fleet["hosts"])
     suite = ET.parse(report_dir / "report.xml").getroot().find("testsuite")
     assert suite.get("errors") == "1"

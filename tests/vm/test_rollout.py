@@ -144,6 +144,25 @@ def test_failed_gate_halts_and_rolls_back(fleet):
     assert cases[by_status["not_attempted"]].find("skipped") is not None
 
 
+def test_failures_within_budget_continue(fleet):
+    """One host of two fails in a 100% batch with max_fail_percentage 50: the run goes on
+    to verify, and the final report has the failed host beside the patched one."""
+    cloud = [host for host, release in fleet["hosts"].items() if "cloud" in release]
+    if len(fleet["hosts"]) != 2 or len(cloud) != 1:
+        pytest.skip("needs one cloud and one generic kernel VM")
+    proc, report_dir = livepatch(fleet, "budget", livepatch_batches=["100%"],
+                                 livepatch_max_fail_percentage=50,
+                                 livepatch_probes=[PROBE, "grep -qv cloud /proc/version"],
+                                 livepatch_rollback_failed_hosts=True)
+    assert proc.returncode == 2, proc.stdout[-6000:]  # ansible-playbook: a host failed
+    assert "Verify every host and write the fleet report" in proc.stdout
+    hosts = hosts_of(report_dir)
+    assert (hosts[cloud[0]]["status"], hosts[cloud[0]]["gate"]) == ("failed", "probes")
+    assert hosts[cloud[0]]["rolled_back"] is True
+    other = next(host for host in fleet["hosts"] if host != cloud[0])
+    assert (hosts[other]["status"], hosts[other]["verified"]) == ("ok", True)
+
+
 def test_rollback_restores_every_host(fleet):
     proc, report_dir = livepatch(fleet, "rollback", livepatch_state="absent",
                                  livepatch_patches=[])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from builder import __version__
 from builder.errors import BuildError
-from builder.pipeline import STAGES, BuildRequest, build, manifest_matches, resolve_version
+from builder.pipeline import BuildRequest, build, manifest_matches, resolve_version
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,8 +37,6 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--check", action="store_true",
                    help="only report whether a build is needed (with --if-changed)")
     b.add_argument("--work", type=Path, metavar="DIR", help="work directory (default: cache)")
-    b.add_argument("--from-stage", choices=STAGES, default=STAGES[0],
-                   help="resume a previous run in the same work directory from this stage")
     return top
 
 
@@ -51,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     request = BuildRequest(kernel=args.kernel, package_version=args.package_version,
                            patches=args.patch, name=args.name, output=args.output,
                            replace=not args.no_replace, sign_key=args.sign_key,
-                           sign_cert=args.sign_cert, work=args.work, from_stage=args.from_stage,
+                           sign_cert=args.sign_cert, work=args.work,
                            consistency=args.consistency)
     module = args.output / f"{args.name}.ko"
     try:

@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The build pipeline: runs the stages in order, times them, writes the manifest.
 
-Each stage leaves its artifact in the work directory, so `--from-stage` can
-restart a run from any stage (for example after editing the patch only the
-compile stage and later ones need to run again).
+Each stage caches what it makes per kernel (extracted packages, the prepared tree,
+compiled originals, the kernel's symbol table), so a rerun redoes only the patch's
+own work.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder import __version__
@@ -36,7 +36,6 @@ class BuildRequest:
     sign_key: Path | None = None
     sign_cert: Path | None = None
     work: Path | None = None
-    from_stage: str = "acquire"
     distribution: str = "debian-12"
     consistency: str = "default"
 
@@ -238,4 +237,4 @@ def manifest_matches(manifest_path: Path, request: BuildRequest) -> bool:
         sha256_file(ko) == manifest.get("module_sha256")
 
 
-__all__ = ["BuildRequest", "Progress", "build", "manifest_matches", "STAGES", "asdict"]
+__all__ = ["BuildRequest", "Progress", "build", "manifest_matches", "STAGES"]

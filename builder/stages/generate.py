@@ -21,7 +21,6 @@ from builder.elf import (
     SHF_EXECINSTR,
     SHF_STRINGS,
     SHF_WRITE,
-    SHT_NOBITS,
     SHT_PROGBITS,
     STB_GLOBAL,
     STB_LOCAL,
@@ -350,5 +349,4 @@ def generate_unit(diff: UnitDiff, orig: ElfObject, patched: ElfObject, symbols: 
     return _Generator(diff, orig, patched, symbols, exports, prefix, layout).run()
 
 
-__all__ = ["FunctionEntry", "GeneratedUnit", "SymbolSource", "Exports", "generate_unit",
-           "SHT_NOBITS"]
+__all__ = ["FunctionEntry", "GeneratedUnit", "SymbolSource", "Exports", "generate_unit"]

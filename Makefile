@@ -35,7 +35,7 @@ endef
 
 .PHONY: help setup deps venv test test-fast test-vm sanity units \
 	lint lint-python lint-yaml lint-ansible lint-changelog \
-	lab-up lab-down lab-status requirements clean
+	lab-up lab-down lab-status demo requirements clean
 
 help:
 	@echo "make test        set up everything, then run every test tier (fast, then VM)"
@@ -44,6 +44,7 @@ help:
 	@echo "make lint | sanity | units   one part of the fast tier (make -k: run all gates)"
 	@echo "make lab-up KERNELS=\"<release> ...\"   boot lab VMs (default: newest 6.1 cloud-amd64)"
 	@echo "make lab-status | make lab-down"
+	@echo "make demo        boot a lab VM and live-patch it with livepatch.yml (examples/demo.sh)"
 
 setup: deps venv
 
@@ -109,6 +110,10 @@ lab-down: setup
 
 lab-status: setup
 	$(PY) -m lab status
+
+# Boot the default lab VM and live-patch it; a rerun reuses the VM and the build.
+demo: setup
+	examples/demo.sh
 
 clean:
 	rm -rf .sanity tests/output .pytest_cache .ruff_cache

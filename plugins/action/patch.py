@@ -1,15 +1,14 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 # Copyright: klp.livepatch contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Action plugin for klp.livepatch.patch: push the module only when needed, then run.
+"""Action plugin for klp.livepatch.patch: check the module on the controller, then run.
 
 1. On the controller: find O(src), read its ELF .modinfo (name, vermagic, livepatch
    flag) and sha256, and the manifest NAME.json beside it if there is one.
-2. Probe: run the module without src. If the target already stores a copy with that
-   sha256, this run does the whole job and nothing is transferred.
-3. Otherwise (the module answers missing_module) copy the .ko into the remote temporary
-   directory and run the module again with src pointing at it; the module stores it
-   under /var/lib/klp-livepatch/modules/RELEASE/ itself.
+2. Copy the .ko into the remote temporary directory and run the module once with src
+   pointing at it. The module stores it under /var/lib/klp-livepatch/modules/RELEASE/
+   only when the stored copy differs, so a rerun changes nothing. Copying a module of a
+   few hundred KiB costs less than a second module run to ask whether it is needed.
 The remote temporary directory is always removed.
 """
 
@@ -58,15 +57,9 @@ class ActionModule(ActionBase):
         try:
             if src:
                 args.update(self._controller_checks(src, args))
-            if not src or state != "enabled":
-                result.update(self._run_module(args, task_vars))
-                return result
-            probe = self._run_module(args, task_vars)
-            if not (probe.get("failed") and probe.get("missing_module")):
-                result.update(probe)
-                return result
-            remote = self._transfer(src, args["name"])
-            result.update(self._run_module(dict(args, src=remote), task_vars))
+            if src and state == "enabled":
+                args["src"] = self._transfer(args["name"])
+            result.update(self._run_module(args, task_vars))
             return result
         except AnsibleError:
             raise
@@ -107,7 +100,7 @@ class ActionModule(ActionBase):
         self._klp_src = path
         return extra
 
-    def _transfer(self, src: str, name: str) -> str:
+    def _transfer(self, name: str) -> str:
         if not self._connection._shell.tmpdir:
             self._make_tmp_path()
         remote = self._connection._shell.join_path(self._connection._shell.tmpdir,

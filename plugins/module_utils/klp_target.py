@@ -15,9 +15,11 @@ tree; commands run through a callable with the ``AnsibleModule.run_command``
 signature.
 """
 
+import errno
 import hashlib
 import os
 import re
+import shlex
 import struct
 import time
 
@@ -226,6 +228,16 @@ def _as_list(value, fn=None):
         return []
     values = value if isinstance(value, list) else [value]
     return [fn(v) for v in values] if fn else values
+
+
+def manifest_functions(manifest):
+    """Sorted function names from a builder manifest's objects (or patched) mapping."""
+    objects = (manifest or {}).get("objects") or (manifest or {}).get("patched") or {}
+    names = set()
+    for funcs in objects.values():
+        for func in funcs if isinstance(funcs, list) else funcs.get("functions", []):
+            names.add(func["name"] if isinstance(func, dict) else str(func))
+    return sorted(names)
 
 
 def sha256_file(path):
@@ -522,6 +534,62 @@ class Target:
             return []
         return [ln for ln in out.splitlines() if needle in ln][-lines:]
 
+    def run_probes(self, commands):
+        """Run each command (split like a shell would, no shell features); their results."""
+        results = []
+        for command in commands:
+            try:
+                rc, out, err = self.run_command(shlex.split(command))
+            except (OSError, ValueError) as exc:  # not found, bad quoting
+                rc, out, err = 127, "", str(exc)
+            results.append({"command": command, "rc": rc, "stdout": out[-2000:],
+                            "stderr": err[-2000:]})
+        return results
+
+    def kernel_log_mark(self):
+        """An open /dev/kmsg positioned after the newest record, or None.
+
+        Reading it later returns exactly the records logged since this call, so a
+        health gate sees what the change itself made the kernel say.
+        """
+        try:
+            fd = os.open(self.path("dev/kmsg"), os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            os.lseek(fd, 0, os.SEEK_END)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+    @staticmethod
+    def kernel_log_since(mark, limit=200):
+        """Messages of the records logged after MARK (closes it); [] without a mark."""
+        if mark is None:
+            return []
+        lines = []
+        try:
+            while True:
+                try:
+                    record = os.read(mark, 8192)
+                except BlockingIOError:
+                    break  # no newer record
+                except OSError as exc:
+                    if exc.errno == errno.EPIPE:  # overwritten while reading: go on
+                        continue
+                    break
+                if not record:
+                    break
+                # "prio,seq,usec,flags;message" lines, each maybe followed by " KEY=value"
+                for line in record.decode("utf-8", "replace").splitlines():
+                    header, sep, text = line.partition(";")
+                    if sep and not line.startswith(" "):
+                        lines.append(text)
+        finally:
+            os.close(mark)
+        return lines[-limit:]
+
     def insmod(self, path, params=None):
         args = [path] + ["{}={}".format(*kv) for kv in sorted((params or {}).items())]
         rc, out, err = self._run("insmod", args)
@@ -692,8 +760,10 @@ class PatchRunner:
     """Bring one patch to a wanted state (enabled | disabled | absent)."""
 
     def __init__(self, target, host, check_mode=False, transition_timeout=60.0,
-                 on_stall="revert", stall_timeout=300.0, warn=None):
+                 on_stall="revert", stall_timeout=300.0, warn=None, preflight="warn", functions=()):
         self.t = target
+        self.preflight = preflight
+        self.functions = list(functions)
         self.host = host
         self.check_mode = check_mode
         self.transition_timeout = transition_timeout
@@ -764,9 +834,13 @@ class PatchRunner:
             return self._result(name, stored, before, predicted="enabled",
                                 transition_seconds=0.0,
                                 module_path=self._module_path(info, name))
+        blocking = self._preflight()
+        if blocking and self.preflight == "skip":
+            return self._result(name, False, before, predicted=status, blocking_tasks=blocking,
+                                preflight_skipped=True, module_path=info["path"])
         if self.check_mode:
             return self._result(name, True, before, predicted="enabled",
-                                module_path=info["path"],
+                                module_path=info["path"], blocking_tasks=blocking,
                                 after=format_state(name, "enabled (transition complete)"))
         self._other_transition(name)
         if status in ("enabled", "transition", "unpatching"):
@@ -794,7 +868,20 @@ class PatchRunner:
         result = self._finish_transition(name, before, info, params_changed=True,
                                          started=started)
         result["replaced"] = self.t.unload_replaced(active_before, keep=name)
+        result["blocking_tasks"] = blocking
         return result
+
+    def _preflight(self):
+        """Tasks asleep in the functions the patch replaces: they may hold the transition."""
+        if self.preflight == "off" or not self.functions:
+            return []
+        blocking = self.t.tasks_in_functions(self.functions)
+        if blocking:
+            self.warn("{}: {} asleep in {}; the transition may stall{}".format(
+                self.host, ", ".join(sorted({t["comm"] for t in blocking})),
+                ", ".join(sorted({t["function"] for t in blocking})),
+                " (preflight=skip: not loading)" if self.preflight == "skip" else ""))
+        return blocking
 
     def _finish_transition(self, name, before, info, params_changed, started=None):
         """Wait for NAME's transition; the time counts from STARTED (before insmod)."""

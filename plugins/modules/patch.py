@@ -13,8 +13,13 @@ description:
     kernel's livepatch transition to finish.
   - With O(src), the action plugin computes the module's sha256 on the controller, reads
     the builder manifest C(NAME.json) beside it when there is one, and copies the module
-    to the target only when the stored copy in
-    C(/var/lib/klp-livepatch/modules/RELEASE/) is missing or different.
+    into the task's temporary directory on the target. The module replaces the stored
+    copy in C(/var/lib/klp-livepatch/modules/RELEASE/) only when it is missing or
+    different.
+  - One run does everything a rollout needs from the host (one module call per host).
+    It looks for tasks asleep in the functions to be patched (O(preflight)), changes
+    the patch, returns the kernel log records written meanwhile (RV(kernel_log)) and
+    the taint before and after, then runs the health probes (O(probes)).
   - Before loading, the module file is checked on the target. Its sha256 must match,
     it must be a livepatch module (C(livepatch=Y) in C(.modinfo)), its vermagic must
     match the running kernel (release and build options), and
@@ -108,6 +113,29 @@ options:
         during the transition, for example C(ksoftirqd/*).
       - Only C(ksoftirqd/), C(cpuhp/) and C(rcuc/) threads can be parked. Other
         patterns are refused before loading.
+    type: list
+    elements: str
+    default: []
+  preflight:
+    description:
+      - Before loading, look for tasks whose kernel stack holds one of the functions the
+        patch replaces (from the builder manifest). Such tasks can hold the transition
+        back. See RV(blocking_tasks).
+      - V(warn) reports them and loads anyway. V(skip) reports them and does not load;
+        the result then has RV(preflight_skipped). V(off) does not look.
+      - Only used with O(state=enabled) when the module is not loaded yet and a manifest
+        lists the functions.
+    type: str
+    choices: ['off', warn, skip]
+    default: warn
+  probes:
+    description:
+      - Commands to run on the target after the change, for example a check that the fix
+        is live. Each is split like a shell would split it but runs without a shell, like
+        M(ansible.builtin.command). Not run in check mode.
+      - A failing probe does not fail the task. Its exit status and output are in
+        RV(probes), and the caller decides (the rollout role fails the host and may
+        roll it back).
     type: list
     elements: str
     default: []
@@ -276,10 +304,39 @@ taint_after:
 missing_module:
   description: >-
     True when O(name) was given without O(src) and the target has no stored copy
-    with the expected sha256. The action plugin then copies O(src).
+    with the expected sha256. Pass O(src) to copy the module.
   returned: on that failure
   type: bool
   sample: true
+blocking_tasks:
+  description: Tasks found asleep in a function to be patched (see O(preflight)).
+  returned: with O(state=enabled)
+  type: list
+  elements: dict
+  sample:
+    - {pid: 812, tid: 812, comm: cat, function: pipe_read, stack: ["[<0>] pipe_read+0x31e/0x440"]}
+preflight_skipped:
+  description: True when O(preflight=skip) found blocking tasks and nothing was loaded.
+  returned: when that happened
+  type: bool
+  sample: true
+kernel_log:
+  description: >-
+    Kernel log messages (from C(/dev/kmsg)) recorded while this task ran, at most the
+    last 200. Not returned in check mode.
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - "livepatch: enabling patch 'cve_2026_1234'"
+    - "livepatch: 'cve_2026_1234': patching complete"
+probes:
+  description: Result of each of O(probes), in order.
+  returned: when O(probes) is given and the change succeeded
+  type: list
+  elements: dict
+  sample:
+    - {command: "grep -q klp.example=1 /proc/cmdline", rc: 0, stdout: "", stderr: ""}
 persisted:
   description: Whether the patch is marked to load at boot (see O(persist)).
   returned: on success
@@ -304,6 +361,7 @@ from ansible_collections.klp.livepatch.plugins.module_utils.klp_target import (
     Persistence,
     Target,
     inspect_module,
+    manifest_functions,
     module_name,
     validate_park_kthreads,
 )
@@ -321,6 +379,8 @@ ARGUMENT_SPEC = {
     "freeze_timeout": {"type": "int", "default": 2000},
     "park_kthreads": {"type": "list", "elements": "str", "default": []},
     "persist": {"type": "bool"},
+    "preflight": {"type": "str", "choices": ["off", "warn", "skip"], "default": "warn"},
+    "probes": {"type": "list", "elements": "str", "default": []},
 }
 
 
@@ -359,9 +419,12 @@ def main():
                     get_bin_path=lambda tool: module.get_bin_path(tool, required=True))
     runner = PatchRunner(target, host, check_mode=module.check_mode,
                          transition_timeout=p["transition_timeout"], on_stall=p["on_stall"],
-                         stall_timeout=p["stall_timeout"], warn=module.warn)
+                         stall_timeout=p["stall_timeout"], warn=module.warn,
+                         preflight=p["preflight"],
+                         functions=manifest_functions(p["manifest"]))
     common = {"release": target.release}
     taint_before = target.taint()
+    log_mark = None if module.check_mode else target.kernel_log_mark()
     try:
         validate_park_kthreads(p["park_kthreads"])
         if p["state"] == "enabled":
@@ -414,12 +477,17 @@ def main():
         result.pop("changed", None)
         module.fail_json(msg=str(exc), changed=not module.check_mode,
                          taint_before=taint_before, taint_after=target.taint(),
+                         kernel_log=target.kernel_log_since(log_mark),
                          **dict(result, **common))
     except KlpError as exc:
-        module.fail_json(msg=str(exc), taint_before=taint_before, **common)
+        module.fail_json(msg=str(exc), taint_before=taint_before,
+                         kernel_log=target.kernel_log_since(log_mark), **common)
     result.update(common)
     result["taint_before"] = taint_before
     result["taint_after"] = target.taint()
+    result["kernel_log"] = target.kernel_log_since(log_mark)
+    if p["probes"] and not module.check_mode and not result.get("preflight_skipped"):
+        result["probes"] = target.run_probes(p["probes"])
     if not module._diff:
         result.pop("diff", None)
     module.exit_json(**result)

@@ -121,17 +121,10 @@ import json
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.klp.livepatch.plugins.module_utils.klp_target import Target
-
-
-def manifest_functions(manifest):
-    """Function names from a builder manifest's objects (or patched) mapping."""
-    objects = manifest.get("objects") or manifest.get("patched") or {}
-    names = []
-    for funcs in objects.values():
-        for func in funcs if isinstance(funcs, list) else funcs.get("functions", []):
-            names.append(func["name"] if isinstance(func, dict) else str(func))
-    return names
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_target import (
+    Target,
+    manifest_functions,
+)
 
 
 def main():

@@ -542,6 +542,61 @@ def test_patches_view_and_preflight(target, kernel, ko):
     assert [(t["pid"], t["function"]) for t in found] == [(99, "cmdline_proc_show")]
 
 
+@pytest.mark.parametrize("mode", ["warn", "skip", "off"])
+def test_enable_preflight_modes(target, kernel, ko, mode):
+    """A task asleep in a patched function: warn loads, skip does not, off does not look."""
+    kernel.add_task(99, "cat", stack=("[<0>] cmdline_proc_show+0x10/0x30",))
+    result = runner(target, preflight=mode, functions=["cmdline_proc_show"]).enable(ko())
+    blocking = [(t["pid"], t["function"]) for t in result["blocking_tasks"]]
+    assert blocking == ([] if mode == "off" else [(99, "cmdline_proc_show")])
+    assert result.get("preflight_skipped", False) is (mode == "skip")
+    assert target.status("klp_demo") == ("absent" if mode == "skip" else "enabled")
+    assert result["changed"] is (mode != "skip")
+
+
+def test_preflight_does_not_hold_back_a_loaded_patch(target, kernel, ko):
+    runner(target).enable(ko())
+    kernel.add_task(99, "cat", stack=("[<0>] cmdline_proc_show+0x10/0x30",))
+    again = runner(target, preflight="skip", functions=["cmdline_proc_show"]).enable(ko())
+    assert again["changed"] is False and "preflight_skipped" not in again
+
+
+def test_manifest_functions_reads_both_layouts():
+    assert kt.manifest_functions({"objects": {"vmlinux": [{"name": "b"}, {"name": "a"}],
+                                              "ext4": ["c"]}}) == ["a", "b", "c"]
+    assert kt.manifest_functions({"patched": {"vmlinux": {"functions": [{"name": "x"}]}}}) \
+        == ["x"]
+    assert kt.manifest_functions(None) == []
+
+
+def test_kernel_log_since_returns_only_new_records(tmp_path):
+    """The mark skips what was logged before; records and continuation lines are parsed."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.write(write_end, b"6,1201,9000,-;livepatch: enabling patch 'x'\n"
+                        b" SUBSYSTEM=module\n4,1202,9100,-;WARNING: CPU: 0 PID: 1 at x\n")
+    assert kt.Target.kernel_log_since(read_end) == ["livepatch: enabling patch 'x'",
+                                                     "WARNING: CPU: 0 PID: 1 at x"]
+    os.close(write_end)
+    assert kt.Target.kernel_log_since(None) == []
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev/kmsg").write_text("6,1,1,-;old record before the mark\n")
+    mark = kt.Target(root=str(tmp_path)).kernel_log_mark()
+    assert kt.Target.kernel_log_since(mark) == []
+
+
+def test_run_probes_reports_each_command(target, kernel):
+    def run_command(argv):
+        if argv[0] == "missing-tool":
+            raise FileNotFoundError(2, "No such file or directory", argv[0])
+        return (0, "ok\n", "") if argv == ["grep", "-q", "a b", "/f"] else (1, "", "no")
+    target.run_command = run_command
+    results = target.run_probes(["grep -q 'a b' /f", "false", "missing-tool x"])
+    assert [(r["command"], r["rc"]) for r in results] == [
+        ("grep -q 'a b' /f", 0), ("false", 1), ("missing-tool x", 127)]
+    assert "No such file" in results[2]["stderr"]
+
+
 # --------------------------------------------------------------------------- persistence
 
 def test_persistence_apply_and_guard(target, kernel, ko, tmp_path):

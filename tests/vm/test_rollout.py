@@ -1,10 +1,10 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""livepatch.yml end to end on the lab VMs, the way a user runs it.
+"""livepatch.yml end to end on three lab VMs with three different kernels, as a user runs it.
 
 One playbook run per step, in order (each test depends on the state the previous one
-left): roll the example patch out (build for each distinct kernel, batches, gates,
-report), rerun (nothing built, nothing changed), a failing probe halts the rollout
-after the first host and rolls that host back, then the rollback run
+left): roll the example patch out (exactly one build per distinct kernel, batches that
+follow the plan, gates, report), rerun (nothing built, nothing changed), a failing probe
+halts the rollout after the first host and rolls that host back, then the rollback run
 (livepatch_state=absent) removes the patch everywhere.
 """
 
@@ -29,14 +29,21 @@ PROBE = "grep -q klp.example=1 /proc/cmdline"
 NAME = "klp_rollout_example"
 
 
+FLEET = ("newest-6.1-amd64", "newest-6.1-cloud-amd64", "older-6.1-amd64")
+
+pytestmark = pytest.mark.lab_kernels(*FLEET)
+
+
 @pytest.fixture(scope="module")
-def fleet(lab_vms, lab_inventory, tmp_path_factory) -> dict:
-    """Hosts (the session's default VMs), inventory, collection path and output dirs."""
+def fleet(lab, lab_inventory, tmp_path_factory) -> dict:
+    """The three VMs, inventory, collection path and output dirs (an empty artifact dir)."""
+    vms = lab.up(list(FLEET))
+    assert len({vm.release for vm in vms}) == 3, [vm.release for vm in vms]
     base = tmp_path_factory.mktemp("rollout")
     collections = base / "collections"
     (collections / "ansible_collections" / "klp").mkdir(parents=True)
     (collections / "ansible_collections" / "klp" / "livepatch").symlink_to(REPO)
-    return {"hosts": {vm.name: vm.release for vm in lab_vms}, "inventory": lab_inventory,
+    return {"hosts": {vm.name: vm.release for vm in vms}, "inventory": lab_inventory,
             "collections": collections, "artifacts": base / "artifacts", "base": base}
 
 
@@ -70,6 +77,16 @@ def recap(proc: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
     return found
 
 
+def batches(proc: subprocess.CompletedProcess) -> list[list[str]]:
+    """Hosts the load task ran on, per run of the batched play, in order."""
+    plays = proc.stdout.split("PLAY [Roll out in health-gated batches]")[1:]
+    found = []
+    for play in plays:
+        task = play.split("klp.livepatch.rollout : Load the livepatch", 1)[1].split("TASK [", 1)[0]
+        found.append(re.findall(r"^(?:ok|changed): \[([^\]]+)\]", task, re.M))
+    return found
+
+
 def hosts_of(report_dir: Path) -> dict[str, dict]:
     report = json.loads((report_dir / "report.json").read_text())
     return {entry["host"]: entry for entry in report["hosts"]}
@@ -91,8 +108,13 @@ def test_rollout_patches_every_host(fleet):
     report = json.loads((report_dir / "report.json").read_text())
     assert report["success"] is True
     assert report["summary"]["ok"] == len(fleet["hosts"])
-    assert sorted(report["build"]["built"] + report["build"]["skipped"]) == sorted(
-        set(fleet["hosts"].values()))
+    assert sorted(report["build"]["built"]) == sorted(fleet["hosts"].values())  # one each
+    assert report["build"]["skipped"] == []
+    assert len(list(fleet["artifacts"].rglob("*.ko"))) == 3
+    # the plan [1, "25%", "100%"] on three hosts: a canary, then one, then the last one
+    plan = batches(proc)
+    assert [len(batch) for batch in plan] == [1, 1, 1], plan
+    assert sorted(sum(plan, [])) == sorted(fleet["hosts"])
     for host, release in fleet["hosts"].items():
         entry = hosts_of(report_dir)[host]
         assert entry["kernel_release"] == release
@@ -130,26 +152,30 @@ def test_failed_gate_halts_and_rolls_back(fleet):
                                  livepatch_rollback_failed_hosts=True)
     assert proc.returncode != 0
     hosts = hosts_of(report_dir)
-    by_status = {entry["status"]: host for host, entry in hosts.items()}
+    by_status: dict[str, list[str]] = {}
+    for host, entry in hosts.items():
+        by_status.setdefault(entry["status"], []).append(host)
     assert sorted(by_status) == ["failed", "not_attempted"], hosts
-    failed = hosts[by_status["failed"]]
+    [failed_host] = by_status["failed"]
+    assert len(by_status["not_attempted"]) == 2  # halted after the canary batch
+    failed = hosts[failed_host]
     assert (failed["gate"], failed["rolled_back"]) == ("probes", True)
     assert "test -e /klp-no-such-file" in failed["reason"]
-    assert probe(fleet, by_status["failed"]) != 0  # rolled back
-    assert probe(fleet, by_status["not_attempted"]) == 0  # never touched: still patched
+    assert probe(fleet, failed_host) != 0  # rolled back
+    for untouched in by_status["not_attempted"]:
+        assert probe(fleet, untouched) == 0  # never touched: still patched
 
     suite = ET.parse(report_dir / "report.xml").getroot().find("testsuite")
     cases = {case.get("name"): case for case in suite.findall("testcase")}
-    assert cases[by_status["failed"]].find("failure").get("message").startswith("probes: ")
-    assert cases[by_status["not_attempted"]].find("skipped") is not None
+    assert cases[failed_host].find("failure").get("message").startswith("probes: ")
+    assert all(cases[host].find("skipped") is not None for host in by_status["not_attempted"])
 
 
 def test_failures_within_budget_continue(fleet):
-    """One host of two fails in a 100% batch with max_fail_percentage 50: the run goes on
-    to verify, and the final report has the failed host beside the patched one."""
+    """One host of three fails in a 100% batch with max_fail_percentage 50: the run goes on
+    to verify, and the final report has the failed host beside the patched ones."""
     cloud = [host for host, release in fleet["hosts"].items() if "cloud" in release]
-    if len(fleet["hosts"]) != 2 or len(cloud) != 1:
-        pytest.skip("needs one cloud and one generic kernel VM")
+    assert len(cloud) == 1 and len(fleet["hosts"]) == 3
     proc, report_dir = livepatch(fleet, "budget", livepatch_batches=["100%"],
                                  livepatch_max_fail_percentage=50,
                                  livepatch_probes=[PROBE, "grep -qv cloud /proc/version"],
@@ -159,8 +185,8 @@ def test_failures_within_budget_continue(fleet):
     hosts = hosts_of(report_dir)
     assert (hosts[cloud[0]]["status"], hosts[cloud[0]]["gate"]) == ("failed", "probes")
     assert hosts[cloud[0]]["rolled_back"] is True
-    other = next(host for host in fleet["hosts"] if host != cloud[0])
-    assert (hosts[other]["status"], hosts[other]["verified"]) == ("ok", True)
+    for other in (host for host in fleet["hosts"] if host != cloud[0]):
+        assert (hosts[other]["status"], hosts[other]["verified"]) == ("ok", True)
 
 
 def test_rollback_restores_every_host(fleet):
@@ -172,6 +198,19 @@ def test_rollback_restores_every_host(fleet):
         assert (entry["status"], entry["patch_state"]) == ("ok", "absent")
         assert probe(fleet, host) != 0
     assert "klp.livepatch.build : Build the livepatch" not in proc.stdout
+
+
+def test_kernel_log_gate_sees_what_the_load_logged(fleet):
+    """Treat the kernel's own "enabling patch" line as bad: the canary fails the
+    kernel_log gate with that line as the reason and is rolled back."""
+    proc, report_dir = livepatch(fleet, "kernel-log", livepatch_batches=[1, "100%"],
+                                 livepatch_rollback_failed_hosts=True,
+                                 rollout_kernel_log_patterns=["enabling patch"])
+    assert proc.returncode != 0
+    [failed] = [entry for entry in hosts_of(report_dir).values() if entry["status"] == "failed"]
+    assert (failed["gate"], failed["rolled_back"]) == ("kernel_log", True)
+    assert f"livepatch: enabling patch '{NAME}'" in failed["reason"]
+    assert probe(fleet, failed["host"]) != 0
 
 
 def test_unreachable_host_is_reported(fleet):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,8 +41,19 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def forget_outer_make(environ: dict[str, str]) -> None:
+    """Drop what a make above us exports (`make demo`, `make -C DIR …`).
+
+    kbuild would inherit its flags: -w puts "Entering directory" lines into output the
+    builder parses (`make -s kernelrelease`), and its jobserver is not ours to use.
+    """
+    for name in ("MAKEFLAGS", "MFLAGS", "GNUMAKEFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):
+        environ.pop(name, None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    forget_outer_make(os.environ)
     if not all(c.isalnum() or c in "-_" for c in args.name):
         print(f"error: --name {args.name!r}: use letters, digits, '-' and '_' only",
               file=sys.stderr)

@@ -233,3 +233,11 @@ def test_patch_that_does_not_apply_names_the_patch(tmp_path):
     assert "bad.patch" in str(err.value) and "does not apply" in str(err.value)
     assert "FAILED" in str(err.value)  # patch's own hunk report
     assert (tree.source_dir / "fs" / "a.c").read_text() == "int a;\n"
+
+
+def test_an_outer_make_does_not_leak_into_kbuild():
+    from builder.__main__ import forget_outer_make
+
+    environ = {"MAKEFLAGS": "w -- ", "MAKELEVEL": "1", "MFLAGS": "-w", "PATH": "/usr/bin"}
+    forget_outer_make(environ)
+    assert environ == {"PATH": "/usr/bin"}

@@ -71,8 +71,10 @@ else
     say "livepatch.yml with livepatch_state=absent: the rollback"
     extra=(-e '{"livepatch_probes": []}')  # the example's probe expects the patch
 fi
-# The whole run goes to the log; on screen the plays, what changed and what failed.
-ANSIBLE_COLLECTIONS_PATH=$WORK/collections ANSIBLE_HOST_KEY_CHECKING=False ANSIBLE_NOCOLOR=1 \
+# The whole run goes to the log; on screen the plays, what changed and what failed, as
+# they happen (unbuffered: a pipe would hold them back until the end).
+PYTHONUNBUFFERED=1 ANSIBLE_COLLECTIONS_PATH=$WORK/collections ANSIBLE_HOST_KEY_CHECKING=False \
+    ANSIBLE_NOCOLOR=1 \
     "$BIN/ansible-playbook" -i "$STATE/inventory.yml" livepatch.yml -e @examples/demo-vars.yml \
     -e "livepatch_hosts=$VM" -e "livepatch_state=$patch_state" "${extra[@]}" 2>&1 |
     tee "$WORK/playbook.log" | awk '

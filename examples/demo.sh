@@ -30,6 +30,24 @@ case $MODE in
 esac
 [[ -x $BIN/ansible-playbook ]] || die "no .venv in $ROOT: run 'make setup' (or 'make demo')"
 
+# Plays, changed and failed tasks and the recap, from ansible's default output.
+summarise() {
+    local line task="" recap="" host ok changed unreachable failed
+    while IFS= read -r line; do
+        case $line in
+            "PLAY RECAP"*) recap=1 ;;
+            "PLAY ["*) line=${line#PLAY [} && echo "   ${line%%] \**}" ;;
+            "TASK ["*) task=${line#TASK [} && task=${task%%] \**} && task=${task#* : } ;;
+            changed:*) echo "     changed: $task" ;;
+            fatal:* | failed:* | *ERROR*) echo "     $task: $line" ;;
+            *changed=*)
+                read -r host _ ok changed unreachable failed _ <<<"$line"
+                [[ -z $recap || $host == localhost ]] || echo "   $host $ok $changed $failed $unreachable"
+                ;;
+        esac
+    done
+}
+
 show_state() {
     local patches
     printf '   /proc/cmdline:         %s\n' "$(lab ssh "$VM" -- cat /proc/cmdline)"
@@ -72,19 +90,13 @@ else
     extra=(-e '{"livepatch_probes": []}')  # the example's probe expects the patch
 fi
 # The whole run goes to the log; on screen the plays, what changed and what failed, as
-# they happen (unbuffered: a pipe would hold them back until the end).
+# they happen (PYTHONUNBUFFERED: through a pipe ansible would hold its output back).
 PYTHONUNBUFFERED=1 ANSIBLE_COLLECTIONS_PATH=$WORK/collections ANSIBLE_HOST_KEY_CHECKING=False \
     ANSIBLE_NOCOLOR=1 \
     "$BIN/ansible-playbook" -i "$STATE/inventory.yml" livepatch.yml -e @examples/demo-vars.yml \
     -e "livepatch_hosts=$VM" -e "livepatch_state=$patch_state" "${extra[@]}" 2>&1 |
-    tee "$WORK/playbook.log" | awk '
-        /^PLAY \[/ { sub(/^PLAY \[/, ""); sub(/\] \**$/, ""); print "   " $0; fflush(); next }
-        /^TASK \[/ { task = $0; sub(/^TASK \[([^]]* : )?/, "", task); sub(/\] \**$/, "", task) }
-        /^changed:/ { print "     changed: " task; fflush() }
-        /^(fatal|failed):|ERROR/ { print "     " task ": " $0; fflush() }
-        /^PLAY RECAP/ { recap = 1; next }
-        recap && NF && $1 != "localhost" { print "   " $1 " " $4 " " $5 " " $6 }' ||
-    die "livepatch.yml failed (above); the whole run: $WORK/playbook.log"
+    tee "$WORK/playbook.log" | summarise ||
+    die "livepatch.yml failed (above; the whole run: $WORK/playbook.log); fix, then rerun"
 took "$t"
 
 say "after"

@@ -10,6 +10,7 @@ Whatever molecule does, no VM of the scenario may be left running afterwards.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from lab import Lab
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TIMEOUT = 3600  # two image builds on a cold cache plus two builds under TCG
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def molecule_test(tmp_path: Path, *ansible_args: str) -> tuple[int, str, list[str]]:
@@ -45,16 +47,28 @@ def molecule_test(tmp_path: Path, *ansible_args: str) -> tuple[int, str, list[st
             proc.wait()
         left = [vm.name for vm in lab.vms()]
         lab.down()  # stop what molecule's destroy did not, so nothing outlives the test
+    output = ANSI.sub("", output)
     (tmp_path / "molecule.log").write_text(output)
     return proc.returncode, output, left
+
+
+def executed(output: str, step: str, outcome: str = "Successful", after: int = 0) -> int:
+    """Where molecule's closing report has `default > STEP: Executed: OUTCOME`, or -1.
+
+    (Its '>' is an arrow when it thinks colours are on.)
+    """
+    found = re.compile(rf"^default \S+ {step}: Executed: {outcome}", re.M).search(output, after)
+    return found.start() if found else -1
 
 
 def test_molecule_patches_two_kernels(tmp_path):
     code, output, left = molecule_test(tmp_path)
     assert code == 0, output[-8000:]
-    # molecule's closing report: every step of the sequence ran and passed.
-    for step in ("create", "converge", "idempotence", "verify", "destroy"):
-        assert f"default > {step}: Executed: Successful" in output, output[-8000:]
+    where = 0
+    for step in ("destroy", "create", "converge", "idempotence", "verify", "destroy"):
+        where = executed(output, step, after=where)
+        assert where != -1, f"{step} did not pass, in this order:\n{output[-8000:]}"
+        where += 1
     assert left == [], f"molecule's destroy left {left} running"
 
 
@@ -62,8 +76,8 @@ def test_molecule_destroys_after_a_failed_converge(tmp_path):
     # An out-of-range input fails converge's first play, after create booted both VMs.
     code, output, left = molecule_test(tmp_path, "-e", '{"livepatch_max_fail_percentage": 500}')
     assert code != 0, output[-4000:]
-    assert "default > create: Executed: Successful" in output, output[-4000:]
-    failed = output.find("default > converge: Executed: Failed")
+    assert executed(output, "create") != -1, output[-4000:]
+    failed = executed(output, "converge", "Failed")
     assert failed != -1 and "Check the name, the patch files and the batch plan" in output
-    assert output.find("default > destroy: Executed: Successful", failed) != -1, output[-4000:]
+    assert executed(output, "destroy", after=failed) != -1, output[-4000:]
     assert left == [], f"molecule left {left} running after the failed converge"

@@ -575,8 +575,8 @@ def test_kernel_log_since_returns_only_new_records(tmp_path):
     os.set_blocking(read_end, False)
     os.write(write_end, b"6,1201,9000,-;livepatch: enabling patch 'x'\n"
                         b" SUBSYSTEM=module\n4,1202,9100,-;WARNING: CPU: 0 PID: 1 at x\n")
-    assert kt.Target.kernel_log_since(read_end) == ["livepatch: enabling patch 'x'",
-                                                     "WARNING: CPU: 0 PID: 1 at x"]
+    assert kt.Target.kernel_log_since(read_end) == [
+        "livepatch: enabling patch 'x'", "WARNING: CPU: 0 PID: 1 at x"]
     os.close(write_end)
     assert kt.Target.kernel_log_since(None) == []
     (tmp_path / "dev").mkdir()

@@ -36,10 +36,10 @@ def molecule_test(tmp_path: Path, *ansible_args: str) -> tuple[int, str, list[st
     proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        output, _ = proc.communicate(timeout=TIMEOUT)
+        output = proc.communicate(timeout=TIMEOUT)[0]
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGTERM)
-        output, _ = proc.communicate()
+        output = proc.communicate()[0]
         output += f"\n(killed after {TIMEOUT}s)"
     finally:
         if proc.poll() is None:

@@ -41,7 +41,7 @@ cat /sys/module/$m/parameters/freeze_window_us
 UNLOAD = """m={name}
 echo 0 > /sys/kernel/livepatch/$m/enabled
 while [ -d /sys/kernel/livepatch/$m ]; do sleep 0.05; done
-rmmod $m; pkill -f 'sleep 3600' || true"""
+rmmod $m; pkill -f 'sleep 360[0]' || true  # [0]: not this shell's own line"""
 
 
 def build(release: str, out: Path) -> None:

@@ -22,7 +22,8 @@ from builder.errors import BuildError
 from builder.providers import cache_dir, get_provider
 from builder.stages.acquire import kernel_dir
 
-STAGES = ("acquire", "prepare", "compile", "diff", "verify", "generate", "link")
+STAGES = ("acquire", "prepare", "compile", "diff", "verify", "generate", "link", "check",
+          "sign")
 
 
 @dataclass
@@ -121,6 +122,10 @@ def build(request: BuildRequest, progress: Progress | None = None) -> dict:
                            images, exports, layout)
     linked = progress.stage("link", f"{request.name}.ko", _link, request, packages, units, work,
                             exports)
+    progress.stage("check", "the module against what the kernel does at load", _check,
+                   linked, layout, units, packages, images)
+    if request.sign_key:
+        progress.stage("sign", linked.path.name, _sign, request, packages, linked)
 
     tmp_ko = request.output / f".{request.name}.ko.tmp"
     try:
@@ -170,17 +175,33 @@ def _generate_all(compiled, diffs, images, exports, layout):
 
 
 def _link(request: BuildRequest, packages, units, work: Path, exports):
-    from builder.stages.link import link_module, sign_module
+    from builder.stages.link import link_module
 
     description = f"klp.livepatch {request.name} for {packages.kernel.release}"
-    linked = link_module(work, request.name, packages.headers_dir, units, request.replace,
-                         description, exports.exported_names(), request.consistency)
-    if request.sign_key:
-        if not request.sign_cert:
-            raise BuildError(stage="link", message="--sign-key needs --sign-cert",
-                             hint="pass the X.509 certificate that matches the key")
-        sign_module(linked.path, packages.sign_file, request.sign_key, request.sign_cert)
-    return linked
+    return link_module(work, request.name, packages.headers_dir, units, request.replace,
+                       description, exports.exported_names(), request.consistency)
+
+
+def _check(linked, layout, units, packages, images):
+    from builder.stages.check import check_module
+    from builder.stages.verify import load_image
+
+    def symbol_table(objname: str):
+        if objname not in images:
+            images[objname] = load_image(packages, objname)
+        return images[objname]
+
+    functions = [fn for unit in units for fn in unit.functions]
+    return check_module(ElfObject.read(linked.path), layout, functions, symbol_table)
+
+
+def _sign(request: BuildRequest, packages, linked) -> None:
+    from builder.stages.link import sign_module
+
+    if not request.sign_cert:
+        raise BuildError(stage="sign", message="--sign-key needs --sign-cert",
+                         hint="pass the X.509 certificate that matches the key")
+    sign_module(linked.path, packages.sign_file, request.sign_key, request.sign_cert)
 
 
 def _manifest(request, kernel, diffs, units, linked, ko: Path, seconds, images) -> dict:
@@ -214,6 +235,7 @@ def _manifest(request, kernel, diffs, units, linked, ko: Path, seconds, images) 
         "module_sha256": sha256_file(ko),
         "stage_seconds": dict(seconds),
         "consistency": request.consistency,
+        "notes": [note for unit in units for note in unit.notes],
     }
 
 

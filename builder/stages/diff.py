@@ -39,6 +39,9 @@ KPATCH_CALLBACK_SECTIONS = {f".kpatch.callbacks.{kind}": kind for kind in CALLBA
 INIT_SECTIONS = (".init.text", ".exit.text", ".ref.text", ".init.data", ".init.rodata",
                  ".exit.data")
 UNPATCHABLE_CODE = (".noinstr.text", ".entry.text", ".kprobes.text")
+# Data the patch always brings its own copy of, registered by the module loader: a
+# pr_debug()'s descriptor holds its line number, which moves with any edit above it.
+OWN_COPY = ("__dyndbg",)
 
 
 def canonical(name: str) -> str:
@@ -210,10 +213,13 @@ def correlate(orig: _Side, patched: _Side) -> dict[str, str]:
     Plain names pair by name. GCC-numbered names (static locals `count.3`,
     clones `foo.part.1`) pair by name without the numbers — for data also by
     which functions use it, since two functions may each have a `count`.
+    Dynamic-debug descriptors never pair: the patch carries its own (see OWN_COPY).
     """
     result: dict[str, str] = {}
     for kind in ("functions", "objects"):
-        table_o, table_p = getattr(orig, kind), getattr(patched, kind)
+        table_o, table_p = (
+            {n: s for n, s in getattr(side, kind).items() if s.section.name not in OWN_COPY}
+            for side in (orig, patched))
         keyed_o: dict[tuple, list[str]] = {}
         keyed_p: dict[tuple, list[str]] = {}
         for side, table, keyed in ((orig, table_o, keyed_o), (patched, table_p, keyed_p)):
@@ -293,6 +299,7 @@ def diff_unit(orig_obj: ElfObject, patched_obj: ElfObject, source: str, target_o
                                                   reason="its .cold part changed"))
 
     _check_data(orig, patched, rename, identity, result, source)
+    _check_traceable(orig, result)
 
     if not result.changed:
         what = "new functions only, which nothing calls" if result.new_functions else \
@@ -303,6 +310,28 @@ def diff_unit(orig_obj: ElfObject, patched_obj: ElfObject, source: str, target_o
             hint="check that the patch changes code compiled in this kernel's configuration "
                  "(comments, whitespace and unused code produce no live patch)")
     return result
+
+
+def ftrace_sites(obj: ElfObject) -> set[tuple[int, int]]:
+    """(id of section, offset) of every __fentry__ site the object lists in __mcount_loc."""
+    sec = obj.section("__mcount_loc")
+    return {(id(r.symbol.section), r.symbol.value + r.addend)
+            for r in (sec.relocs or [] if sec else []) if r.symbol.section is not None}
+
+
+def _check_traceable(orig: _Side, result: UnitDiff) -> None:
+    """livepatch redirects a function through its ftrace site: it must have one."""
+    sites = ftrace_sites(orig.obj)
+    for change in result.changed:
+        osym = orig.functions[change.name]
+        if not any((id(osym.section), off) in sites
+                   for off in range(osym.value, osym.value + max(osym.size, 1))):
+            raise BuildError(
+                stage="diff", file=result.source, function=change.name,
+                message=f"{change.name} has no ftrace entry (it is notrace, or "
+                        f"{result.source} is built without ftrace, as kernel/trace/ is), so "
+                        "livepatch cannot redirect it",
+                hint="patch the traceable functions that call it instead")
 
 
 def _cold_parent(name: str) -> str | None:
@@ -374,7 +403,8 @@ def _check_data(orig: _Side, patched: _Side, rename: dict[str, str],
     """New data is fine; changing the initial value of existing data is not."""
     for name, psym in patched.objects.items():
         sec = psym.section
-        if not sec.flags & SHF_ALLOC or sec.name.startswith((".discard", ".kpatch")):
+        if not sec.flags & SHF_ALLOC or sec.name.startswith((".discard", ".kpatch")) or \
+                sec.name in OWN_COPY:
             continue
         if _section_kind(sec) == "init":
             continue

@@ -38,6 +38,13 @@ from builder.layout import Layout
 from builder.stages.diff import UnitDiff, _cold_parent, _masked, _Side, canonical
 
 ORC_DATA = ".orc_unwind"
+KLP_SYM_PREFIX = ".klp.sym."
+# How far from the other symbols of its file a duplicate-named symbol may lie and still
+# be recognised as that file's (large translation units span a few hundred KiB).
+NEIGHBOUR_REACH = 4 << 20
+# Static keys whose sites may stay off while a patch is live: tracing and debug output.
+INERT_KEYS = ("__tracepoint_", "__UNIQUE_ID_ddebug")
+NOP5, NOP2 = bytes.fromhex("0f1f440000"), bytes.fromhex("6690")
 # Sections never copied: build metadata, and objtool hints consumed at compile time.
 DROPPED_PREFIXES = (".debug", ".comment", ".note", ".discard", ".kpatch", ".orc_unwind",
                     ".ibt_endbr_seal", ".initcall", ".init.", ".exit.", ".modinfo",
@@ -80,6 +87,8 @@ class GeneratedUnit:
     callbacks: dict[str, str] = field(default_factory=dict)  # kind → global symbol
     klp_symbols: list[str] = field(default_factory=list)
     sections: list[str] = field(default_factory=list)
+    # Sites left out of the kernel's special sections, and what that means while live.
+    notes: list[str] = field(default_factory=list)
 
 
 class _Generator:
@@ -103,6 +112,7 @@ class _Generator:
         self.undefined: dict[str, Symbol] = {}
         self.sympos_cache: dict[str, int] = {}
         self.pside = _Side(patched)
+        self.notes: list[str] = []
 
     # ---- closure over what the patch needs -----------------------------
 
@@ -126,7 +136,7 @@ class _Generator:
             out = self.included[id(sec)]
             out.relocs = [self._translate(sec, rel) for rel in sec.relocs or []]
         self._copy_special_sections()
-        result = GeneratedUnit(object=self.out, klp_symbols=sorted(self.klp))
+        result = GeneratedUnit(object=self.out, klp_symbols=sorted(self.klp), notes=self.notes)
         for change in self.diff.changed:
             psym = p.functions[change.patched_name]
             result.functions.append(FunctionEntry(
@@ -264,23 +274,58 @@ class _Generator:
         return pos
 
     def _disambiguate(self, name: str, addresses: list[int], orig_sym: Symbol | None) -> int:
+        """Which of several same-named symbols is this file's (1-based kallsyms position).
+
+        First by code: the rebuilt original's bytes against each candidate's. Static
+        inline helpers are often identical in every file, so then by place: the linker
+        keeps one object's functions (and its data) together, so ours is the candidate
+        nearest the symbols of this file whose names are unique.
+        """
+        candidates = list(range(len(addresses)))
         if orig_sym is not None and orig_sym.type == STT_FUNC:
             body = _masked(self.orig.body(orig_sym), orig_sym.value,
                            self.orig.relocs_in(orig_sym))
-            relocs = self.orig.relocs_in(orig_sym)
-            matches = []
-            for i, addr in enumerate(addresses):
-                shipped = self.symbols.read(addr, len(body))
-                if _masked(shipped, 0, [Reloc(r.offset - orig_sym.value, r.type, r.symbol, 0)
-                                        for r in relocs]) == body:
-                    matches.append(i + 1)
-            if len(matches) == 1:
-                return matches[0]
+            relocs = [Reloc(r.offset - orig_sym.value, r.type, r.symbol, 0)
+                      for r in self.orig.relocs_in(orig_sym)]
+            same_code = [i for i in candidates
+                         if _masked(self.symbols.read(addresses[i], len(body)), 0, relocs)
+                         == body]
+            if len(same_code) == 1:
+                return same_code[0] + 1
+            candidates = same_code or candidates  # none alike: runtime-patched sites differ
+        nearest = self._nearest_to_neighbours(name, [addresses[i] for i in candidates],
+                                              orig_sym)
+        if nearest is not None:
+            return candidates[nearest] + 1
+        tried = f"{len(candidates)} candidates have its code, and no symbol of this file " \
+            "with a unique name lies clearly nearer to one of them"
         raise BuildError(
             stage="generate", file=self.diff.source, function=name,
             message=f"'{name}' exists {len(addresses)} times in {self.objname} and the builder "
-                    "cannot tell which one belongs to this file",
-            hint="rename nothing; patch a caller with a unique name instead")
+                    f"cannot tell which one belongs to this file: {tried}",
+            hint="patch a caller with a unique name instead")
+
+    def _nearest_to_neighbours(self, name: str, addresses: list[int],
+                               orig_sym: Symbol | None) -> int | None:
+        """Index of the one address clearly nearest this file's uniquely named symbols."""
+        if not addresses:
+            return None
+        same_kind = self.orig.functions if orig_sym is None or orig_sym.type == STT_FUNC \
+            else self.orig.objects
+        anchors = []
+        for other in same_kind:
+            found = self.symbols.addresses(other) if other != name else []
+            if len(found) == 1:
+                anchors.append(found[0])
+        if not anchors:
+            return None
+        distance = [min(abs(a - anchor) for anchor in anchors) for a in addresses]
+        best = min(range(len(addresses)), key=distance.__getitem__)
+        others = [d for i, d in enumerate(distance) if i != best]
+        # Clearly nearer: within one object's reach, and twice as near as any other.
+        if distance[best] <= NEIGHBOUR_REACH and all(d > 2 * distance[best] for d in others):
+            return best
+        return None
 
     def _export_alias(self, psym: Symbol, label: str) -> str:
         """A global name for the hook to reference a (usually static) patched function."""
@@ -303,29 +348,73 @@ class _Generator:
                 by_offset.setdefault(r.offset, []).append(r)
             kept = [start for start in range(0, len(sec.data), size)
                     if any(self._belongs(r) for r in by_offset.get(start + anchor, []))]
-            if not kept:
-                continue
-            if name == ".orc_unwind_ip":
-                orc_entries = [start // size for start in kept]
-            out = Section(name=name, type=SHT_PROGBITS, flags=sec.flags, align=sec.align,
-                          entsize=sec.entsize)
             data = bytearray()
             relocs = []
             for start in kept:
-                base = len(data)
+                entry = [self._translate_special(sec, r, len(data) + r.offset - start)
+                         for r in sec.relocs if start <= r.offset < start + size]
+                if any(_resolved_late(r.symbol) for r in entry):
+                    self._leave_out(sec, start, entry)
+                    continue
+                if name == ".orc_unwind_ip":
+                    orc_entries.append(start // size)
                 data += sec.data[start:start + size]
-                for r in sec.relocs:
-                    if start <= r.offset < start + size:
-                        relocs.append(self._translate_special(sec, r, base + r.offset - start))
-            out.data = bytes(data)
-            out.relocs = relocs
-            self.out.sections.append(out)
+                relocs += entry
+            if not data:
+                continue
+            self.out.sections.append(Section(name=name, type=SHT_PROGBITS, flags=sec.flags,
+                                             align=sec.align, entsize=sec.entsize,
+                                             data=bytes(data), relocs=relocs))
         if orc_entries:
             src = self.patched.section(ORC_DATA)
             size = self.layout.orc_entry
             self.out.sections.append(Section(
                 name=ORC_DATA, flags=src.flags, align=src.align, entsize=src.entsize,
                 data=b"".join(src.data[i * size:(i + 1) * size] for i in orc_entries)))
+
+    def _leave_out(self, sec: Section, start: int, entry: list[Reloc]) -> None:
+        """An entry that names a symbol of a patched module, or refuse.
+
+        The kernel reads jump-label and static-call entries when it loads the patch
+        module, but livepatch resolves a module's symbols only when it patches that
+        module, later: kept, such an entry would be read unresolved (an Oops at insmod).
+        Left out, a static call still goes through its trampoline (always current), and a
+        tracepoint or pr_debug site stays in its compiled state, off.
+        """
+        site_rel = next(r for r in sec.relocs if r.offset == start)
+        function = self._named_target(sec, site_rel)
+        where = function.name if function is not None else sec.name
+        key = next(r.symbol.name for r in entry if _resolved_late(r.symbol))
+        objname, symbol = klp_symbol_parts(key)
+        if sec.name == ".static_call_sites":
+            self.notes.append(f"{where}: static call {symbol} ({objname}) is called through "
+                              "its trampoline")
+            return
+        if sec.name == "__jump_table" and symbol.startswith(INERT_KEYS) and \
+                self._site_is_off(sec, start):
+            kind = "tracepoint" if symbol.startswith("__tracepoint_") else "pr_debug"
+            self.notes.append(f"{where}: {kind} {symbol} ({objname}) stays off in the "
+                              "patched function")
+            return
+        hint = ("use static_key_enabled(&key) instead of static_branch_*() in the patched "
+                "function" if sec.name == "__jump_table" else "report this patch to the "
+                "developers with the kernel release")
+        raise BuildError(
+            stage="generate", file=self.diff.source, function=where,
+            message=f"{where} needs a {sec.name} entry for {symbol}, which lives in module "
+                    f"{objname}: the kernel reads {sec.name} when it loads the patch module, "
+                    f"before livepatch can resolve symbols of {objname}",
+            hint=hint)
+
+    def _site_is_off(self, sec: Section, start: int) -> bool:
+        """A jump-label site that is a NOP and whose entry says 'not taken by default'."""
+        site_rel = next(r for r in sec.relocs if r.offset == start)
+        key_rel = next((r for r in sec.relocs if r.offset == start + 8), None)
+        if key_rel is None or key_rel.addend & 1:
+            return False
+        code = site_rel.symbol.section
+        offset = self.pside.target_offset(sec, site_rel)
+        return code.data[offset:offset + 5] == NOP5 or code.data[offset:offset + 2] == NOP2
 
     def _belongs(self, rel: Reloc) -> bool:
         sec = rel.symbol.section
@@ -342,6 +431,17 @@ class _Generator:
                                                 for r in target.relocs or []]
         moved = self._translate(site, rel)
         return Reloc(offset, moved.type, moved.symbol, moved.addend)
+
+
+def klp_symbol_parts(name: str) -> tuple[str, str]:
+    """'.klp.sym.nfsd.fh_verify,0' -> ('nfsd', 'fh_verify')."""
+    objname, rest = name[len(KLP_SYM_PREFIX):].split(".", 1)
+    return objname, rest.rsplit(",", 1)[0]
+
+
+def _resolved_late(sym: Symbol) -> bool:
+    """True for a livepatch symbol of a module: resolved only when that module is patched."""
+    return sym.name.startswith(KLP_SYM_PREFIX) and klp_symbol_parts(sym.name)[0] != "vmlinux"
 
 
 def generate_unit(diff: UnitDiff, orig: ElfObject, patched: ElfObject, symbols: SymbolSource,

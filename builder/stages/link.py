@@ -27,10 +27,9 @@ from builder.elf import (
     Section,
 )
 from builder.errors import BuildError
-from builder.stages.generate import FunctionEntry, GeneratedUnit
+from builder.stages.generate import KLP_SYM_PREFIX, FunctionEntry, GeneratedUnit
 
 KMOD_DIR = Path(__file__).resolve().parents[2] / "kmod"
-KLP_SYM_PREFIX = ".klp.sym."
 # Unexported vmlinux symbols the hook itself uses (transition state, the freezer).
 HOOK_VMLINUX_SYMBOLS = ("klp_transition_patch", "klp_mutex", "klp_try_complete_transition",
                         "freeze_processes", "thaw_processes")

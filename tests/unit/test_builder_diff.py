@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 
 # Kernel-like code generation: no PIC, one section per function and object.
 CFLAGS = ["-O2", "-fno-pic", "-mcmodel=kernel", "-ffunction-sections", "-fdata-sections",
-          "-fno-asynchronous-unwind-tables", "-mno-red-zone", "-fno-inline-small-functions"]
+          "-fno-asynchronous-unwind-tables", "-mno-red-zone", "-fno-inline-small-functions",
+          "-pg", "-mfentry", "-mrecord-mcount"]  # __mcount_loc, as kbuild with ftrace
 
 BASE = """\
 extern int printk(const char *fmt, ...);
@@ -216,3 +217,59 @@ def test_generate_copies_strings_and_new_functions(tmp_path):
     assert ".text.other" in names and ".text.twice" in names
     assert any(n.startswith(".rodata") for n in names)
     assert ".text.show" not in names
+
+
+class DuplicateHelper(Symbols):
+    """kallsyms with two identical `helper`s; this file's other functions sit by the second."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def addresses(self, name: str) -> list[int]:
+        if name == "helper":
+            return [0xFFFFFFFF81000000, 0xFFFFFFFF81400000]
+        return [0xFFFFFFFF81400100 + 0x40 * len(name)]
+
+    def read(self, address: int, size: int) -> bytes:
+        return self.body[:size]
+
+
+def test_a_duplicate_named_static_helper_is_found_next_to_its_file(tmp_path):
+    new = BASE.replace("return hidden_counter;", "return hidden_counter + helper(2);")
+    orig, patched, diff = run_diff(tmp_path, new)
+    helper = orig.symbol("helper")
+    symbols = DuplicateHelper(helper.section.data[helper.value:helper.value + helper.size])
+    unit = generate_unit(diff, orig, patched, symbols, Exports(), prefix="u0", layout=LAYOUT_6_1)
+    assert ".klp.sym.vmlinux.helper,2" in unit.klp_symbols
+
+
+def test_a_duplicate_name_far_from_the_file_is_refused_saying_what_was_tried(tmp_path):
+    new = BASE.replace("return hidden_counter;", "return hidden_counter + helper(2);")
+    orig, patched, diff = run_diff(tmp_path, new)
+    helper = orig.symbol("helper")
+    symbols = DuplicateHelper(helper.section.data[helper.value:helper.value + helper.size])
+    symbols.addresses = lambda name: [0x1000, 0x2000] if name == "helper" else [0x1800]
+    with pytest.raises(BuildError) as err:
+        generate_unit(diff, orig, patched, symbols, Exports(), prefix="u0", layout=LAYOUT_6_1)
+    assert "'helper' exists 2 times" in str(err.value)
+    assert "no symbol of this file with a unique name lies clearly nearer" in str(err.value)
+
+
+DYNDBG = """\
+struct ddebug { const char *format; unsigned int lineno; };
+#define pr_debug(fmt) ({ static struct ddebug __attribute__((section("__dyndbg"), used)) \\
+\t__UNIQUE_ID_ddebug = { fmt, __LINE__ }; report(__UNIQUE_ID_ddebug.format, \\
+\t__UNIQUE_ID_ddebug.lineno); })
+"""
+
+
+def test_a_moved_pr_debug_is_not_changed_data_and_the_patch_brings_its_own(tmp_path):
+    base = BASE + DYNDBG + "int noisy(void)\n{\n\tpr_debug(\"noisy\");\n\treturn 2;\n}\n"
+    new = base.replace("int noisy(void)\n", "/* moved */\nint noisy(void)\n").replace(
+        "return 2;", "return 3;")
+    orig, patched = build(tmp_path, "orig", base), build(tmp_path, "patched", new)
+    diff = diff_unit(orig, patched, "f.c", "vmlinux", patch_text(base, new))
+    assert changed_names(diff) == ["noisy"] and diff.new_data == []
+    unit = generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0", layout=LAYOUT_6_1)
+    assert unit.object.section("__dyndbg") is not None
+    assert not any("ddebug" in name for name in unit.klp_symbols)

@@ -1,0 +1,302 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Check: prove, before the module is written, that the kernel can load what we made.
+
+The kernel handles a livepatch module in a fixed order (kernel/module/main.c,
+Documentation/livepatch/module-elf-format.rst):
+
+1. normal relocations and the livepatch relocations of vmlinux are applied while the
+   module is loaded; x86 refuses to relocate a location that is not zero;
+2. alternatives and paravirt sites are patched, then jump labels and static calls are
+   registered, before the module's init runs;
+3. livepatch relocations of a module object (`.klp.rela.OBJ.*`, OBJ not vmlinux) are
+   applied only when livepatch patches OBJ, later — possibly much later.
+
+Each rule below is one way a module could fail to load, make the kernel warn, or Oops.
+The module is read back from the linked file, exactly as the kernel will see it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from builder.elf import (
+    R_X86_64_NONE,
+    RELOC_WIDTH,
+    SHF_RELA_LIVEPATCH,
+    SHN_LIVEPATCH,
+    SHT_NOBITS,
+    ElfObject,
+    Reloc,
+    Section,
+)
+from builder.errors import BuildError
+from builder.layout import Layout
+from builder.stages.generate import KLP_SYM_PREFIX, NOP2, NOP5, FunctionEntry
+
+STAGE = "check"
+MODULE_NAME_LEN = 56  # struct module's name[], as livepatch parses .klp.sym.OBJ.NAME,POS
+KSYM_NAME_LEN = 512
+_KLP_SYM = re.compile(r"^\.klp\.sym\.([^.]+)\.([^,]+),(\d+)$")
+_KLP_RELA = re.compile(r"^\.klp\.rela\.([^.]+)\.(.+)$")
+# Sections the kernel acts on while loading the module (step 2 above).
+EARLY_SECTIONS = ("__jump_table", ".static_call_sites", ".altinstructions",
+                  ".altinstr_replacement", ".parainstructions", "__bug_table", "__ex_table",
+                  ".orc_unwind_ip", ".smp_locks", ".return_sites", ".retpoline_sites",
+                  ".call_sites", "__mcount_loc", "__dyndbg", ".ibt_endbr_seal",
+                  "__tracepoints_ptrs", "__param", ".init_array")
+CALL, JMP32, JMP8 = 0xE8, 0xE9, 0xEB
+
+
+@dataclass
+class CheckReport:
+    relocations: int = 0
+    livepatch_relocations: int = 0
+    jump_labels: int = 0
+    static_calls: int = 0
+    functions: int = 0
+
+
+class _Problems:
+    """Collects every violation, so one build says everything that is wrong."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, text: str) -> None:
+        if text not in self.items:
+            self.items.append(text)
+
+
+def check_module(ko: ElfObject, layout: Layout, functions: Iterable[FunctionEntry],
+                 symbol_table: Callable[[str], object]) -> CheckReport:
+    """Raise a BuildError naming every problem the kernel would hit loading `ko`.
+
+    `symbol_table(objname)` gives the target object's symbols in kallsyms order
+    (anything with `addresses(name)`), for the livepatch symbols and the functions.
+    """
+    problems = _Problems()
+    report = CheckReport()
+    relocs = _all_relocations(ko)
+    for sec, rel, late in relocs:
+        report.relocations += 1
+        report.livepatch_relocations += late is not None
+        _check_location(sec, rel, problems)
+    _check_overlaps(relocs, problems)
+    _check_livepatch_sections(ko, problems)
+    _check_livepatch_symbols(ko, symbol_table, problems)
+    late_sites = {(id(sec), rel.offset) for sec, rel, late in relocs if late}
+    _check_early_sections(ko, relocs, problems)
+    _check_alternatives(ko, layout, late_sites, relocs, problems)
+    report.jump_labels = _check_jump_labels(ko, layout, problems)
+    report.static_calls = _check_static_calls(ko, layout, relocs, late_sites, problems)
+    for fn in functions:
+        report.functions += 1
+        _check_function(fn, symbol_table, problems)
+    if problems.items:
+        raise BuildError(
+            stage=STAGE,
+            message="the generated module would not load safely:\n  - "
+                    + "\n  - ".join(problems.items),
+            hint="nothing was written; report this patch to the developers with the kernel "
+                 "release — a refusal here is what stands between the patch and an Oops")
+    return report
+
+
+# ---- relocations ---------------------------------------------------------------------
+
+def _all_relocations(ko: ElfObject) -> list[tuple[Section, Reloc, str | None]]:
+    """(section, relocation, objname when applied late, else None) for every relocation."""
+    found = [(sec, rel, None) for sec in ko.sections for rel in sec.relocs or []]
+    for rela, target, relocs in ko.extra_relas:
+        objname = None
+        if rela.flags & SHF_RELA_LIVEPATCH:
+            m = _KLP_RELA.match(rela.name)
+            objname = m.group(1) if m and m.group(1) != "vmlinux" else None
+        found += [(target, rel, objname) for rel in relocs]
+    return [(s, r, o) for s, r, o in found if not s.name.startswith(".debug")
+            and r.type != R_X86_64_NONE]
+
+
+def _check_location(sec: Section, rel: Reloc, problems: _Problems) -> None:
+    width = RELOC_WIDTH.get(rel.type)
+    where = f"{sec.name}+{rel.offset:#x} ({rel.symbol.name})"
+    if width is None:
+        problems.add(f"relocation type {rel.type} at {where}: the x86-64 module loader does "
+                     "not handle it")
+        return
+    if rel.offset + width > sec.length:
+        problems.add(f"relocation at {where} lies outside its section")
+        return
+    if sec.type != SHT_NOBITS and any(sec.data[rel.offset:rel.offset + width]):
+        problems.add(f"relocation at {where}: the location is not zero, so the kernel "
+                     "refuses it ('Skipping invalid relocation target, existing value is "
+                     "nonzero')")
+
+
+def _check_overlaps(relocs, problems: _Problems) -> None:
+    by_section: dict[int, list[tuple[int, int, str]]] = {}
+    for sec, rel, _late in relocs:
+        by_section.setdefault(id(sec), []).append(
+            (rel.offset, rel.offset + RELOC_WIDTH.get(rel.type, 4), f"{sec.name}+{rel.offset:#x}"))
+    for spans in by_section.values():
+        spans.sort()
+        for (_s1, end1, name1), (start2, _e2, name2) in zip(spans, spans[1:], strict=False):
+            if start2 < end1:
+                problems.add(f"two relocations overlap at {name1} and {name2}: the second "
+                             "would find the location already written")
+
+
+def _check_livepatch_sections(ko: ElfObject, problems: _Problems) -> None:
+    for rela, target, relocs in ko.extra_relas:
+        if not rela.flags & SHF_RELA_LIVEPATCH:
+            continue
+        m = _KLP_RELA.match(rela.name)
+        if m is None or m.group(2) != target.name:
+            problems.add(f"{rela.name}: not named .klp.rela.OBJ.{target.name}")
+            continue
+        objname = m.group(1)
+        if len(objname) >= MODULE_NAME_LEN:
+            problems.add(f"{rela.name}: object name longer than the kernel accepts")
+        for rel in relocs:
+            sym = _KLP_SYM.match(rel.symbol.name)
+            if rel.symbol.shndx != SHN_LIVEPATCH or sym is None:
+                problems.add(f"{rela.name} relocates against {rel.symbol.name}, which is not "
+                             "a livepatch symbol (.klp.sym.OBJ.NAME,POS in SHN_LIVEPATCH)")
+            elif sym.group(1) != objname:
+                problems.add(f"{rela.name} refers to {rel.symbol.name} of another object: "
+                             "livepatch resolves a section's symbols in its own object only")
+
+
+def _check_livepatch_symbols(ko: ElfObject, symbol_table, problems: _Problems) -> None:
+    for sym in ko.symbols:
+        if not sym.name.startswith(KLP_SYM_PREFIX):
+            continue
+        m = _KLP_SYM.match(sym.name)
+        if m is None or sym.shndx != SHN_LIVEPATCH:
+            problems.add(f"malformed livepatch symbol {sym.name}")
+            continue
+        objname, name, pos = m.group(1), m.group(2), int(m.group(3))
+        if len(name) >= KSYM_NAME_LEN:
+            problems.add(f"livepatch symbol {name} is longer than kallsyms names")
+        _check_position(objname, name, pos, symbol_table, problems, "symbol")
+
+
+def _check_position(objname: str, name: str, pos: int, symbol_table, problems: _Problems,
+                    what: str) -> None:
+    table = symbol_table(objname)
+    if table is None:
+        return  # an object the build never read (exported symbol of another module)
+    count = len(table.addresses(name))
+    if count == 0:
+        problems.add(f"{what} {name} is not in {objname}'s symbol table: livepatch would "
+                     "fail to resolve it")
+    elif pos == 0 and count > 1:
+        problems.add(f"{what} {name} occurs {count} times in {objname} but has position 0: "
+                     "livepatch refuses an ambiguous name")
+    elif pos > count:
+        problems.add(f"{what} {name} has position {pos} but {objname} has only {count}")
+
+
+def _check_function(fn: FunctionEntry, symbol_table, problems: _Problems) -> None:
+    _check_position(fn.object, fn.old_name, fn.sympos, symbol_table, problems, "function")
+
+
+# ---- what the kernel processes at load time ------------------------------------------
+
+def _check_early_sections(ko: ElfObject, relocs, problems: _Problems) -> None:
+    for sec, rel, late in relocs:
+        if late and sec.name.startswith(EARLY_SECTIONS):
+            problems.add(f"{sec.name}+{rel.offset:#x} refers to {rel.symbol.name}, which "
+                         f"livepatch resolves only when it patches {late}; the kernel reads "
+                         f"{sec.name} earlier, when it loads the patch module")
+
+
+def _entries(ko: ElfObject, name: str, size: int):
+    sec = ko.section(name)
+    if sec is None or not size:
+        return None, []
+    relocs = {r.offset: r for r in sec.relocs or []}
+    return sec, [(start, relocs) for start in range(0, len(sec.data), size)]
+
+
+def _site(ko: ElfObject, rel: Reloc | None) -> tuple[Section, int] | None:
+    """The section and offset a PC32 entry field points at."""
+    if rel is None or rel.symbol.section is None:
+        return None
+    return rel.symbol.section, rel.symbol.value + rel.addend
+
+
+def _check_alternatives(ko: ElfObject, layout: Layout, late_sites, relocs,
+                        problems: _Problems) -> None:
+    """Alternatives rewrite code before late relocations exist: none may be inside."""
+    sec, entries = _entries(ko, ".altinstructions", layout.alt_instr)
+    if sec is None:
+        return
+    late_by_section: dict[int, list[int]] = {}
+    for target, rel, late in relocs:
+        if late:
+            late_by_section.setdefault(id(target), []).append(rel.offset)
+    for start, rels in entries:
+        instrlen, repllen = sec.data[start + layout.alt_instr - 2:start + layout.alt_instr]
+        for field, length in ((0, instrlen), (4, repllen)):
+            site = _site(ko, rels.get(start + field))
+            if site is None:
+                continue
+            code, offset = site
+            if any(offset <= o < offset + length for o in late_by_section.get(id(code), [])):
+                problems.add(f"an alternative at {code.name}+{offset:#x} covers a reference "
+                             "that livepatch resolves only later; the kernel rewrites that "
+                             "code when it loads the patch module")
+
+
+def _check_jump_labels(ko: ElfObject, layout: Layout, problems: _Problems) -> int:
+    """Each site must hold what the kernel expects there, or it BUG()s patching it."""
+    sec, entries = _entries(ko, "__jump_table", layout.jump_entry)
+    for start, rels in entries:
+        site, target = _site(ko, rels.get(start)), _site(ko, rels.get(start + 4))
+        if site is None or target is None:
+            problems.add(f"__jump_table entry {start // layout.jump_entry} has no code or "
+                         "target in the module")
+            continue
+        (code, offset), (tcode, toffset) = site, target
+        data = code.data[offset:offset + 5]
+        jump8 = len(data) >= 2 and data[0] == JMP8 and tcode is code and \
+            offset + 2 + int.from_bytes(data[1:2], "little", signed=True) == toffset
+        jump32 = len(data) == 5 and data[0] == JMP32 and tcode is code and \
+            offset + 5 + int.from_bytes(data[1:5], "little", signed=True) == toffset
+        if not (data == NOP5 or data[:2] == NOP2 or jump8 or jump32):
+            problems.add(f"jump label at {code.name}+{offset:#x} is neither a NOP nor a jump "
+                         f"to its target ({data.hex()}): the kernel would BUG() patching it")
+    return len(entries)
+
+
+def _check_static_calls(ko: ElfObject, layout: Layout, relocs, late_sites,
+                        problems: _Problems) -> int:
+    """Each site must be a call or jump whose displacement the loader fills in at load.
+
+    The kernel rewrites registered sites right after loading; a displacement filled in
+    later by livepatch would find the location already written (and the load fails).
+    """
+    sec, entries = _entries(ko, ".static_call_sites", layout.static_call_site)
+    displacement = {(id(s), r.offset) for s, r, _late in relocs}
+    for start, rels in entries:
+        site = _site(ko, rels.get(start))
+        if site is None:
+            problems.add(f".static_call_sites entry {start // layout.static_call_site} has no "
+                         "call site in the module")
+            continue
+        code, offset = site
+        opcode = code.data[offset:offset + 1]
+        if opcode not in (bytes([CALL]), bytes([JMP32])) or \
+                (id(code), offset + 1) not in displacement:
+            problems.add(f"static call at {code.name}+{offset:#x} is not a relocated call or "
+                         "jump: the kernel would BUG() patching it")
+        elif (id(code), offset + 1) in late_sites:
+            problems.add(f"static call at {code.name}+{offset:#x} calls a symbol livepatch "
+                         "resolves only later, but the kernel rewrites the call at load")
+    return len(entries)
+
+
+__all__ = ["CheckReport", "check_module"]

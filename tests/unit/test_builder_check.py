@@ -1,0 +1,203 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Patches of a module object: special-section entries the kernel reads at load, and the
+check stage that proves a linked module is safe to load (host-gcc fixtures)."""
+
+from __future__ import annotations
+
+import difflib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder.elf import (
+    R_X86_64_PC32,
+    R_X86_64_PC64,
+    SHF_ALLOC,
+    SHF_INFO_LINK,
+    SHF_RELA_LIVEPATCH,
+    SHT_RELA,
+    ElfObject,
+    Reloc,
+    Section,
+)
+from builder.errors import BuildError
+from builder.layout import Layout
+from builder.stages.check import check_module
+from builder.stages.diff import diff_unit
+from builder.stages.generate import generate_unit
+from builder.stages.link import convert_livepatch_relocations
+
+LAYOUT_6_1 = Layout(12, 16, 12, 12, 8, 6, 16)
+CFLAGS = ["-O2", "-fno-pic", "-mcmodel=kernel", "-ffunction-sections", "-fdata-sections",
+          "-fno-asynchronous-unwind-tables", "-mno-red-zone", "-pg", "-mfentry",
+          "-mrecord-mcount"]
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+
+# A module's function with a tracepoint (jump label + static call, as the kernel's
+# headers and objtool emit them) and, optionally, a branch on the module's own key.
+MODULE = """\
+struct static_key { int enabled; };
+struct tracepoint { const char *name; struct static_key key; };
+extern struct tracepoint __tracepoint_demo;
+extern struct static_key feature_key;
+extern void __SCT__tp_func_demo(int);
+extern int printk(const char *fmt, ...);
+
+#define BRANCH(key, label) asm goto("1: .byte 0x0f,0x1f,0x44,0x00,0x00\\n\\t" \\
+\t".pushsection __jump_table, \\"aw\\"\\n\\t.balign 8\\n\\t" \\
+\t".long 1b - ., %l[" #label "] - .\\n\\t.quad %c0 - .\\n\\t.popsection" \\
+\t: : "i"(key) : : label)
+
+int handle(int v)
+{
+\tBRANCH(&__tracepoint_demo.key, trace);
+back:
+\tFEATURE
+\treturn printk("value %d\\n", v + 1);
+trace:
+\tasm volatile("2: call __SCT__tp_func_demo\\n\\t"
+\t\t".pushsection .static_call_sites, \\"aw\\"\\n\\t"
+\t\t".long 2b - ., __SCT__tp_func_demo - .\\n\\t.popsection" : : "D"(v));
+\tgoto back;
+feature:
+\treturn 0;
+}
+"""
+FEATURE = "BRANCH(&feature_key, feature);"
+
+
+class Exports:
+    def owner(self, name: str) -> str | None:
+        return "vmlinux" if name in ("printk", "__fentry__") else None
+
+    def namespace(self, name: str) -> str:
+        return ""
+
+
+class Symbols:
+    """Every symbol is unique in its object."""
+
+    def addresses(self, name: str) -> list[int]:
+        return [0x1000]
+
+    def read(self, address: int, size: int) -> bytes:
+        raise AssertionError("unique symbols need no bytes")
+
+
+def compile_c(tmp_path: Path, name: str, source: str) -> ElfObject:
+    (tmp_path / f"{name}.c").write_text(source)
+    subprocess.run(["gcc", *CFLAGS, "-c", "-o", str(tmp_path / f"{name}.o"),
+                    str(tmp_path / f"{name}.c")], check=True)
+    return ElfObject.read(tmp_path / f"{name}.o")
+
+
+def generate(tmp_path: Path, feature: str = ""):
+    old = MODULE.replace("FEATURE", feature)
+    new = old.replace("v + 1", "v + 2")
+    orig, patched = compile_c(tmp_path, "orig", old), compile_c(tmp_path, "patched", new)
+    text = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+                                        "a/m.c", "b/m.c"))
+    diff = diff_unit(orig, patched, "m.c", "demo_mod", text)
+    return generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0",
+                         layout=LAYOUT_6_1)
+
+
+def link(tmp_path: Path, unit) -> ElfObject:
+    """ld -r and livepatch relocation sections, as the link stage does (no kbuild)."""
+    unit.object.write(tmp_path / "patch.o")
+    ko = tmp_path / "patch.ko"
+    subprocess.run(["ld", "-r", "-o", str(ko), str(tmp_path / "patch.o")], check=True)
+    convert_livepatch_relocations(ko, {"printk", "__fentry__"})
+    return ElfObject.read(ko)
+
+
+def test_tracepoint_sites_of_a_module_are_left_out_with_a_note(tmp_path):
+    unit = generate(tmp_path)
+    assert [f.old_name for f in unit.functions] == ["handle"]
+    assert unit.object.section("__jump_table") is None
+    assert unit.object.section(".static_call_sites") is None
+    assert unit.notes == [
+        "handle: tracepoint __tracepoint_demo (demo_mod) stays off in the patched function",
+        "handle: static call __SCT__tp_func_demo (demo_mod) is called through its trampoline"]
+    ko = link(tmp_path, unit)
+    report = check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
+    # the trampoline call: resolved when demo_mod is patched, before the function runs
+    assert report.functions == 1 and report.livepatch_relocations == 1
+
+
+def test_a_branch_on_a_module_key_is_refused_naming_function_and_key(tmp_path):
+    with pytest.raises(BuildError) as err:
+        generate(tmp_path, FEATURE)
+    text = str(err.value)
+    assert "handle" in text and "feature_key" in text and "demo_mod" in text
+    assert "static_key_enabled" in text
+
+
+def _late_jump_entry(ko: ElfObject) -> None:
+    """What the builder used to emit: a jump entry whose key only livepatch resolves."""
+    text = ko.section(".text.handle")
+    table = Section(name="__jump_table", flags=SHF_ALLOC, data=bytes(16), align=8)
+    ko.sections.append(table)
+    key = next(s for s in ko.symbols if s.name.startswith(".klp.sym.demo_mod."))
+    table.relocs = [Reloc(0, R_X86_64_PC32, ko.section_symbol(text), 0),
+                    Reloc(4, R_X86_64_PC32, ko.section_symbol(text), 5)]
+    rela = Section(name=".klp.rela.demo_mod.__jump_table", type=SHT_RELA,
+                   flags=SHF_ALLOC | SHF_INFO_LINK | SHF_RELA_LIVEPATCH, align=8, entsize=24)
+    ko.extra_relas.append((rela, table, [Reloc(8, R_X86_64_PC64, key, 0)]))
+
+
+def test_check_refuses_what_crashed_the_kernel(tmp_path):
+    ko = link(tmp_path, generate(tmp_path))
+    _late_jump_entry(ko)
+    with pytest.raises(BuildError) as err:
+        check_module(ko, LAYOUT_6_1, [], lambda objname: Symbols())
+    text = str(err.value)
+    assert "__jump_table+0x8 refers to .klp.sym.demo_mod." in text
+    assert "only when it patches demo_mod" in text
+
+
+def test_check_refuses_nonzero_and_overlapping_relocation_sites(tmp_path):
+    ko = link(tmp_path, generate(tmp_path))
+    text = ko.section(".text.handle")
+    rel = text.relocs[0]
+    text.data = text.data[:rel.offset] + b"\x01" + text.data[rel.offset + 1:]
+    text.relocs.append(Reloc(rel.offset + 2, rel.type, rel.symbol, 0))
+    with pytest.raises(BuildError) as err:
+        check_module(ko, LAYOUT_6_1, [], lambda objname: Symbols())
+    assert "existing value is nonzero" in str(err.value)
+    assert "two relocations overlap" in str(err.value)
+
+
+def test_check_refuses_unresolvable_or_ambiguous_livepatch_symbols(tmp_path):
+    unit = generate(tmp_path)
+    ko = link(tmp_path, unit)
+
+    class Twice(Symbols):
+        def addresses(self, name: str) -> list[int]:
+            return [0x1000, 0x2000]
+
+    with pytest.raises(BuildError) as err:
+        check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Twice())
+    assert "occurs 2 times in demo_mod but has position 0" in str(err.value)
+
+    class Empty(Symbols):
+        def addresses(self, name: str) -> list[int]:
+            return []
+
+    with pytest.raises(BuildError) as err:
+        check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Empty())
+    assert "function handle is not in demo_mod's symbol table" in str(err.value)
+
+
+def test_a_function_without_ftrace_entry_is_refused(tmp_path):
+    old = MODULE.replace("FEATURE", "").replace("int handle(int v)",
+                                                "__attribute__((no_instrument_function)) "
+                                                "int handle(int v)")
+    new = old.replace("v + 1", "v + 2")
+    orig, patched = compile_c(tmp_path, "orig", old), compile_c(tmp_path, "patched", new)
+    with pytest.raises(BuildError) as err:
+        diff_unit(orig, patched, "kernel/trace/m.c", "demo_mod", "")
+    assert "handle has no ftrace entry" in str(err.value)

@@ -157,20 +157,26 @@ def _verify_all(packages, compiled, diffs) -> dict:
 
 
 def _diff_all(compiled, patch_text: str):
-    from builder.stages.diff import diff_unit
+    from builder.stages.diff import diff_unit, require_change
 
-    return [diff_unit(ElfObject.read(unit.original), ElfObject.read(unit.patched), unit.source,
-                      unit.target_object, patch_text) for unit in compiled.units]
+    diffs = [diff_unit(ElfObject.read(unit.original), ElfObject.read(unit.patched), unit.source,
+                       unit.target_object, patch_text) for unit in compiled.units]
+    require_change(diffs)
+    return diffs
 
 
 def _generate_all(compiled, diffs, images, exports, layout):
     from builder.stages.generate import generate_unit
 
+    provided = frozenset(name for diff in diffs for name in diff.provides)
     units = []
     for index, (unit, diff) in enumerate(zip(compiled.units, diffs, strict=True)):
+        if not (diff.changed or diff.callbacks or diff.provides):
+            continue  # nothing of this file is needed (e.g. a comment-only hunk)
         units.append(generate_unit(diff, ElfObject.read(unit.original),
                                    ElfObject.read(unit.patched), images[unit.target_object],
-                                   exports, prefix=f"u{index}", layout=layout))
+                                   exports, prefix=f"u{index}", layout=layout,
+                                   provided=provided))
     return units
 
 

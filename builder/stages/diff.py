@@ -18,6 +18,7 @@ from builder.elf import (
     SHF_STRINGS,
     SHF_WRITE,
     SHT_NOBITS,
+    STB_GLOBAL,
     STT_FUNC,
     STT_OBJECT,
     STT_SECTION,
@@ -64,6 +65,8 @@ class UnitDiff:
     new_functions: list[str] = field(default_factory=list)
     new_data: list[str] = field(default_factory=list)
     callbacks: dict[str, str] = field(default_factory=dict)  # kind → patched symbol name
+    # New global functions and data: other units of the same patch may use them.
+    provides: list[str] = field(default_factory=list)
     # patched symbol name → original name, for every correlated symbol
     correlation: dict[str, str] = field(default_factory=dict)
 
@@ -301,15 +304,29 @@ def diff_unit(orig_obj: ElfObject, patched_obj: ElfObject, source: str, target_o
     _check_data(orig, patched, rename, identity, result, source)
     _check_traceable(orig, result)
 
-    if not result.changed:
-        what = "new functions only, which nothing calls" if result.new_functions else \
-            "no change to any function's machine code"
-        raise BuildError(
-            stage="diff", file=source,
-            message=f"no functional change in {source}: the patch makes {what}",
-            hint="check that the patch changes code compiled in this kernel's configuration "
-                 "(comments, whitespace and unused code produce no live patch)")
+    result.provides = sorted(
+        n for n in result.new_functions + result.new_data
+        if (patched.functions.get(n) or patched.objects.get(n)).bind == STB_GLOBAL)
     return result
+
+
+def require_change(diffs: list[UnitDiff]) -> None:
+    """A patch must change a function or declare a callback in at least one unit.
+
+    A unit may change nothing itself when it only adds functions or data that another
+    changed file of the same patch uses.
+    """
+    if any(d.changed or d.callbacks for d in diffs):
+        return
+    new = any(d.new_functions for d in diffs)
+    what = "new functions only, which nothing calls" if new else \
+        "no change to any function's machine code"
+    sources = ", ".join(d.source for d in diffs)
+    raise BuildError(
+        stage="diff", file=sources,
+        message=f"no functional change in {sources}: the patch makes {what}",
+        hint="check that the patch changes code compiled in this kernel's configuration "
+             "(comments, whitespace and unused code produce no live patch)")
 
 
 def ftrace_sites(obj: ElfObject) -> set[tuple[int, int]]:

@@ -87,14 +87,17 @@ class GeneratedUnit:
     callbacks: dict[str, str] = field(default_factory=dict)  # kind → global symbol
     klp_symbols: list[str] = field(default_factory=list)
     sections: list[str] = field(default_factory=list)
+    target_object: str = "vmlinux"  # the object this unit's functions and callbacks belong to
     # Sites left out of the kernel's special sections, and what that means while live.
     notes: list[str] = field(default_factory=list)
 
 
 class _Generator:
     def __init__(self, diff: UnitDiff, orig: ElfObject, patched: ElfObject,
-                 symbols: SymbolSource, exports: Exports, prefix: str, layout: Layout) -> None:
+                 symbols: SymbolSource, exports: Exports, prefix: str, layout: Layout,
+                 provided: frozenset[str] = frozenset()) -> None:
         self.diff = diff
+        self.provided = provided  # new globals some unit of this patch defines
         # Special sections: entry size, and where the relocation naming the entry's
         # function sits. Entries of included functions are kept.
         self.special = layout.special_sections()
@@ -136,7 +139,8 @@ class _Generator:
             out = self.included[id(sec)]
             out.relocs = [self._translate(sec, rel) for rel in sec.relocs or []]
         self._copy_special_sections()
-        result = GeneratedUnit(object=self.out, klp_symbols=sorted(self.klp), notes=self.notes)
+        result = GeneratedUnit(object=self.out, klp_symbols=sorted(self.klp), notes=self.notes,
+                               target_object=self.objname)
         for change in self.diff.changed:
             psym = p.functions[change.patched_name]
             result.functions.append(FunctionEntry(
@@ -167,9 +171,12 @@ class _Generator:
         self.out.sections.append(out)
         for s in self.patched.symbols:
             if s.section is sec and s.type in (STT_FUNC, STT_OBJECT, STT_NOTYPE, STT_SECTION):
-                # Everything the patch defines is local to it: no clash with the kernel.
+                # What the patch defines is local to it (no clash with the kernel), but
+                # for the new globals other changed files of this patch call.
+                bind = STB_GLOBAL if s.bind == STB_GLOBAL and s.name in self.diff.provides \
+                    else STB_LOCAL
                 copy = Symbol(name=s.name, value=s.value, size=s.size, type=s.type,
-                              bind=STB_LOCAL, other=s.other, section=out)
+                              bind=bind, other=s.other, section=out)
                 self.symbol_map[id(s)] = copy
                 self.out.symbols.append(copy)
 
@@ -232,6 +239,8 @@ class _Generator:
 
     def _external(self, name: str) -> Symbol:
         owner = self.exports.owner(name)
+        if name in self.provided:
+            owner = "patch"  # defined by another unit: the module's own link resolves it
         if owner is None or (owner == self.objname != "vmlinux"):
             # Not exported, or exported by the very module being patched (a normal
             # reference would make the patch depend on it): livepatch resolves it.
@@ -445,8 +454,9 @@ def _resolved_late(sym: Symbol) -> bool:
 
 
 def generate_unit(diff: UnitDiff, orig: ElfObject, patched: ElfObject, symbols: SymbolSource,
-                  exports: Exports, prefix: str, layout: Layout) -> GeneratedUnit:
-    return _Generator(diff, orig, patched, symbols, exports, prefix, layout).run()
+                  exports: Exports, prefix: str, layout: Layout,
+                  provided: frozenset[str] = frozenset()) -> GeneratedUnit:
+    return _Generator(diff, orig, patched, symbols, exports, prefix, layout, provided).run()
 
 
 __all__ = ["FunctionEntry", "GeneratedUnit", "SymbolSource", "Exports", "generate_unit"]

@@ -13,8 +13,9 @@ import pytest
 from builder.elf import SHN_UNDEF, ElfObject
 from builder.errors import BuildError
 from builder.layout import Layout
-from builder.stages.diff import canonical, diff_unit, line_map
+from builder.stages.diff import canonical, diff_unit, line_map, require_change
 from builder.stages.generate import generate_unit
+from builder.stages.link import patch_table
 
 LAYOUT_6_1 = Layout(12, 16, 12, 12, 8, 6, 16)
 
@@ -172,8 +173,10 @@ def test_changed_initial_value_of_existing_data_is_refused(tmp_path):
 
 
 def test_comment_only_patch_is_refused(tmp_path):
-    with pytest.raises(BuildError, match="no functional change"):
-        run_diff(tmp_path, BASE.replace("int show(int v)\n", "/* hi */\nint show(int v)\n"))
+    _orig, _patched, diff = run_diff(tmp_path, BASE.replace("int show(int v)\n",
+                                                            "/* hi */\nint show(int v)\n"))
+    with pytest.raises(BuildError, match="no functional change in f.c"):
+        require_change([diff])
 
 
 def test_line_map_follows_hunks():
@@ -273,3 +276,50 @@ def test_a_moved_pr_debug_is_not_changed_data_and_the_patch_brings_its_own(tmp_p
     unit = generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0", layout=LAYOUT_6_1)
     assert unit.object.section("__dyndbg") is not None
     assert not any("ddebug" in name for name in unit.klp_symbols)
+
+
+def test_a_new_global_in_one_file_is_called_from_another_changed_file(tmp_path):
+    # file a.c adds a global helper; f.c (another object) calls it
+    a_old = "extern int printk(const char *fmt, ...);\nint a_old(void) { return 1; }\n"
+    a_new = a_old + "int shared_fix(int v) { return printk(\"fix %d\\n\", v); }\n"
+    a_diff = diff_unit(build(tmp_path, "a_orig", a_old), build(tmp_path, "a_patched", a_new),
+                       "a.c", "vmlinux", patch_text(a_old, a_new))
+    assert a_diff.changed == [] and a_diff.provides == ["shared_fix"]
+    b_new = BASE.replace("extern int hidden_counter;",
+                         "extern int hidden_counter;\nextern int shared_fix(int v);").replace(
+        "return hidden_counter;", "return shared_fix(hidden_counter);")
+    b_orig, b_patched, b_diff = run_diff(tmp_path, b_new)
+    require_change([a_diff, b_diff])
+    provided = frozenset(a_diff.provides)
+    b_unit = generate_unit(b_diff, b_orig, b_patched, Symbols(), Exports(), prefix="u1",
+                           layout=LAYOUT_6_1, provided=provided)
+    assert not any("shared_fix" in name for name in b_unit.klp_symbols)
+    a_unit = generate_unit(a_diff, build(tmp_path, "a_orig", a_old),
+                           build(tmp_path, "a_patched", a_new), Symbols(), Exports(),
+                           prefix="u0", layout=LAYOUT_6_1, provided=provided)
+    a_unit.object.write(tmp_path / "a.o")
+    b_unit.object.write(tmp_path / "b.o")
+    subprocess.run(["ld", "-r", "-o", str(tmp_path / "ab.o"), str(tmp_path / "a.o"),
+                    str(tmp_path / "b.o")], check=True)
+    linked = ElfObject.read(tmp_path / "ab.o")
+    assert linked.symbol("shared_fix").defined
+
+
+CALLBACK_ONLY = """\
+struct klp_object;
+void fix_up(struct klp_object *obj) { (void)obj; }
+__attribute__((used, section(".discard.klp_callback_ptrs")))
+void (*__klp_post_patch_callback_0)(struct klp_object *) = fix_up;
+"""
+
+
+def test_a_patch_of_callbacks_only_is_accepted_and_wired_to_its_object(tmp_path):
+    old = "int untouched(void) { return 0; }\n"
+    new = old + CALLBACK_ONLY
+    orig, patched = build(tmp_path, "orig", old), build(tmp_path, "patched", new)
+    diff = diff_unit(orig, patched, "m.c", "demo_mod", patch_text(old, new))
+    require_change([diff])
+    unit = generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0",
+                         layout=LAYOUT_6_1)
+    table = patch_table([unit], replace=True, description="test")
+    assert '.name = "demo_mod", .funcs = klp_funcs_0, .callbacks = { .post_patch = ' in table

@@ -60,8 +60,8 @@ class Kbuild:
         self.make_args = [a for a in make_args if a.startswith(("ARCH=", "SRCARCH="))]
         self.cache_file = build_dir / ".klp-kbuild.json"
         self._dirs: dict[str, Directory] = {}
-        if self.cache_file.is_file():
-            raw = json.loads(self.cache_file.read_text())
+        raw = json.loads(self.cache_file.read_text()) if self.cache_file.is_file() else {}
+        if raw.pop(".probe", None) == PROBE:  # answers of an older probe are redone
             self._dirs = {d: Directory(tuple(v["builtin"]), tuple(v["modular"]),
                                        {k: tuple(p) for k, p in v["parts"].items()})
                           for d, v in raw.items()}
@@ -75,7 +75,7 @@ class Kbuild:
 
     def _evaluate(self, path: str) -> Directory:
         probe = self.build_dir / ".klp-kbuild-probe.mk"
-        if not probe.is_file():
+        if not probe.is_file() or probe.read_text() != PROBE:
             probe.write_text(PROBE)
         argv = ["make", "-s", "--no-print-directory", "-f", str(probe), "-C",
                 str(self.build_dir), f"srctree={self.source_dir}", "objtree=.",
@@ -111,8 +111,9 @@ class Kbuild:
 
     def _save(self) -> None:
         tmp = self.cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({d: {"builtin": v.builtin, "modular": v.modular,
-                                       "parts": v.parts} for d, v in self._dirs.items()}))
+        answers = {d: {"builtin": v.builtin, "modular": v.modular, "parts": v.parts}
+                   for d, v in self._dirs.items()}
+        tmp.write_text(json.dumps({".probe": PROBE, **answers}))
         tmp.replace(self.cache_file)
 
     # ---- questions ------------------------------------------------------------------

@@ -1,0 +1,48 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Struct and union layouts read with pahole from host-gcc objects (DWARF)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder.layouts import changed_layouts, layouts
+
+pytestmark = pytest.mark.skipif(not (shutil.which("gcc") and shutil.which("pahole")),
+                                reason="needs gcc and pahole")
+
+SOURCE = """\
+struct keep { int a; long b; };
+struct moved { int a; int b; char name[16]; unsigned f:3; int (*show)(void *); };
+union u { int i; char c[8]; };
+int use(struct keep *k, struct moved *m, union u *x) { return k->a + m->b + x->i + m->f; }
+"""
+
+
+def compile_c(tmp_path: Path, name: str, source: str) -> Path:
+    (tmp_path / f"{name}.c").write_text(source)
+    subprocess.run(["gcc", "-g", "-O2", "-c", "-o", str(tmp_path / f"{name}.o"),
+                    str(tmp_path / f"{name}.c")], check=True)
+    return tmp_path / f"{name}.o"
+
+
+def test_layouts_have_every_member_with_offset_and_size(tmp_path):
+    found = layouts(compile_c(tmp_path, "a", SOURCE))
+    assert found["struct keep"] == (("int a;", 0, 4), ("long int b;", 8, 8), ("", 16, 0))
+    assert ("int (*show)(void *);", 32, 8) in found["struct moved"]
+    assert found["union u"][:2] == (("int i;", 0, 4), ("char c[8];", 0, 8))
+
+
+@pytest.mark.parametrize(("edit", "changed"), [
+    (("int b; char", "long extra; int b; char"), ["struct moved"]),  # a member added
+    (("union u { int i; char c[8]; }", "union u { int i; char c[16]; }"), ["union u"]),
+    (("int a; long b;", "long b; int a;"), ["struct keep"]),  # reordered
+    (("return k->a", "return 2 * k->a"), []),  # code only
+])
+def test_changed_layouts_names_exactly_the_types_that_moved(tmp_path, edit, changed):
+    orig = compile_c(tmp_path, "orig", SOURCE)
+    patched = compile_c(tmp_path, "patched", SOURCE.replace(*edit))
+    assert changed_layouts(orig, patched) == changed

@@ -23,6 +23,7 @@ import pytest
 
 from lab import VM, Lab
 from lab.kernels import resolve
+from tests.vm.expect import host_running
 from tests.vm.playbook import lab_hosts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,12 +139,11 @@ def klp_inventory(request) -> Path:
 @pytest.fixture(scope="session")
 def amd64_host(klp_inventory) -> str:
     """The VM running the newest 6.1 amd64 kernel (other 6.1 ABIs may run beside it)."""
-    newest = resolve("newest-6.1-amd64")
-    for name, hostvars in lab_hosts(klp_inventory).items():
-        # "vm-…" names are the plain VMs; named specs (e.g. sigenforce=…) have extras.
-        if hostvars.get("klp_lab_kernel_release") == newest and name.startswith("vm-"):
-            return name
-    pytest.skip(f"no lab VM runs {newest}")
+    newest = resolve("newest-6.1-amd64")  # what the lab's `up` resolved the alias to
+    name = host_running(lab_hosts(klp_inventory), newest)
+    if name is None:
+        pytest.skip(f"no lab VM runs {newest}")
+    return name
 
 
 @pytest.fixture(scope="session")
@@ -156,4 +156,5 @@ def collections_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def vm_release(klp_inventory, amd64_host) -> str:
+    """The kernel release amd64_host runs, as the lab's inventory says."""
     return lab_hosts(klp_inventory)[amd64_host]["klp_lab_kernel_release"]

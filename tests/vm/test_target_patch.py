@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "fixtures" / "kmod"))
 import build as kmod_build  # noqa: E402 - the fixture builder lives beside the C sources
 
+from tests.vm.expect import other_flavour, wrong_kernel_refusal  # noqa: E402
 from tests.vm.playbook import loaded_klp_modules, patch, playbook, task  # noqa: E402
 
 BAD_LOG = ("WARNING:", "Call Trace:", "BUG:", "Oops")
@@ -41,10 +42,15 @@ def kmods(vm_facts) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cloud_kmods(vm_facts) -> Path:
+def cloud_release(vm_release) -> str:
+    """The VM's ABI in the cloud flavour (from the inventory): a kernel the VM does not run."""
+    return other_flavour(vm_release)
+
+
+@pytest.fixture(scope="session")
+def cloud_kmods(vm_facts, cloud_release) -> Path:
     """The same modules built for the cloud flavour: the wrong kernel for the VM."""
-    return kmod_build.build(vm_facts["kernel_release"].replace("-amd64", "-cloud-amd64"),
-                            vm_facts["package_version"])
+    return kmod_build.build(cloud_release, vm_facts["package_version"])
 
 
 def test_info_reports_kernel(vm_facts, vm_release):
@@ -121,7 +127,7 @@ def test_lifecycle_idempotent_with_check_and_replace(
 
 
 def test_refusals_load_nothing(klp_inventory, amd64_host, collections_path, kmods,
-                               cloud_kmods, tmp_path):
+                               cloud_kmods, vm_release, cloud_release, tmp_path):
     corrupt = tmp_path / "klp_test_corrupt.ko"
     data = (kmods / "klp_test_cmdline.ko").read_bytes()
     corrupt.write_bytes(data[: len(data) // 3])
@@ -143,14 +149,15 @@ def test_refusals_load_nothing(klp_inventory, amd64_host, collections_path, kmod
     ]
     keep = [t["register"] for t in tasks if "register" in t]
     r = playbook(klp_inventory, amd64_host, collections_path, tmp_path, tasks, {"keep": keep})
-    for key, text in [("corrupt", "truncated"),
-                      ("wrong_kernel", "built for kernel 6.1.0-56-cloud-amd64"),
-                      ("bad_callback", "failed to enable patch 'klp_test_badcb'"),
-                      ("not_livepatch", "not a livepatch module"),
-                      ("park", "cannot be parked"),
-                      ("freeze", "not supported by this module build")]:
+    for key, texts in [("corrupt", ["truncated"]),
+                       ("wrong_kernel", wrong_kernel_refusal(cloud_release, vm_release)),
+                       ("bad_callback", ["failed to enable patch 'klp_test_badcb'"]),
+                       ("not_livepatch", ["not a livepatch module"]),
+                       ("park", ["cannot be parked"]),
+                       ("freeze", ["not supported by this module build"])]:
         assert r[key]["failed"] is True, key
-        assert text in r[key]["msg"], (key, r[key]["msg"])
+        for text in texts:
+            assert text in r[key]["msg"], (key, text, r[key]["msg"])
     assert "klp_test" not in r["after"]["stdout"]
     assert not [line for line in r["log"]["stdout_lines"] if any(b in line for b in BAD_LOG)]
 

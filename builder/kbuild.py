@@ -127,12 +127,12 @@ class Kbuild:
             placed = self._place_in(listing, rel, mode)
             if placed is not None:
                 return placed
-            entered = [(len(e), kind, e) for kind, entries in (("y", listing.builtin),
-                                                              ("m", listing.modular))
+            by_kind = (("y", listing.builtin), ("m", listing.modular))
+            entered = [(len(e), kind, e) for kind, entries in by_kind
                        for e in entries if e.endswith("/") and rel.startswith(e)]
             if not entered:
                 where = f"{current}/" if current else "the top-level Kbuild"
-                what = "its object" if "/" not in rel else f"{rel.split('/')[0]}/"
+                what = "its object" if "/" not in rel else f"{rel.split('/', 1)[0]}/"
                 return Placement(None, f"{source} is not built in this configuration ({what} "
                                        f"is in no obj-y/obj-m/lib-y list of {where})")
             _length, kind, entry = max(entered, key=lambda e: (e[0], e[1] == "y"))

@@ -7,7 +7,10 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from builder.patchset import PatchSet
 
 T = TypeVar("T")
 
@@ -112,6 +115,7 @@ class CompileResult:
     units: list[CompiledUnit] = field(default_factory=list)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # per step, e.g. "patched"
+    patches: PatchSet | None = None  # as applied: each hunk where patch found it
 
 
 _NESTED: dict[str, Any] = {

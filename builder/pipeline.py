@@ -19,6 +19,7 @@ from pathlib import Path
 from builder import __version__
 from builder.elf import ElfObject
 from builder.errors import BuildError
+from builder.patchset import PatchSet
 from builder.providers import cache_dir, get_provider
 from builder.stages.acquire import kernel_dir
 
@@ -99,21 +100,19 @@ def build(request: BuildRequest, progress: Progress | None = None) -> dict:
     manifest_out = request.output / f"{request.name}.json"
     for stale in (ko_out, manifest_out):
         stale.unlink(missing_ok=True)
+    patches = PatchSet.read(request.patches)  # parsed once; every stage uses this value
 
     provider = get_provider(request.distribution)
     kernel = resolve_version(request)
     work = request.work or cache_dir() / "work" / f"{request.name}-{kernel.release}"
     work.mkdir(parents=True, exist_ok=True)
-    patch_text = "".join(p.read_text() for p in request.patches)
 
     packages = progress.stage("acquire", f"{kernel.release} ({kernel.package_version})",
                               provider.acquire, kernel)
     tree = progress.stage("prepare", "kernel tree", prepare_stage.prepare, packages)
-    compiled = progress.stage("compile",
-                              ", ".join(compile_stage.touched_sources(request.patches)),
-                              compile_stage.compile_units, tree, request.patches, work)
-    diffs = progress.stage("diff", f"{len(compiled.units)} unit(s)", _diff_all, compiled,
-                           patch_text)
+    compiled = progress.stage("compile", ", ".join(patches.sources),
+                              compile_stage.compile_units, tree, patches, work)
+    diffs = progress.stage("diff", f"{len(compiled.units)} unit(s)", _diff_all, compiled)
     images = progress.stage("verify", "originals against the shipped binaries",
                             _verify_all, packages, compiled, diffs)
     exports = Exports.load(packages.module_symvers)
@@ -131,7 +130,7 @@ def build(request: BuildRequest, progress: Progress | None = None) -> dict:
     try:
         shutil.copy(linked.path, tmp_ko)
         manifest = _manifest(request, kernel, diffs, units, linked, tmp_ko, progress.seconds,
-                             images)
+                             images, patches)
         tmp_json = request.output / f".{request.name}.json.tmp"
         tmp_json.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         tmp_ko.replace(ko_out)
@@ -156,11 +155,13 @@ def _verify_all(packages, compiled, diffs) -> dict:
     return images
 
 
-def _diff_all(compiled, patch_text: str):
+def _diff_all(compiled):
     from builder.stages.diff import diff_unit, require_change
 
+    # the patches as applied: line maps follow hunks that patch found at an offset
     diffs = [diff_unit(ElfObject.read(unit.original), ElfObject.read(unit.patched), unit.source,
-                       unit.target_object, patch_text) for unit in compiled.units]
+                       unit.target_object, compiled.patches.line_map(unit.source))
+             for unit in compiled.units]
     require_change(diffs)
     return diffs
 
@@ -210,7 +211,8 @@ def _sign(request: BuildRequest, packages, linked) -> None:
     sign_module(linked.path, packages.sign_file, request.sign_key, request.sign_cert)
 
 
-def _manifest(request, kernel, diffs, units, linked, ko: Path, seconds, images) -> dict:
+def _manifest(request, kernel, diffs, units, linked, ko: Path, seconds, images,
+              patches: PatchSet) -> dict:
     objects: dict[str, list[dict]] = {}
     for unit in units:
         for fn in unit.functions:
@@ -225,8 +227,8 @@ def _manifest(request, kernel, diffs, units, linked, ko: Path, seconds, images) 
         "distribution": kernel.distribution,
         "vermagic": vermagic(ko),
         "kernel_build_id": images["vmlinux"].build_id if "vmlinux" in images else None,
-        "patches": [{"file": p.name, "sha256": sha256_file(p)} for p in request.patches],
-        "patch_sha256": request.patch_sha256(),
+        "patches": [{"file": p.basename, "sha256": p.sha256} for p in patches.patches],
+        "patch_sha256": patches.sha256,  # == request.patch_sha256(), from the bytes built
         "builder_version": __version__,
         "key": request.key(),
         "objects": objects,

@@ -20,11 +20,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from builder.artifacts import CompiledUnit, CompileResult, PreparedTree
 from builder.errors import BuildError
+from builder.patchset import PatchFile, PatchSet
 from builder.progress import timed
 
 STAGE = "compile"
@@ -34,105 +35,17 @@ KCFLAGS = "-ffunction-sections -fdata-sections"
 # searched after the kernel's own include paths so they never shadow a real header.
 COMPAT_INCLUDE = Path(__file__).resolve().parents[2] / "kmod" / "include"
 
-_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+# GNU patch's report of a hunk it did not apply exactly where the patch says (LC_ALL=C).
+_APPLIED_FILE = re.compile(r"^(?:checking|patching) file (.+?)(?: \(renamed from .+\))?$")
+_APPLIED_HUNK = re.compile(r"^Hunk #(\d+) succeeded at \d+(?: with fuzz (\d+))?"
+                           r"(?: \(offset (-?\d+) lines?\))?\.$")
 
 
-# ---------------------------------------------------------------- patch parsing
-@dataclass
-class FilePatch:
-    """One file's part of a unified diff (paths already stripped like -p1)."""
-
-    patch: str  # the patch file it came from (for messages)
-    old: str | None  # None: the file is created
-    new: str | None  # None: the file is deleted
-    hunks: int = 0
-
-    @property
-    def path(self) -> str:
-        return self.new or self.old or ""
-
-
-def _strip_path(raw: str) -> str | None:
-    """`a/fs/x.c\t2024-01-01 ...` → fs/x.c; /dev/null → None (patch -p1 semantics)."""
-    name = raw.split("\t", 1)[0].strip()
-    if name.startswith('"') and name.endswith('"'):
-        name = name[1:-1]
-    if name == "/dev/null":
-        return None
-    parts = name.split("/", 1)
-    return parts[1] if len(parts) == 2 else parts[0]
-
-
-def parse_patch(text: str, origin: str = "<patch>") -> list[FilePatch]:
-    """Files and hunk counts of a unified diff.
-
-    Hunk bodies are consumed by their line counts, so a removed line that itself starts
-    with "--" (e.g. a SQL comment or a "---" separator) is never mistaken for a header.
-    """
-    lines = text.splitlines()
-    files: list[FilePatch] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
-            files.append(FilePatch(patch=origin, old=_strip_path(line[4:]),
-                                   new=_strip_path(lines[i + 1][4:])))
-            i += 2
-            continue
-        match = _HUNK.match(line)
-        if match and files:
-            files[-1].hunks += 1
-            old_left = int(match[2]) if match[2] is not None else 1
-            new_left = int(match[4]) if match[4] is not None else 1
-            i += 1
-            while i < len(lines) and (old_left > 0 or new_left > 0):
-                body = lines[i]
-                tag = body[:1]
-                if tag in (" ", ""):
-                    old_left -= 1
-                    new_left -= 1
-                elif tag == "-":
-                    old_left -= 1
-                elif tag == "+":
-                    new_left -= 1
-                elif tag != "\\":
-                    raise BuildError(stage=STAGE, file=origin,
-                                     message=f"line {i + 1}: malformed hunk line {body!r}",
-                                     hint="regenerate the patch with `diff -u` or `git diff`")
-                i += 1
-            continue
-        i += 1
-    if not files:
-        raise BuildError(stage=STAGE, file=origin, message="no file changes found",
-                         hint="pass a unified diff (`git diff`, `diff -u`) against the "
-                              "kernel source, applicable with patch -p1")
-    return files
-
-
-def parse_patches(patches: list[Path]) -> list[FilePatch]:
-    out: list[FilePatch] = []
-    for patch in patches:
-        try:
-            text = patch.read_text()
-        except OSError as err:
-            raise BuildError(stage=STAGE, file=str(patch), message=f"cannot read: {err}",
-                             hint="pass an existing patch file") from err
-        out.extend(parse_patch(text, str(patch)))
-    return out
-
-
-def touched_sources(patches: list[Path]) -> list[str]:
-    """Source paths the patches change, in first-seen order, deduplicated."""
-    seen: dict[str, None] = {}
-    for fp in parse_patches(patches):
-        seen.setdefault(fp.path, None)
-    return list(seen)
-
-
-def check_compilable(files: list[FilePatch]) -> list[str]:
+# ---------------------------------------------------------------- what to compile
+def check_compilable(patches: PatchSet) -> list[str]:
     """The .c files to compile; refuse what this builder cannot handle, clearly."""
     sources: list[str] = []
-    for fp in files:
+    for fp in patches.files:
         path = fp.path
         if path.endswith(".h"):
             raise BuildError(
@@ -147,13 +60,23 @@ def check_compilable(files: list[FilePatch]) -> list[str]:
                                      "live-patched",
                              hint="Makefiles, Kconfig, assembly and data files cannot change "
                                   "in a running kernel; drop those hunks")
-        if fp.old is None or fp.new is None:
-            what = "creates" if fp.old is None else "deletes"
-            raise BuildError(stage=STAGE, file=fp.patch, message=f"patch {what} {path}",
+        if fp.created or fp.deleted or fp.renamed:
+            what = (f"copies {fp.old} to {path}" if fp.copied else
+                    f"creates {path}" if fp.created else
+                    f"deletes {path}" if fp.deleted else f"renames {fp.old} to {path}")
+            raise BuildError(stage=STAGE, file=fp.patch, message=f"patch {what}",
                              hint="a live patch can only change files the kernel was built "
-                                  "from; add new functions to an existing .c file")
-        if path not in sources:
+                                  "from, in place; add new functions to an existing .c file")
+        if fp.binary:
+            raise BuildError(stage=STAGE, file=fp.patch,
+                             message=f"patch changes {path} as a binary file",
+                             hint="pass a textual unified diff of the C source")
+        if fp.hunks and path not in sources:  # a mode change alone compiles nothing new
             sources.append(path)
+    if not sources:
+        raise BuildError(stage=STAGE, file=", ".join(p.name for p in patches.patches),
+                         message="the patches change no line of any C source",
+                         hint="pass a unified diff that changes the code to live-patch")
     return sources
 
 
@@ -344,28 +267,93 @@ def _copy_out(obj: Path, dest: Path) -> Path:
     return dest
 
 
-def apply_patch(tree: PreparedTree, patch: Path, dry_run: bool) -> None:
+def apply_patch(tree: PreparedTree, patch: PatchFile, dry_run: bool) -> PatchFile:
+    """Apply one patch file (its parsed bytes) to the tree with GNU patch -p1.
+
+    Returns the patch with each hunk moved to where patch found it: a hunk may apply
+    at an offset (the kernel's file has lines the patch's base had not), and the line
+    maps must follow. A hunk that needs fuzz (context lines that differ) is refused on
+    the dry run, before anything is written.
+    """
     cmd = ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-r", "-",
-           "-d", str(tree.source_dir), "-i", str(patch.resolve())]
-    if dry_run:
-        cmd.append("--dry-run")
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+           "-d", str(tree.source_dir)]
+    cmd.append("--dry-run" if dry_run else "--fuzz=0")
+    proc = subprocess.run(cmd, input=patch.data, capture_output=True, check=False,
+                          env={**os.environ, "LC_ALL": "C"})
+    output = (proc.stdout + proc.stderr).decode(errors="replace")
     if proc.returncode != 0:
-        raise BuildError(stage=STAGE, file=str(patch),
+        raise BuildError(stage=STAGE, file=patch.name,
                          message="the patch does not apply to "
                                  f"{tree.source_dir.name} {tree.kernel.package_version}:\n"
-                                 + (proc.stdout + proc.stderr).strip()[-2000:],
+                                 + output.strip()[-2000:],
                          hint="rebase the patch onto this kernel's source (the Debian "
                               "linux-source package of the same version)")
+    offsets: dict[int, list[int]] = {}
+    index = -1
+    for line in output.splitlines():
+        match = _APPLIED_FILE.match(line)
+        if match:
+            name = match[1].strip("'\"")
+            index = next((i for i in range(index + 1, len(patch.files))
+                          if name in (patch.files[i].path, patch.files[i].old)), index)
+            continue
+        match = _APPLIED_HUNK.match(line)
+        if not match:
+            continue
+        if index < 0:
+            raise BuildError(stage=STAGE, file=patch.name,
+                             message=f"cannot tell which file patch means by {line!r}",
+                             hint="report this with the patch")
+        fp, number = patch.files[index], int(match[1])
+        if match[2]:
+            raise BuildError(
+                stage=STAGE, file=patch.name,
+                message=f"hunk #{number} of {fp.path} (patch line {fp.hunks[number - 1].at}) "
+                        f"applies to {tree.source_dir.name} {tree.kernel.package_version} "
+                        f"only with fuzz {match[2]}: some of its context lines differ from "
+                        "this kernel's source, so the change may not land where it should",
+                hint="rebase the patch onto this kernel's source (the Debian linux-source "
+                     "package of the same version); hunks found at an offset are fine")
+        if match[3]:
+            offsets.setdefault(index, [0] * len(fp.hunks))[number - 1] = int(match[3])
+    applied = patch.with_offsets(offsets)
+    if not dry_run:
+        _check_landed(tree, applied)
+    return applied
+
+
+def _check_landed(tree: PreparedTree, patch: PatchFile) -> None:
+    """Every hunk's new lines are in the patched file where the (moved) hunk says."""
+    paths = [fp.path for fp in patch.files]
+    for fp in patch.files:
+        if fp.deleted or not fp.hunks or paths.count(fp.path) > 1:
+            continue  # a later section of the same patch may have changed these lines
+        lines = (tree.source_dir / fp.path).read_bytes().decode("utf-8", "surrogateescape") \
+            .split("\n")
+        for number, hunk in enumerate(fp.hunks, 1):
+            start = hunk.new_first - 1
+            found = lines[start:start + hunk.new_count]
+            if [x.rstrip("\r") for x in found] != [x.rstrip("\r") for x in hunk.new_lines]:
+                raise BuildError(
+                    stage=STAGE, file=patch.name,
+                    message=f"hunk #{number} of {fp.path}: its new lines are not at line "
+                            f"{hunk.new_first} of the patched file, where patch's report "
+                            "puts them, so the old→new line map would be wrong",
+                    hint="report this with the patch; rebasing the patch onto this "
+                         "kernel's source avoids it")
 
 
 # ---------------------------------------------------------------- the stage
-def compile_units(tree: PreparedTree, patches: list[Path], work: Path,
+def compile_units(tree: PreparedTree, patches: PatchSet, work: Path,
                   compat_include: Path | None = COMPAT_INCLUDE) -> CompileResult:
-    """Build originals and patched objects into work/orig and work/patched."""
+    """Build originals and patched objects into work/orig and work/patched.
+
+    The result's `patches` are the patches as they applied (hunks where patch found
+    them), for the line maps of the diff stage.
+    """
     t0 = time.monotonic()
     timings: dict[str, float] = {}
-    sources = check_compilable(parse_patches(patches))
+    sources = check_compilable(patches)
     for source in sources:
         if not (tree.source_dir / source).is_file():
             raise BuildError(stage=STAGE, file=source,
@@ -380,6 +368,7 @@ def compile_units(tree: PreparedTree, patches: list[Path], work: Path,
                              hint="only code built into the target kernel can be patched")
     extra = f"-idirafter {compat_include}" if compat_include and compat_include.is_dir() else ""
     units: list[CompiledUnit] = []
+    applied: list[PatchFile] = []
     with locked(tree):
         with timed(timings, "restore"):
             restore_files(tree)  # a previous run was interrupted: start from pristine
@@ -387,12 +376,12 @@ def compile_units(tree: PreparedTree, patches: list[Path], work: Path,
         with timed(timings, "original"):
             for source in sources:
                 originals[source] = original_object(tree, source)
-        save_files(tree, sources)
+        save_files(tree, list(patches.sources))  # every file patch may write, not only .c
         try:
             with timed(timings, "apply"):
-                for patch in patches:  # each on top of the previous ones; nothing is
-                    apply_patch(tree, patch, dry_run=True)  # written if a hunk fails
-                    apply_patch(tree, patch, dry_run=False)
+                for patch in patches.patches:  # each on top of the previous ones; nothing
+                    apply_patch(tree, patch, dry_run=True)  # is written if a hunk fails
+                    applied.append(apply_patch(tree, patch, dry_run=False))
             with timed(timings, "patched"):
                 for source in sources:
                     obj = object_of(source)
@@ -407,8 +396,9 @@ def compile_units(tree: PreparedTree, patches: list[Path], work: Path,
             restore_files(tree)
             for source in sources:  # the tree's .o must not outlive the patched source
                 (tree.build_dir / object_of(source)).unlink(missing_ok=True)
-    return CompileResult(units=units, seconds=round(time.monotonic() - t0, 3), timings=timings)
+    return CompileResult(units=units, seconds=round(time.monotonic() - t0, 3), timings=timings,
+                         patches=replace(patches, patches=tuple(applied)))
 
 
-__all__ = ["compile_units", "parse_patch", "parse_patches", "touched_sources",
-           "check_compilable", "target_object", "config_guard", "restore_files", "FilePatch"]
+__all__ = ["compile_units", "apply_patch", "check_compilable", "target_object", "config_guard",
+           "restore_files"]

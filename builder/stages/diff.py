@@ -29,6 +29,7 @@ from builder.elf import (
     cstring,
 )
 from builder.errors import BuildError
+from builder.patchset import LineMap
 from builder.x86 import instruction_ends
 
 # Callback pointers: our <linux/livepatch_helpers.h> (Linux 6.19 names) and kpatch's macros.
@@ -143,52 +144,7 @@ def _masked(data: bytes, start: int, relocs: list[Reloc]) -> bytes:
     return bytes(out)
 
 
-def line_map(patch_text: str, source: str) -> dict[int, int]:
-    """Old line → new line for the lines a patch keeps in `source`."""
-    mapping: dict[int, int] = {}
-    in_file = False
-    old = new = 0
-    delta_points: list[tuple[int, int]] = []  # (old line where a hunk starts, delta)
-    for line in patch_text.splitlines():
-        if line.startswith("+++ "):
-            in_file = line[4:].split("\t")[0].strip().split("/", 1)[-1] == source
-            continue
-        if not in_file:
-            continue
-        m = re.match(r"@@ -(\d+)(?:,\d+)? \+(\d+)(?:,\d+)? @@", line)
-        if m:
-            old, new = int(m.group(1)), int(m.group(2))
-            continue
-        if line.startswith("-") and not line.startswith("---"):
-            old += 1
-        elif line.startswith("+"):
-            new += 1
-        elif line.startswith(" ") or line == "":
-            mapping[old] = new
-            old += 1
-            new += 1
-            delta_points.append((old, new - old))
-
-    def shift(line: int) -> int:
-        delta = 0
-        for start, d in delta_points:
-            if start <= line:
-                delta = d
-        return line + delta
-
-    return _LineMap(mapping, shift)
-
-
-class _LineMap(dict):
-    def __init__(self, exact: dict[int, int], shift) -> None:
-        super().__init__(exact)
-        self._shift = shift
-
-    def __missing__(self, line: int) -> int:
-        return self._shift(line)
-
-
-def _only_line_numbers(old: bytes, new: bytes, lines: dict[int, int]) -> bool:
+def _only_line_numbers(old: bytes, new: bytes, lines: LineMap) -> bool:
     """True if every difference is a 32-bit immediate holding a __LINE__ the patch moved."""
     i = 0
     while i < len(old):
@@ -253,11 +209,11 @@ def _section_kind(sec: Section) -> str:
 
 
 def diff_unit(orig_obj: ElfObject, patched_obj: ElfObject, source: str, target_object: str,
-              patch_text: str) -> UnitDiff:
+              lines: LineMap) -> UnitDiff:
+    """Compare one unit; `lines` is its source's old→new line map (PatchSet.line_map)."""
     orig, patched = _Side(orig_obj), _Side(patched_obj)
     rename = correlate(orig, patched)
     identity = {n: n for n in list(orig.functions) + list(orig.objects)}
-    lines = line_map(patch_text, source)
     result = UnitDiff(source=source, target_object=target_object, correlation=rename)
 
     result.callbacks = _callbacks(patched)
@@ -358,7 +314,7 @@ def _cold_parent(name: str) -> str | None:
 
 def _function_difference(orig: _Side, osym: Symbol, patched: _Side, psym: Symbol,
                          rename: dict[str, str], identity: dict[str, str],
-                         lines: dict[int, int]) -> str | None:
+                         lines: LineMap) -> str | None:
     if osym.size != psym.size:
         return f"size {osym.size} → {psym.size} bytes"
     orelocs, prelocs = orig.relocs_in(osym), patched.relocs_in(psym)

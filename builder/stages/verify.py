@@ -210,6 +210,7 @@ def verify_units(packages: KernelPackages, units: list[CompiledUnit],
 
 # ---------------------------------------------------------------- CLI (for trying it out)
 def _main(argv: list[str] | None = None) -> int:
+    from builder.patchset import PatchSet
     from builder.providers import get_provider
     from builder.stages.compile import compile_units
     from builder.stages.prepare import prepare
@@ -236,7 +237,7 @@ def _main(argv: list[str] | None = None) -> int:
         kernel = step("resolve", provider.resolve, args.kernel, args.package_version)
         packages = step("acquire", provider.acquire, kernel)
         tree = step("prepare", prepare, packages)
-        compiled = step("compile", compile_units, tree, args.patch, args.work)
+        compiled = step("compile", compile_units, tree, PatchSet.read(args.patch), args.work)
         images = {u.target_object: step(f"load {u.target_object}", load_image, packages,
                                         u.target_object) for u in compiled.units}
         results, skipped = [], []

@@ -24,6 +24,7 @@ from builder.elf import (
 )
 from builder.errors import BuildError
 from builder.layout import Layout
+from builder.patchset import LineMap, PatchFile
 from builder.stages.check import check_module
 from builder.stages.diff import diff_unit
 from builder.stages.generate import generate_unit
@@ -100,7 +101,8 @@ def generate(tmp_path: Path, feature: str = ""):
     orig, patched = compile_c(tmp_path, "orig", old), compile_c(tmp_path, "patched", new)
     text = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
                                         "a/m.c", "b/m.c"))
-    diff = diff_unit(orig, patched, "m.c", "demo_mod", text)
+    diff = diff_unit(orig, patched, "m.c", "demo_mod",
+                     PatchFile.parse(text, "m.patch").files[0].line_map)
     return generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0",
                          layout=LAYOUT_6_1)
 
@@ -199,5 +201,5 @@ def test_a_function_without_ftrace_entry_is_refused(tmp_path):
     new = old.replace("v + 1", "v + 2")
     orig, patched = compile_c(tmp_path, "orig", old), compile_c(tmp_path, "patched", new)
     with pytest.raises(BuildError) as err:
-        diff_unit(orig, patched, "kernel/trace/m.c", "demo_mod", "")
+        diff_unit(orig, patched, "kernel/trace/m.c", "demo_mod", LineMap())
     assert "handle has no ftrace entry" in str(err.value)

@@ -13,7 +13,8 @@ import pytest
 from builder.elf import SHN_UNDEF, ElfObject
 from builder.errors import BuildError
 from builder.layout import Layout
-from builder.stages.diff import canonical, diff_unit, line_map, require_change
+from builder.patchset import LineMap, PatchFile
+from builder.stages.diff import canonical, diff_unit, require_change
 from builder.stages.generate import generate_unit
 from builder.stages.link import patch_table
 
@@ -106,10 +107,15 @@ def patch_text(old: str, new: str) -> str:
                                         "a/f.c", "b/f.c"))
 
 
+def line_map(old: str, new: str) -> LineMap:
+    """The old→new line map of the patch that turns `old` into `new`."""
+    return PatchFile.parse(patch_text(old, new), "f.patch").files[0].line_map
+
+
 def run_diff(tmp_path: Path, new: str):
     orig = build(tmp_path, "orig", BASE)
     patched = build(tmp_path, "patched", new)
-    return orig, patched, diff_unit(orig, patched, "f.c", "vmlinux", patch_text(BASE, new))
+    return orig, patched, diff_unit(orig, patched, "f.c", "vmlinux", line_map(BASE, new))
 
 
 def changed_names(diff) -> list[str]:
@@ -177,15 +183,6 @@ def test_comment_only_patch_is_refused(tmp_path):
                                                             "/* hi */\nint show(int v)\n"))
     with pytest.raises(BuildError, match="no functional change in f.c"):
         require_change([diff])
-
-
-def test_line_map_follows_hunks():
-    old = "a\nb\nc\nd\n"
-    new = "a\nx\nb\nc\nd\n"
-    mapping = line_map(patch_text(old, new), "f.c")
-    assert mapping[1] == 1
-    assert mapping[2] == 3
-    assert mapping[4] == 5
 
 
 def test_generate_uses_livepatch_symbols_for_what_the_loader_cannot_resolve(tmp_path):
@@ -271,7 +268,7 @@ def test_a_moved_pr_debug_is_not_changed_data_and_the_patch_brings_its_own(tmp_p
     new = base.replace("int noisy(void)\n", "/* moved */\nint noisy(void)\n").replace(
         "return 2;", "return 3;")
     orig, patched = build(tmp_path, "orig", base), build(tmp_path, "patched", new)
-    diff = diff_unit(orig, patched, "f.c", "vmlinux", patch_text(base, new))
+    diff = diff_unit(orig, patched, "f.c", "vmlinux", line_map(base, new))
     assert changed_names(diff) == ["noisy"] and diff.new_data == []
     unit = generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0", layout=LAYOUT_6_1)
     assert unit.object.section("__dyndbg") is not None
@@ -283,7 +280,7 @@ def test_a_new_global_in_one_file_is_called_from_another_changed_file(tmp_path):
     a_old = "extern int printk(const char *fmt, ...);\nint a_old(void) { return 1; }\n"
     a_new = a_old + "int shared_fix(int v) { return printk(\"fix %d\\n\", v); }\n"
     a_diff = diff_unit(build(tmp_path, "a_orig", a_old), build(tmp_path, "a_patched", a_new),
-                       "a.c", "vmlinux", patch_text(a_old, a_new))
+                       "a.c", "vmlinux", line_map(a_old, a_new))
     assert a_diff.changed == [] and a_diff.provides == ["shared_fix"]
     b_new = BASE.replace("extern int hidden_counter;",
                          "extern int hidden_counter;\nextern int shared_fix(int v);").replace(
@@ -317,7 +314,7 @@ def test_a_patch_of_callbacks_only_is_accepted_and_wired_to_its_object(tmp_path)
     old = "int untouched(void) { return 0; }\n"
     new = old + CALLBACK_ONLY
     orig, patched = build(tmp_path, "orig", old), build(tmp_path, "patched", new)
-    diff = diff_unit(orig, patched, "m.c", "demo_mod", patch_text(old, new))
+    diff = diff_unit(orig, patched, "m.c", "demo_mod", line_map(old, new))
     require_change([diff])
     unit = generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0",
                          layout=LAYOUT_6_1)

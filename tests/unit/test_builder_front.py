@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Front stages without a kernel: release names, patch parsing, tree restore, kbuild bits."""
+"""Front stages without a kernel: release names, what compile accepts, tree restore, kbuild bits."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from builder.artifacts import KernelId, PreparedTree
 from builder.errors import BuildError
+from builder.patchset import PatchFile, PatchSet
 from builder.providers import get_provider
 from builder.providers.debian import package_names_for, parse_release
 from builder.stages.acquire import fix_headers_makefile, repoint_symlinks
@@ -18,15 +19,11 @@ from builder.stages.compile import (
     check_compilable,
     config_guard,
     locked,
-    parse_patch,
     restore_files,
     save_files,
     target_object,
-    touched_sources,
 )
 from builder.stages.prepare import config_drift, objtool_at_link, read_config
-
-CORPUS = Path("/work/shared/klp-corpus/debian-12")
 
 
 # ---------------------------------------------------------------- release names
@@ -105,64 +102,31 @@ def test_config_reading_drift_and_objtool(tmp_path):
     assert objtool_at_link({"CONFIG_LTO_CLANG": "y"})
 
 
-# ---------------------------------------------------------------- patch parsing
-def test_parse_corpus_patches():
-    if not CORPUS.is_dir():
-        pytest.skip("corpus not present")
-    assert touched_sources([CORPUS / "cmdline-suffix.patch"]) == ["fs/proc/cmdline.c"]
-    assert touched_sources([CORPUS / "module-binfmt.patch", CORPUS / "callbacks.patch"]) == \
-        ["fs/binfmt_misc.c", "fs/proc/meminfo.c"]
-    files = parse_patch((CORPUS / "callbacks.patch").read_text())
-    assert len(files) == 1 and files[0].hunks == 2
-
-
-MULTI = """\
-diff --git a/fs/a.c b/fs/a.c
-index 1111111..2222222 100644
---- a/fs/a.c\t2024-01-01 00:00:00.000000000 +0000
-+++ b/fs/a.c\t2024-01-01 00:00:00.000000000 +0000
-@@ -1,3 +1,3 @@
- int a;
----- looks like a header but is a removed line
-+++ also not a header, an added line
- int b;
-@@ -10 +10 @@
--x
-+y
---- a/kernel/b.c
-+++ b/kernel/b.c
-@@ -5,2 +5,3 @@ static int f(void)
- {
-+\treturn 1;
- }
-\\ No newline at end of file
-"""
-
-
-def test_parse_counts_hunk_lines_so_dashes_in_bodies_are_not_headers():
-    files = parse_patch(MULTI, "multi.patch")
-    assert [(f.old, f.new, f.hunks) for f in files] == [
-        ("fs/a.c", "fs/a.c", 2), ("kernel/b.c", "kernel/b.c", 1)]
-
-
-def test_parse_refuses_non_patches_and_malformed_hunks():
-    with pytest.raises(BuildError, match="no file changes"):
-        parse_patch("just some text\n", "x.patch")
-    with pytest.raises(BuildError, match="malformed hunk line"):
-        parse_patch("--- a/x.c\n+++ b/x.c\n@@ -1,2 +1,2 @@\n a\n?b\n", "y.patch")
-
-
+# ---------------------------------------------------------------- what the compile stage accepts
 @pytest.mark.parametrize(("old", "new", "message"), [
     ("a/include/linux/fs.h", "b/include/linux/fs.h", r"include/linux/fs\.h \(a header\)"),
     ("a/fs/Makefile", "b/fs/Makefile", "only C sources"),
     ("/dev/null", "b/fs/new.c", "creates fs/new.c"),
     ("a/fs/old.c", "/dev/null", "deletes fs/old.c"),
+    ("a/fs/old.c", "b/fs/new.c", "renames fs/old.c to fs/new.c"),
 ])
 def test_refused_changes(old, new, message):
-    files = parse_patch(f"--- {old}\n+++ {new}\n@@ -1 +1 @@\n-a\n+b\n", "p.patch")
+    patches = PatchSet((PatchFile.parse(f"--- {old}\n+++ {new}\n@@ -1 +1 @@\n-a\n+b\n",
+                                        "p.patch"),))
     with pytest.raises(BuildError, match=message) as err:
-        check_compilable(files)
+        check_compilable(patches)
     assert err.value.hint
+    assert err.value.file == "p.patch"
+
+
+def test_sources_to_compile_are_the_c_files_with_hunks():
+    text = ("--- a/fs/a.c\n+++ b/fs/a.c\n@@ -1 +1 @@\n-a\n+b\n"
+            "diff --git a/fs/b.c b/fs/b.c\nold mode 100644\nnew mode 100755\n"
+            "diff --git a/fs/a.c b/fs/a.c\n--- a/fs/a.c\n+++ b/fs/a.c\n@@ -5 +5 @@\n-c\n+d\n")
+    assert check_compilable(PatchSet((PatchFile.parse(text, "p.patch"),))) == ["fs/a.c"]
+    with pytest.raises(BuildError, match="change no line of any C source"):
+        check_compilable(PatchSet((PatchFile.parse(
+            "diff --git a/fs/b.c b/fs/b.c\nold mode 100644\nnew mode 100755\n", "m.patch"),)))
 
 
 def test_target_object_from_kbuild_command():
@@ -229,7 +193,7 @@ def test_patch_that_does_not_apply_names_the_patch(tmp_path):
     patch = tmp_path / "bad.patch"
     patch.write_text("--- a/fs/a.c\n+++ b/fs/a.c\n@@ -1 +1 @@\n-int b;\n+int c;\n")
     with pytest.raises(BuildError) as err:
-        apply_patch(tree, patch, dry_run=True)
+        apply_patch(tree, PatchFile.read(patch), dry_run=True)
     assert "bad.patch" in str(err.value) and "does not apply" in str(err.value)
     assert "FAILED" in str(err.value)  # patch's own hunk report
     assert (tree.source_dir / "fs" / "a.c").read_text() == "int a;\n"

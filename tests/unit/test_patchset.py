@@ -1,14 +1,16 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The patch model: parsing the awkward cases, line maps, composition."""
+"""The patch model: parsing the awkward cases, line maps, composition, offsets on apply."""
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
 
+from builder.artifacts import KernelId, PreparedTree
 from builder.errors import BuildError
 from builder.patchset import LineMap, PatchFile, PatchSet
 from builder.pipeline import BuildRequest
@@ -357,3 +359,90 @@ def test_sha256_is_the_build_keys_patch_sha256(tmp_path):
 def test_unreadable_patch_is_named(tmp_path):
     with pytest.raises(BuildError, match=r"missing\.patch: cannot read"):
         PatchSet.read([tmp_path / "missing.patch"])
+
+
+# ---------------------------------------------------------------- applying: offset and fuzz
+def _tree(tmp_path: Path) -> PreparedTree:
+    source = tmp_path / "src" / "linux-source-6.1"
+    (source / "fs").mkdir(parents=True)
+    build = tmp_path / "build"
+    build.mkdir()
+    return PreparedTree(kernel=KernelId("6.1.0-56-amd64", "6.1.192-2"), source_dir=source,
+                        build_dir=build)
+
+
+def _offset_case(tmp_path: Path):
+    """A patch written against a file without the kernel's first 3 lines: every hunk
+    applies 3 lines further down than it says (patch says line 100, source has 103)."""
+    kernel = numbered(203)
+    base = kernel[3:]
+    new = list(base)
+    new[99] = "changed"  # base line 100, the kernel's line 103
+    new[100:100] = ["added 1", "added 2"]
+    del new[150]
+    tree = _tree(tmp_path)
+    (tree.source_dir / "fs" / "a.c").write_text(text(kernel))
+    patch = PatchFile.parse(udiff(text(base), text(new), name="fs/a.c"), "offset.patch")
+    assert patch.files[0].hunks[0].old_start == 97  # context from line 97 (100 - 3)
+    return tree, patch, text(kernel)
+
+
+@pytest.mark.skipif(shutil.which("patch") is None, reason="needs GNU patch")
+def test_hunks_applied_at_an_offset_move_the_line_map_with_them(tmp_path):
+    from builder.stages.compile import apply_patch
+
+    tree, patch, original = _offset_case(tmp_path)
+    checked = apply_patch(tree, patch, dry_run=True)
+    assert (tree.source_dir / "fs" / "a.c").read_text() == original
+    applied = apply_patch(tree, patch, dry_run=False)
+    assert checked == applied
+    assert [h.old_start for h in applied.files[0].hunks] == [100, 149]
+    patched = (tree.source_dir / "fs" / "a.c").read_text()
+    truth = true_map(original, patched)
+    lines = PatchSet((applied,)).line_map("fs/a.c")
+    assert {o: lines[o] for o in truth} == truth
+    assert lines[103 + 10] == 103 + 10 + 2
+    # what the patch says alone is wrong where the hunk really is
+    assert (patch.files[0].line_map[101], truth[101]) == (103, 101)
+    assert applied.sha256 == patch.sha256 and applied.data == patch.data
+
+
+@pytest.mark.skipif(shutil.which("patch") is None, reason="needs GNU patch")
+def test_hunks_that_need_fuzz_are_refused_before_anything_is_written(tmp_path):
+    from builder.stages.compile import apply_patch
+
+    tree, patch, original = _offset_case(tmp_path)
+    # the kernel's copy differs in the hunk's last context line: patch would use fuzz 1
+    last_context = patch.files[0].hunks[0].old_lines[-1]
+    fuzzy = original.replace(f"{last_context}\n", f"{last_context} /* differs */\n")
+    (tree.source_dir / "fs" / "a.c").write_text(fuzzy)
+    with pytest.raises(BuildError) as err:
+        apply_patch(tree, patch, dry_run=True)
+    message = str(err.value)
+    assert "offset.patch" in message and "hunk #1 of fs/a.c" in message
+    assert "only with fuzz 1" in message and "rebase the patch" in message
+    assert (tree.source_dir / "fs" / "a.c").read_text() == fuzzy
+
+
+@pytest.mark.skipif(shutil.which("patch") is None, reason="needs GNU patch")
+def test_two_fixes_made_against_the_same_base_compose_after_the_offset(tmp_path):
+    from builder.stages.compile import apply_patch
+
+    base = numbered(200)
+    first, second = list(base), list(base)
+    first[20:20] = ["fix 1a", "fix 1b"]  # the second fix applies 2 lines further down
+    second[120:121] = ["fix 2a", "fix 2b"]
+    tree = _tree(tmp_path)
+    (tree.source_dir / "fs" / "a.c").write_text(text(base))
+    patches = [PatchFile.parse(udiff(text(base), text(new), name="fs/a.c"), f"{n}.patch")
+               for n, new in ((1, first), (2, second))]
+    applied = []
+    for patch in patches:
+        apply_patch(tree, patch, dry_run=True)
+        applied.append(apply_patch(tree, patch, dry_run=False))
+    assert [p.files[0].hunks[0].old_start for p in applied] == [18, 120]
+    truth = true_map(text(base), (tree.source_dir / "fs" / "a.c").read_text())
+    lines = PatchSet(tuple(applied)).line_map("fs/a.c")
+    assert {o: lines[o] for o in truth} == truth
+    unmoved = PatchSet(tuple(patches)).line_map("fs/a.c")  # hunks where they say
+    assert any(unmoved[o] != n for o, n in truth.items())

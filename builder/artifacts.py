@@ -108,6 +108,7 @@ class CompiledUnit:
     original: Path
     patched: Path
     command: str = ""  # kbuild's command line for the patched object (diagnostics)
+    because: str = ""  # "" when the patch changes it, else e.g. "includes fs/proc/internal.h"
 
 
 @dataclass

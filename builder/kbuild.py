@@ -22,8 +22,8 @@ from builder.errors import BuildError
 PROBE = r"""
 include $(objtree)/include/config/auto.conf
 include $(srctree)/scripts/Kbuild.include
-src := $(srctree)/$(obj)
-include $(if $(wildcard $(src)/Kbuild),$(src)/Kbuild,$(src)/Makefile)
+src := $(obj)
+include $(or $(wildcard $(srctree)/$(src)/Kbuild),$(srctree)/$(src)/Makefile)
 $(info KLP obj-y $(obj-y) $(lib-y))
 $(info KLP obj-m $(obj-m))
 klp-parts = $($(1:.o=-y)) $($(1:.o=-objs)) $($(1:.o=-m))

@@ -61,6 +61,11 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     seconds: dict[str, float] = field(default_factory=dict)
 
+    def note(self, text: str) -> None:
+        """A line of progress inside a long stage (e.g. hundreds of units to compile)."""
+        print(f"[{time.monotonic() - self.started:6.1f}s]           {text}", file=self.stream,
+              flush=True)
+
     def stage(self, name: str, detail: str, fn, *args, **kwargs):
         t0 = time.monotonic()
         result = fn(*args, **kwargs)
@@ -111,7 +116,8 @@ def build(request: BuildRequest, progress: Progress | None = None) -> dict:
                               provider.acquire, kernel)
     tree = progress.stage("prepare", "kernel tree", prepare_stage.prepare, packages)
     compiled = progress.stage("compile", ", ".join(patches.sources),
-                              compile_stage.compile_units, tree, patches, work)
+                              compile_stage.compile_units, tree, patches, work,
+                              progress=progress.note)
     diffs = progress.stage("diff", f"{len(compiled.units)} unit(s)", _diff_all, compiled)
     images = progress.stage("verify", "originals against the shipped binaries",
                             _verify_all, packages, compiled, diffs)
@@ -159,11 +165,32 @@ def _diff_all(compiled):
     from builder.stages.diff import diff_unit, require_change
 
     # the patches as applied: line maps follow hunks that patch found at an offset
-    diffs = [diff_unit(ElfObject.read(unit.original), ElfObject.read(unit.patched), unit.source,
-                       unit.target_object, compiled.patches.line_map(unit.source))
-             for unit in compiled.units]
+    patches = compiled.patches
+    headers = [patches.line_map(path) for path in patches.sources if path.endswith(".h")]
+    diffs = []
+    for unit in compiled.units:
+        _refuse_layout_changes(unit)
+        diffs.append(diff_unit(ElfObject.read(unit.original), ElfObject.read(unit.patched),
+                               unit.source, unit.target_object, patches.line_map(unit.source),
+                               headers))
     require_change(diffs)
     return diffs
+
+
+def _refuse_layout_changes(unit) -> None:
+    """Running code and the data the kernel holds keep the old layout of every type."""
+    from builder.layouts import changed_layouts
+
+    changed = changed_layouts(unit.original, unit.patched)
+    if changed:
+        where = f" ({unit.because})" if unit.because else ""
+        raise BuildError(
+            stage="diff", file=unit.source,
+            message=f"the patch changes the layout of {', '.join(changed)}, as {unit.source}"
+                    f"{where} sees it: the running kernel's objects of that type keep the old "
+                    "layout, which the new code would misread",
+            hint="leave existing types as they are: keep new per-object state in a shadow "
+                 "variable (klp_shadow_get_or_alloc) and new global state in new variables")
 
 
 def _generate_all(compiled, diffs, images, exports, layout):

@@ -20,16 +20,21 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from builder.artifacts import CompiledUnit, CompileResult, PreparedTree
 from builder.errors import BuildError
+from builder.includes import IncludeGraph
+from builder.kbuild import Kbuild
 from builder.patchset import PatchFile, PatchSet
 from builder.progress import timed
 
 STAGE = "compile"
-RECIPE = 1  # bump when KCFLAGS or the way originals are built changes
+RECIPE = 2  # bump when KCFLAGS or the way originals are built changes
+BATCH = 16  # objects per make run: both cores busy, progress between runs
+# A header change rebuilds every built file including it; past this many, refuse.
+MAX_UNITS = int(os.environ.get("KLP_MAX_UNITS", "1500"))
 KCFLAGS = "-ffunction-sections -fdata-sections"
 # The kmod/ compat headers (e.g. <linux/livepatch_helpers.h> for kernels before 6.19),
 # searched after the kernel's own include paths so they never shadow a real header.
@@ -42,24 +47,20 @@ _APPLIED_HUNK = re.compile(r"^Hunk #(\d+) succeeded at \d+(?: with fuzz (\d+))?"
 
 
 # ---------------------------------------------------------------- what to compile
-def check_compilable(patches: PatchSet) -> list[str]:
-    """The .c files to compile; refuse what this builder cannot handle, clearly."""
+def check_compilable(patches: PatchSet) -> tuple[list[str], list[str]]:
+    """(.c files, headers) the patches change; refuse what cannot be live-patched, clearly."""
     sources: list[str] = []
+    headers: list[str] = []
     for fp in patches.files:
         path = fp.path
-        if path.endswith(".h"):
-            raise BuildError(
-                stage=STAGE, file=fp.patch,
-                message=f"patch changes {path} (a header): every file including it would "
-                        "have to be rebuilt and compared, which this builder does not do",
-                hint="move the change into the .c files that need it (e.g. a static inline "
-                     "copy), or split the header change out of the live patch")
-        if not path.endswith(".c"):
+        if not path.endswith((".c", ".h")):
             raise BuildError(stage=STAGE, file=fp.patch,
-                             message=f"patch changes {path}: only C sources (.c) can be "
-                                     "live-patched",
+                             message=f"patch changes {path}: only C sources and headers "
+                                     "can be live-patched",
                              hint="Makefiles, Kconfig, assembly and data files cannot change "
                                   "in a running kernel; drop those hunks")
+        if fp.created and path.endswith(".h") and not fp.renamed:
+            continue  # a new header is fine: the files that include it are in the patch
         if fp.created or fp.deleted or fp.renamed:
             what = (f"copies {fp.old} to {path}" if fp.copied else
                     f"creates {path}" if fp.created else
@@ -71,13 +72,63 @@ def check_compilable(patches: PatchSet) -> list[str]:
             raise BuildError(stage=STAGE, file=fp.patch,
                              message=f"patch changes {path} as a binary file",
                              hint="pass a textual unified diff of the C source")
-        if fp.hunks and path not in sources:  # a mode change alone compiles nothing new
-            sources.append(path)
-    if not sources:
+        found = headers if path.endswith(".h") else sources
+        if fp.hunks and path not in found:  # a mode change alone compiles nothing new
+            found.append(path)
+    if not sources and not headers:
         raise BuildError(stage=STAGE, file=", ".join(p.name for p in patches.patches),
-                         message="the patches change no line of any C source",
+                         message="the patches change no line of any C source or header",
                          hint="pass a unified diff that changes the code to live-patch")
-    return sources
+    return sources, headers
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A translation unit to build twice, and why it is in the build."""
+
+    source: str
+    because: str = ""  # "" when the patch changes it, else the changed header it includes
+
+
+def plan_units(tree: PreparedTree, patches: PatchSet, progress=None) -> list[Planned]:
+    """The changed .c files, and every built file that includes a changed header.
+
+    Where a file is built comes from kbuild itself (builder/kbuild.py); which files
+    include a header from the tree's include graph (builder/includes.py), narrowed later
+    to the units whose compiler-recorded dependencies name the header.
+    """
+    sources, headers = check_compilable(patches)
+    kbuild = Kbuild(tree.source_dir, tree.build_dir, tree.make_args)
+    for source in sources:
+        if not (tree.source_dir / source).is_file():
+            raise BuildError(stage=STAGE, file=source,
+                             message=f"{source} does not exist in {tree.source_dir.name} "
+                                     f"{tree.kernel.package_version}",
+                             hint="check the path in the patch header (patch -p1 is used)")
+        placement = kbuild.placement(source)
+        if placement.target is None:
+            symbol = config_guard(tree, source)
+            unset = f"; {symbol} is not set in config-{tree.kernel.release}" if symbol else ""
+            raise BuildError(stage=STAGE, file=source, message=placement.reason + unset,
+                             hint="only code built into the target kernel can be patched")
+    planned = [Planned(source) for source in sources]
+    if not headers:
+        return planned
+    graph = IncludeGraph.load(tree.source_dir, tree.build_dir)
+    for header in headers:
+        users = [c for c in graph.dependents([header])
+                 if c not in sources and (tree.source_dir / c).is_file()]
+        if progress:
+            progress(f"{header}: {len(users)} files include it; asking kbuild which are built")
+        planned += [Planned(c, f"includes {header}") for c in users
+                    if c not in {p.source for p in planned} and kbuild.placement(c).target]
+    if len(planned) > MAX_UNITS:
+        raise BuildError(stage=STAGE, file=", ".join(headers),
+                         message=f"{len(planned)} built files include the changed header(s); "
+                                 f"the builder compares at most {MAX_UNITS}",
+                         hint="move the change out of a header this widely used (e.g. into "
+                              "the .c files that need it), or raise KLP_MAX_UNITS")
+    return planned
 
 
 # ---------------------------------------------------------------- tree safety
@@ -197,27 +248,56 @@ def _guard_in(tree: PreparedTree, directory: Path, entry: str) -> str | None:
     return None
 
 
-def build_object(tree: PreparedTree, source: str, extra_cflags: str = "") -> tuple[Path, str]:
-    """Build one object with kbuild's single-object target; return (object, command)."""
-    obj = object_of(source)
-    built = tree.build_dir / obj
-    built.unlink(missing_ok=True)  # mtimes are restored after patching: never trust them
+def build_objects(tree: PreparedTree, sources: list[str], extra_cflags: str = "",
+                  progress=None, label: str = "") -> dict[str, tuple[Path, str]]:
+    """Build objects with kbuild's single-object targets, a batch per make run (all cores).
+
+    Returns source -> (object, kbuild's command line).
+    """
+    built: dict[str, tuple[Path, str]] = {}
     kcflags = f"{KCFLAGS} {extra_cflags}".strip()
-    cmd = tree.make_args + [obj, f"KCFLAGS={kcflags}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0 or not built.is_file():
-        # Paths relative to the source tree read like the user's own patch.
-        output = (proc.stderr + proc.stdout).strip().replace(f"{tree.source_dir}/", "")
-        if proc.returncode == 0:
-            raise BuildError(stage=STAGE, file=source,
-                             message="kbuild built nothing for it: this configuration does "
-                                     f"not build {source} (its directory is not enabled)",
-                             hint="check the kernel config of the target; only code that "
-                                  "is built into the running kernel can be patched")
+    for start in range(0, len(sources), BATCH):
+        batch = sources[start:start + BATCH]
+        objects = [object_of(s) for s in batch]
+        for obj in objects:  # mtimes are restored after patching: never trust them
+            (tree.build_dir / obj).unlink(missing_ok=True)
+        proc = subprocess.run(tree.make_args + ["-k", *objects, f"KCFLAGS={kcflags}"],
+                              capture_output=True, text=True, check=False)
+        for source, obj in zip(batch, objects, strict=True):
+            path = tree.build_dir / obj
+            if not path.is_file():
+                _compile_failed(tree, source, obj, proc)
+            built[source] = (path, kbuild_command(tree, obj))
+        if progress and len(sources) > 1:
+            progress(f"{label}{len(built)}/{len(sources)} compiled (last: {batch[-1]})")
+    return built
+
+
+def _compile_failed(tree: PreparedTree, source: str, obj: str, proc) -> None:
+    # Paths relative to the source tree read like the user's own patch.
+    output = (proc.stderr + proc.stdout).strip().replace(f"{tree.source_dir}/", "")
+    if proc.returncode == 0:
         raise BuildError(stage=STAGE, file=source,
-                         message=f"compiling {obj} failed:\n{output[-2500:]}",
-                         hint="fix the patch so the file compiles against this kernel")
-    return built, kbuild_command(tree, obj)
+                         message="kbuild built nothing for it: this configuration does "
+                                 f"not build {source} (its directory is not enabled)",
+                         hint="check the kernel config of the target; only code that "
+                              "is built into the running kernel can be patched")
+    mine = [line for line in output.splitlines() if source in line or obj in line]
+    raise BuildError(stage=STAGE, file=source,
+                     message=f"compiling {obj} failed:\n"
+                             + ("\n".join(mine[-30:]) if mine else output[-2500:]),
+                     hint="fix the patch so the file compiles against this kernel")
+
+
+def dependencies(tree: PreparedTree, obj: str) -> list[str]:
+    """The headers kbuild recorded for an object (its .cmd file), relative to the tree."""
+    cmd_file = tree.build_dir / Path(obj).parent / f".{Path(obj).name}.cmd"
+    found = []
+    for line in cmd_file.read_text(errors="replace").splitlines() if cmd_file.is_file() else []:
+        item = line.strip().rstrip("\\").strip()
+        if item.endswith(".h") and not item.startswith("$("):
+            found.append(item.removeprefix(f"{tree.source_dir}/"))
+    return found
 
 
 def kbuild_command(tree: PreparedTree, obj: str) -> str:
@@ -245,20 +325,43 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def original_object(tree: PreparedTree, source: str) -> tuple[Path, str]:
-    """The pristine object, cached by the source's content (warm runs skip kbuild)."""
-    key = hashlib.sha256(f"{RECIPE}:{KCFLAGS}:{_sha256(tree.source_dir / source)}"
-                         .encode()).hexdigest()[:24]
-    cached = tree.build_dir / ".klp-orig" / key / object_of(source)
-    cmd_cached = cached.with_name(cached.name + ".cmdline")
-    if cached.is_file() and cmd_cached.is_file():
-        return cached, cmd_cached.read_text()
-    built, command = build_object(tree, source)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(built, cached.with_suffix(".tmp"))
-    cmd_cached.write_text(command)
-    cached.with_suffix(".tmp").replace(cached)
-    return cached, command
+@dataclass(frozen=True)
+class Original:
+    path: Path
+    command: str
+    headers: tuple[str, ...]  # what the compiler read, as kbuild recorded it
+
+
+def original_objects(tree: PreparedTree, sources: list[str], progress=None
+                     ) -> dict[str, Original]:
+    """Pristine objects, cached by the source's content (warm runs skip kbuild).
+
+    The tree is pristine here (the caller holds the lock and has restored it), so a
+    source's content and the kernel's headers decide the object.
+    """
+    cache = {s: tree.build_dir / ".klp-orig" / _cache_key(tree, s) / object_of(s)
+             for s in sources}
+    missing = [s for s in sources if not (cache[s].is_file() and
+                                          cache[s].with_suffix(".json").is_file())]
+    fresh = build_objects(tree, missing, progress=progress, label="originals: ")
+    for source in missing:
+        path, command = fresh[source]
+        target = cache[source]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target.with_suffix(".tmp"))
+        target.with_suffix(".json").write_text(json.dumps({
+            "command": command, "headers": dependencies(tree, object_of(source))}))
+        target.with_suffix(".tmp").replace(target)
+    result = {}
+    for source in sources:
+        meta = json.loads(cache[source].with_suffix(".json").read_text())
+        result[source] = Original(cache[source], meta["command"], tuple(meta["headers"]))
+    return result
+
+
+def _cache_key(tree: PreparedTree, source: str) -> str:
+    return hashlib.sha256(f"{RECIPE}:{KCFLAGS}:{_sha256(tree.source_dir / source)}"
+                          .encode()).hexdigest()[:24]
 
 
 def _copy_out(obj: Path, dest: Path) -> Path:
@@ -345,7 +448,7 @@ def _check_landed(tree: PreparedTree, patch: PatchFile) -> None:
 
 # ---------------------------------------------------------------- the stage
 def compile_units(tree: PreparedTree, patches: PatchSet, work: Path,
-                  compat_include: Path | None = COMPAT_INCLUDE) -> CompileResult:
+                  compat_include: Path | None = COMPAT_INCLUDE, progress=None) -> CompileResult:
     """Build originals and patched objects into work/orig and work/patched.
 
     The result's `patches` are the patches as they applied (hunks where patch found
@@ -353,29 +456,21 @@ def compile_units(tree: PreparedTree, patches: PatchSet, work: Path,
     """
     t0 = time.monotonic()
     timings: dict[str, float] = {}
-    sources = check_compilable(patches)
-    for source in sources:
-        if not (tree.source_dir / source).is_file():
-            raise BuildError(stage=STAGE, file=source,
-                             message=f"{source} does not exist in {tree.source_dir.name} "
-                                     f"{tree.kernel.package_version}",
-                             hint="check the path in the patch header (patch -p1 is used)")
-        symbol = config_guard(tree, source)
-        if symbol:
-            raise BuildError(stage=STAGE, file=source,
-                             message=f"{source} is not built in this kernel's configuration "
-                                     f"({symbol} is not set in config-{tree.kernel.release})",
-                             hint="only code built into the target kernel can be patched")
+    with timed(timings, "plan"):
+        planned = plan_units(tree, patches, progress)
     extra = f"-idirafter {compat_include}" if compat_include and compat_include.is_dir() else ""
     units: list[CompiledUnit] = []
     applied: list[PatchFile] = []
+    built: list[str] = []
     with locked(tree):
         with timed(timings, "restore"):
             restore_files(tree)  # a previous run was interrupted: start from pristine
-        originals = {}
         with timed(timings, "original"):
-            for source in sources:
-                originals[source] = original_object(tree, source)
+            originals = original_objects(tree, [p.source for p in planned], progress)
+        # A file the include graph named but whose compiler never read the header is out.
+        changed = set(patches.sources)
+        planned = [p for p in planned if not p.because or changed & set(
+            originals[p.source].headers)]
         save_files(tree, list(patches.sources))  # every file patch may write, not only .c
         try:
             with timed(timings, "apply"):
@@ -383,22 +478,25 @@ def compile_units(tree: PreparedTree, patches: PatchSet, work: Path,
                     apply_patch(tree, patch, dry_run=True)  # is written if a hunk fails
                     applied.append(apply_patch(tree, patch, dry_run=False))
             with timed(timings, "patched"):
-                for source in sources:
-                    obj = object_of(source)
-                    built, command = build_object(tree, source, extra)
-                    orig_path, orig_command = originals[source]
-                    units.append(CompiledUnit(
-                        source=source, object_name=obj,
-                        target_object=target_object(orig_command),
-                        original=_copy_out(orig_path, work / "orig" / obj),
-                        patched=_copy_out(built, work / "patched" / obj), command=command))
+                built = [p.source for p in planned]
+                patched = build_objects(tree, built, extra, progress, label="patched: ")
+            for plan in planned:
+                obj = object_of(plan.source)
+                original = originals[plan.source]
+                path, command = patched[plan.source]
+                units.append(CompiledUnit(
+                    source=plan.source, object_name=obj,
+                    target_object=target_object(original.command),
+                    original=_copy_out(original.path, work / "orig" / obj),
+                    patched=_copy_out(path, work / "patched" / obj), command=command,
+                    because=plan.because))
         finally:
             restore_files(tree)
-            for source in sources:  # the tree's .o must not outlive the patched source
+            for source in built:  # the tree's .o must not outlive the patched source
                 (tree.build_dir / object_of(source)).unlink(missing_ok=True)
     return CompileResult(units=units, seconds=round(time.monotonic() - t0, 3), timings=timings,
                          patches=replace(patches, patches=tuple(applied)))
 
 
-__all__ = ["compile_units", "apply_patch", "check_compilable", "target_object", "config_guard",
-           "restore_files"]
+__all__ = ["compile_units", "apply_patch", "check_compilable", "plan_units", "target_object",
+           "config_guard", "restore_files", "build_objects", "original_objects"]

@@ -9,6 +9,7 @@ declares. Refuses what a live patch cannot do, saying what to do instead.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from builder.elf import (
@@ -144,8 +145,11 @@ def _masked(data: bytes, start: int, relocs: list[Reloc]) -> bytes:
     return bytes(out)
 
 
-def _only_line_numbers(old: bytes, new: bytes, lines: LineMap) -> bool:
-    """True if every difference is a 32-bit immediate holding a __LINE__ the patch moved."""
+def _only_line_numbers(old: bytes, new: bytes, lines: Sequence[LineMap]) -> bool:
+    """True if every difference is a 32-bit immediate holding a __LINE__ the patch moved.
+
+    `lines`: the unit's own line map, then those of the changed headers it includes.
+    """
     i = 0
     while i < len(old):
         if old[i] == new[i]:
@@ -157,7 +161,7 @@ def _only_line_numbers(old: bytes, new: bytes, lines: LineMap) -> bool:
                 break
             a = int.from_bytes(old[start:start + 4], "little")
             b = int.from_bytes(new[start:start + 4], "little")
-            if 0 < a < 1_000_000 and a != b and lines[a] == b:
+            if 0 < a < 1_000_000 and a != b and any(m[a] == b for m in lines):
                 i = start + 4
                 explained = True
                 break
@@ -209,8 +213,10 @@ def _section_kind(sec: Section) -> str:
 
 
 def diff_unit(orig_obj: ElfObject, patched_obj: ElfObject, source: str, target_object: str,
-              lines: LineMap) -> UnitDiff:
-    """Compare one unit; `lines` is its source's old→new line map (PatchSet.line_map)."""
+              lines: LineMap, header_lines: Sequence[LineMap] = ()) -> UnitDiff:
+    """Compare one unit; `lines` is its source's old→new line map (PatchSet.line_map),
+    `header_lines` those of the changed headers (a moved WARN_ON in a header moves a
+    __LINE__ in every file that includes it)."""
     orig, patched = _Side(orig_obj), _Side(patched_obj)
     rename = correlate(orig, patched)
     identity = {n: n for n in list(orig.functions) + list(orig.objects)}
@@ -230,7 +236,8 @@ def diff_unit(orig_obj: ElfObject, patched_obj: ElfObject, source: str, target_o
                 result.new_functions.append(name)
             continue
         osym = orig.functions[oname]
-        reason = _function_difference(orig, osym, patched, psym, rename, identity, lines)
+        reason = _function_difference(orig, osym, patched, psym, rename, identity,
+                                      (lines, *header_lines))
         if reason is None:
             continue
         if kind == "init":
@@ -314,7 +321,7 @@ def _cold_parent(name: str) -> str | None:
 
 def _function_difference(orig: _Side, osym: Symbol, patched: _Side, psym: Symbol,
                          rename: dict[str, str], identity: dict[str, str],
-                         lines: LineMap) -> str | None:
+                         lines: Sequence[LineMap]) -> str | None:
     if osym.size != psym.size:
         return f"size {osym.size} → {psym.size} bytes"
     orelocs, prelocs = orig.relocs_in(osym), patched.relocs_in(psym)

@@ -33,6 +33,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--sign-cert", type=Path, metavar="CERT")
     b.add_argument("--consistency", choices=("default", "freeze"), default="default",
                    help="freeze: the module freezes user space around the transition")
+    b.add_argument("--skip-init-changes", action="store_true",
+                   help="leave changed __init code out (it already ran) instead of refusing; "
+                        "recorded in the manifest")
     b.add_argument("--if-changed", action="store_true",
                    help="do nothing when DIR already holds this exact build (same key)")
     b.add_argument("--check", action="store_true",
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                            patches=args.patch, name=args.name, output=args.output,
                            replace=not args.no_replace, sign_key=args.sign_key,
                            sign_cert=args.sign_cert, work=args.work,
-                           consistency=args.consistency)
+                           consistency=args.consistency,
+                           skip_init_changes=args.skip_init_changes)
     module = args.output / f"{args.name}.ko"
     try:
         if args.if_changed or args.check:

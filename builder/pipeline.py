@@ -40,6 +40,7 @@ class BuildRequest:
     work: Path | None = None
     distribution: str = "debian-12"
     consistency: str = "default"
+    skip_init_changes: bool = False  # leave changed __init code out instead of refusing
 
     def patch_sha256(self) -> str:
         digest = hashlib.sha256()
@@ -52,7 +53,8 @@ class BuildRequest:
         return {"kernel": self.kernel, "package_version": self.package_version,
                 "patch_sha256": self.patch_sha256(), "builder_version": __version__,
                 "replace": self.replace, "signed": bool(self.sign_key),
-                "consistency": self.consistency, "name": self.name}
+                "consistency": self.consistency, "name": self.name,
+                **({"skip_init_changes": True} if self.skip_init_changes else {})}
 
 
 @dataclass
@@ -118,7 +120,8 @@ def build(request: BuildRequest, progress: Progress | None = None) -> dict:
     compiled = progress.stage("compile", ", ".join(patches.sources),
                               compile_stage.compile_units, tree, patches, work,
                               progress=progress.note)
-    diffs = progress.stage("diff", f"{len(compiled.units)} unit(s)", _diff_all, compiled)
+    diffs = progress.stage("diff", f"{len(compiled.units)} unit(s)", _diff_all, compiled,
+                           request.skip_init_changes)
     images = progress.stage("verify", "originals against the shipped binaries",
                             _verify_all, packages, compiled, diffs)
     exports = Exports.load(packages.module_symvers)
@@ -161,7 +164,7 @@ def _verify_all(packages, compiled, diffs) -> dict:
     return images
 
 
-def _diff_all(compiled):
+def _diff_all(compiled, skip_init: bool = False):
     from builder.stages.diff import diff_unit, require_change
 
     # the patches as applied: line maps follow hunks that patch found at an offset
@@ -172,7 +175,7 @@ def _diff_all(compiled):
         _refuse_layout_changes(unit)
         diffs.append(diff_unit(ElfObject.read(unit.original), ElfObject.read(unit.patched),
                                unit.source, unit.target_object, patches.line_map(unit.source),
-                               headers))
+                               headers, skip_init))
     require_change(diffs)
     return diffs
 
@@ -270,6 +273,7 @@ def _manifest(request, kernel, diffs, units, linked, ko: Path, seconds, images,
         "module_sha256": sha256_file(ko),
         "stage_seconds": dict(seconds),
         "consistency": request.consistency,
+        "skipped_init": sorted({f"{d.target_object}:{c}" for d in diffs for c in d.skipped_init}),
         "notes": [note for unit in units for note in unit.notes],
     }
 

@@ -69,6 +69,7 @@ class UnitDiff:
     callbacks: dict[str, str] = field(default_factory=dict)  # kind → patched symbol name
     # New global functions and data: other units of the same patch may use them.
     provides: list[str] = field(default_factory=list)
+    skipped_init: list[str] = field(default_factory=list)  # "fn in .init.text", left out
     # patched symbol name → original name, for every correlated symbol
     correlation: dict[str, str] = field(default_factory=dict)
 
@@ -213,10 +214,12 @@ def _section_kind(sec: Section) -> str:
 
 
 def diff_unit(orig_obj: ElfObject, patched_obj: ElfObject, source: str, target_object: str,
-              lines: LineMap, header_lines: Sequence[LineMap] = ()) -> UnitDiff:
+              lines: LineMap, header_lines: Sequence[LineMap] = (),
+              skip_init: bool = False) -> UnitDiff:
     """Compare one unit; `lines` is its source's old→new line map (PatchSet.line_map),
     `header_lines` those of the changed headers (a moved WARN_ON in a header moves a
-    __LINE__ in every file that includes it)."""
+    __LINE__ in every file that includes it). With `skip_init`, changed __init code is
+    left out (recorded in `skipped_init`) instead of refused."""
     orig, patched = _Side(orig_obj), _Side(patched_obj)
     rename = correlate(orig, patched)
     identity = {n: n for n in list(orig.functions) + list(orig.objects)}
@@ -226,6 +229,7 @@ def diff_unit(orig_obj: ElfObject, patched_obj: ElfObject, source: str, target_o
     callback_functions = set(result.callbacks.values())
 
     changed_parents: dict[str, str] = {}
+    init_changes: list[str] = []
     for name, psym in patched.functions.items():
         kind = _section_kind(psym.section)
         oname = rename.get(name)
@@ -241,12 +245,8 @@ def diff_unit(orig_obj: ElfObject, patched_obj: ElfObject, source: str, target_o
         if reason is None:
             continue
         if kind == "init":
-            raise BuildError(
-                stage="diff", file=source, function=oname,
-                message=f"the patch changes __init code ({oname} in {psym.section.name}): "
-                        "init code ran once at boot and has been freed",
-                hint="do the one-time work in a KLP_POST_PATCH_CALLBACK instead, or reboot "
-                     "into a fixed kernel")
+            init_changes.append(f"{oname} in {psym.section.name}")
+            continue
         if kind == "noinstr":
             raise BuildError(
                 stage="diff", file=source, function=oname,
@@ -264,6 +264,7 @@ def diff_unit(orig_obj: ElfObject, patched_obj: ElfObject, source: str, target_o
             result.changed.append(ChangedFunction(name=parent, patched_name=pparent,
                                                   reason="its .cold part changed"))
 
+    _check_init(init_changes, result, skip_init)
     _check_data(orig, patched, rename, identity, result, source)
     _check_traceable(orig, result)
 
@@ -290,6 +291,30 @@ def require_change(diffs: list[UnitDiff]) -> None:
         message=f"no functional change in {sources}: the patch makes {what}",
         hint="check that the patch changes code compiled in this kernel's configuration "
              "(comments, whitespace and unused code produce no live patch)")
+
+
+def _check_init(init_changes: list[str], result: UnitDiff, skip_init: bool) -> None:
+    """Init code ran once (at boot, or when its module loaded) and has been freed.
+
+    Refused by default: the fix's init-time part would silently not happen. A fix whose
+    runtime part stands on its own may leave it out, explicitly (--skip-init-changes);
+    the manifest records what was left out.
+    """
+    if not init_changes:
+        return
+    if skip_init:
+        result.skipped_init = init_changes
+        return
+    runtime = ", ".join(c.name for c in result.changed)
+    alone = (f"; its runtime part ({runtime}) could be live-patched alone with "
+             "--skip-init-changes, if it does not rely on what the new init code would set "
+             "up") if runtime else ""
+    raise BuildError(
+        stage="diff", file=result.source, function=init_changes[0].split(" ", 1)[0],
+        message=f"the patch changes __init code ({', '.join(init_changes)}): init code ran "
+                f"once, at boot or when its module loaded, and has been freed{alone}",
+        hint="do the one-time work in a KLP_POST_PATCH_CALLBACK instead, or reboot into a "
+             "fixed kernel")
 
 
 def ftrace_sites(obj: ElfObject) -> set[tuple[int, int]]:

@@ -172,6 +172,23 @@ def test_changed_init_code_is_refused_naming_the_function(tmp_path):
         run_diff(tmp_path, BASE.replace('"setup\\n"', '"setup!\\n"'))
 
 
+def test_init_and_runtime_changes_name_both_parts_and_the_way_out(tmp_path):
+    new = BASE.replace('"setup\\n"', '"setup!\\n"').replace("x * 3", "x * 5")
+    with pytest.raises(BuildError) as err:
+        run_diff(tmp_path, new)
+    text = str(err.value)
+    assert "__init code (setup in .init.text)" in text
+    assert "runtime part (helper) could be live-patched alone with --skip-init-changes" in text
+
+
+def test_skip_init_changes_leaves_init_out_and_records_it(tmp_path):
+    new = BASE.replace('"setup\\n"', '"setup!\\n"').replace("x * 3", "x * 5")
+    orig, patched = build(tmp_path, "orig", BASE), build(tmp_path, "patched", new)
+    diff = diff_unit(orig, patched, "f.c", "vmlinux", line_map(BASE, new), skip_init=True)
+    assert changed_names(diff) == ["helper"]
+    assert diff.skipped_init == ["setup in .init.text"]
+
+
 def test_changed_initial_value_of_existing_data_is_refused(tmp_path):
     with pytest.raises(BuildError, match="limit") as err:
         run_diff(tmp_path, BASE.replace("limit = 45", "limit = 30"))

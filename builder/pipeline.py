@@ -139,7 +139,7 @@ def build(request: BuildRequest, progress: Progress | None = None) -> dict:
     try:
         shutil.copy(linked.path, tmp_ko)
         manifest = _manifest(request, kernel, diffs, units, linked, tmp_ko, progress.seconds,
-                             images, patches)
+                             images, patches, compiled)
         tmp_json = request.output / f".{request.name}.json.tmp"
         tmp_json.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         tmp_ko.replace(ko_out)
@@ -242,7 +242,7 @@ def _sign(request: BuildRequest, packages, linked) -> None:
 
 
 def _manifest(request, kernel, diffs, units, linked, ko: Path, seconds, images,
-              patches: PatchSet) -> dict:
+              patches: PatchSet, compiled) -> dict:
     objects: dict[str, list[dict]] = {}
     for unit in units:
         for fn in unit.functions:
@@ -275,6 +275,10 @@ def _manifest(request, kernel, diffs, units, linked, ko: Path, seconds, images,
         "consistency": request.consistency,
         "skipped_init": sorted({f"{d.target_object}:{c}" for d in diffs for c in d.skipped_init}),
         "notes": [note for unit in units for note in unit.notes],
+        # files compiled twice and compared: those the patch changes, and those that
+        # include a changed header
+        "compiled_units": {"changed": sum(1 for u in compiled.units if not u.because),
+                           "through_headers": sum(1 for u in compiled.units if u.because)},
     }
 
 

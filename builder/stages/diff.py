@@ -16,6 +16,7 @@ from builder.elf import (
     PC_RELATIVE,
     SHF_ALLOC,
     SHF_EXECINSTR,
+    SHF_MERGE,
     SHF_STRINGS,
     SHF_WRITE,
     SHT_NOBITS,
@@ -135,6 +136,13 @@ def reference_key(side: _Side, site: Section, rel: Reloc, rename: dict[str, str]
                     target - inner.value, bias)
         data = b"" if sec.type == SHT_NOBITS else sec.data[target:target + 16]
         return (rel.type, "anonymous", canonical(sec.name), data, bias)
+    if sym.section is not None and sym.section.flags & SHF_MERGE:
+        # a compiler label in merged strings or constants (.LC3, .rodata.cst2): numbered
+        # by order, meant by content
+        sec, at = sym.section, sym.value + target
+        content = cstring(sec.data, at) if sec.flags & SHF_STRINGS else \
+            sec.data[at:at + max(sec.entsize, 1)]
+        return (rel.type, "constant", content, bias)
     return (rel.type, "symbol", rename.get(sym.name, sym.name), rel.addend)
 
 

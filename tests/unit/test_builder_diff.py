@@ -10,11 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from builder.elf import SHN_UNDEF, ElfObject
+from builder.elf import (
+    R_X86_64_PC32,
+    SHF_ALLOC,
+    SHF_EXECINSTR,
+    SHF_MERGE,
+    SHN_UNDEF,
+    ElfObject,
+    Reloc,
+    Section,
+    Symbol,
+)
 from builder.errors import BuildError
 from builder.layout import Layout
 from builder.patchset import LineMap, PatchFile
-from builder.stages.diff import canonical, diff_unit, require_change
+from builder.stages.diff import _Side, canonical, diff_unit, reference_key, require_change
 from builder.stages.generate import generate_unit
 from builder.stages.link import patch_table
 
@@ -337,3 +347,24 @@ def test_a_patch_of_callbacks_only_is_accepted_and_wired_to_its_object(tmp_path)
                          layout=LAYOUT_6_1)
     table = patch_table([unit], replace=True, description="test")
     assert '.name = "demo_mod", .funcs = klp_funcs_0, .callbacks = { .post_patch = ' in table
+
+
+def _label_object(label: str, constants: bytes, value: int) -> tuple:
+    """An object whose code refers, PC-relative, to a label in merged 2-byte constants."""
+    text = Section(name=".text.f", flags=SHF_ALLOC | SHF_EXECINSTR,
+                   data=bytes.fromhex("488d0500000000c3"))  # lea LABEL(%rip),%rax; ret
+    cst = Section(name=".rodata.cst2", flags=SHF_ALLOC | SHF_MERGE, entsize=2, data=constants)
+    sym = Symbol(name=label, value=value, section=cst)
+    text.relocs = [Reloc(3, R_X86_64_PC32, sym, -4)]
+    return _Side(ElfObject(sections=[text, cst], symbols=[sym])), text
+
+
+def test_renumbered_constant_labels_are_meant_by_content():
+    # GCC numbers the labels of merged constants by order (.LC6 becomes .LC3 when the
+    # patch adds or drops constants elsewhere): the reference is to the value.
+    orig, otext = _label_object(".LC6", b"\x0a\x00\x0b\x00", 2)
+    same, stext = _label_object(".LC3", b"\x0b\x00", 0)
+    other, xtext = _label_object(".LC3", b"\x0c\x00", 0)
+    key = reference_key(orig, otext, otext.relocs[0], {})
+    assert reference_key(same, stext, stext.relocs[0], {}) == key
+    assert reference_key(other, xtext, xtext.relocs[0], {}) != key

@@ -77,8 +77,10 @@ class Kbuild:
         probe = self.build_dir / ".klp-kbuild-probe.mk"
         if not probe.is_file() or probe.read_text() != PROBE:
             probe.write_text(PROBE)
-        argv = ["make", "-s", "--no-print-directory", "-f", str(probe), "-C",
-                str(self.build_dir), f"srctree={self.source_dir}", "objtree=.",
+        # --include-dir: kbuild's own for out-of-tree builds (`include $(src)/x/Makefile`)
+        argv = ["make", "-s", "--no-print-directory", f"--include-dir={self.source_dir}",
+                "-f", str(probe), "-C", str(self.build_dir), f"srctree={self.source_dir}",
+                "objtree=.",
                 f"obj={path or '.'}", "SRCARCH=x86", "ARCH=x86", "BITS=64", *self.arch_lists(),
                 *self.make_args, "klp-probe"]
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)

@@ -302,8 +302,10 @@ class _Generator:
             if len(same_code) == 1:
                 return same_code[0] + 1
             candidates = same_code or candidates  # none alike: runtime-patched sites differ
+        # Place tells only for this file's own symbols; a name defined elsewhere is not ours
+        # to guess.
         nearest = self._nearest_to_neighbours(name, [addresses[i] for i in candidates],
-                                              orig_sym)
+                                              orig_sym) if orig_sym is not None else None
         if nearest is not None:
             return candidates[nearest] + 1
         tried = f"{len(candidates)} candidates have its code, and no symbol of this file " \
@@ -315,12 +317,11 @@ class _Generator:
             hint="patch a caller with a unique name instead")
 
     def _nearest_to_neighbours(self, name: str, addresses: list[int],
-                               orig_sym: Symbol | None) -> int | None:
+                               orig_sym: Symbol) -> int | None:
         """Index of the one address clearly nearest this file's uniquely named symbols."""
         if not addresses:
             return None
-        same_kind = self.orig.functions if orig_sym is None or orig_sym.type == STT_FUNC \
-            else self.orig.objects
+        same_kind = self.orig.functions if orig_sym.type == STT_FUNC else self.orig.objects
         anchors = []
         for other in same_kind:
             found = self.symbols.addresses(other) if other != name else []

@@ -122,12 +122,12 @@ def build(request: BuildRequest, progress: Progress | None = None) -> dict:
                               progress=progress.note)
     diffs = progress.stage("diff", f"{len(compiled.units)} unit(s)", _diff_all, compiled,
                            request.skip_init_changes)
-    images = progress.stage("verify", "originals against the shipped binaries",
-                            _verify_all, packages, compiled, diffs)
+    images, verified = progress.stage("verify", "originals against the shipped binaries",
+                                      _verify_all, packages, compiled, diffs)
     exports = Exports.load(packages.module_symvers)
     layout = probe_layout(packages)
     units = progress.stage("generate", "patch objects", _generate_all, compiled, diffs,
-                           images, exports, layout)
+                           images, verified, exports, layout)
     linked = progress.stage("link", f"{request.name}.ko", _link, request, packages, units, work,
                             exports)
     progress.stage("check", "the module against what the kernel does at load", _check,
@@ -155,13 +155,16 @@ def probe_layout(packages):
     return probe(packages.headers_dir, kernel_dir(cache_dir(), packages.kernel) / "layout.json")
 
 
-def _verify_all(packages, compiled, diffs) -> dict:
-    """Prove every replaced function's rebuilt original equals the shipped one."""
+def _verify_all(packages, compiled, diffs):
+    """Prove every replaced function's rebuilt original equals the shipped one.
+
+    Returns the images and, per source, the verified functions (their sympos is found
+    here, where the shipped copy is identified, and generate uses it as is).
+    """
     from builder.stages.verify import verify_units
 
     functions = {d.source: [c.name for c in d.changed] for d in diffs}
-    images, _verified = verify_units(packages, compiled.units, functions)
-    return images
+    return verify_units(packages, compiled.units, functions)
 
 
 def _diff_all(compiled, skip_init: bool = False):
@@ -196,7 +199,7 @@ def _refuse_layout_changes(unit) -> None:
                  "variable (klp_shadow_get_or_alloc) and new global state in new variables")
 
 
-def _generate_all(compiled, diffs, images, exports, layout):
+def _generate_all(compiled, diffs, images, verified, exports, layout):
     from builder.stages.generate import generate_unit
 
     provided = frozenset(name for diff in diffs for name in diff.provides)
@@ -207,7 +210,8 @@ def _generate_all(compiled, diffs, images, exports, layout):
         units.append(generate_unit(diff, ElfObject.read(unit.original),
                                    ElfObject.read(unit.patched), images[unit.target_object],
                                    exports, prefix=f"u{index}", layout=layout,
-                                   provided=provided))
+                                   provided=provided,
+                                   sympos={v.name: v.sympos for v in verified[unit.source]}))
     return units
 
 

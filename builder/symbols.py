@@ -450,3 +450,28 @@ class Exports:
 __all__ = ["VmlinuxImage", "ModuleImage", "Exports", "Export", "KSymbol", "MSymbol",
            "extract_vmlinux", "ensure_vmlinux", "read_kallsyms", "find_module", "reloc_size",
            "elf_build_id"]
+
+
+# How far from the other symbols of its file a duplicate-named symbol may lie and still
+# be recognised as that file's (large translation units span a few hundred KiB).
+NEIGHBOUR_REACH = 4 << 20
+
+
+def nearest_to_neighbours(image, candidates: list[int], neighbours) -> int | None:
+    """Index of the one candidate address clearly nearest a file's other symbols.
+
+    The linker keeps one object's functions (and its data) together, so of several
+    same-named symbols the file's own is the one next to the file's uniquely named
+    symbols (`neighbours`: names of the same kind from the same object). None when
+    that is not clear: no anchor, too far, or another candidate nearly as near.
+    """
+    anchors = [found[0] for found in (image.addresses(n) for n in neighbours)
+               if len(found) == 1]
+    if not candidates or not anchors:
+        return None
+    distance = [min(abs(a - anchor) for anchor in anchors) for a in candidates]
+    best = min(range(len(candidates)), key=distance.__getitem__)
+    others = [d for i, d in enumerate(distance) if i != best]
+    if distance[best] <= NEIGHBOUR_REACH and all(d > 2 * distance[best] for d in others):
+        return best
+    return None

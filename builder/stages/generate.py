@@ -36,12 +36,10 @@ from builder.elf import (
 from builder.errors import BuildError
 from builder.layout import Layout
 from builder.stages.diff import UnitDiff, _cold_parent, _masked, _Side, canonical
+from builder.symbols import nearest_to_neighbours
 
 ORC_DATA = ".orc_unwind"
 KLP_SYM_PREFIX = ".klp.sym."
-# How far from the other symbols of its file a duplicate-named symbol may lie and still
-# be recognised as that file's (large translation units span a few hundred KiB).
-NEIGHBOUR_REACH = 4 << 20
 # Static keys whose sites may stay off while a patch is live: tracing and debug output.
 INERT_KEYS = ("__tracepoint_", "__UNIQUE_ID_ddebug")
 NOP5, NOP2 = bytes.fromhex("0f1f440000"), bytes.fromhex("6690")
@@ -95,7 +93,8 @@ class GeneratedUnit:
 class _Generator:
     def __init__(self, diff: UnitDiff, orig: ElfObject, patched: ElfObject,
                  symbols: SymbolSource, exports: Exports, prefix: str, layout: Layout,
-                 provided: frozenset[str] = frozenset()) -> None:
+                 provided: frozenset[str] = frozenset(),
+                 sympos: dict[str, int] | None = None) -> None:
         self.diff = diff
         self.provided = provided  # new globals some unit of this patch defines
         # Special sections: entry size, and where the relocation naming the entry's
@@ -113,7 +112,9 @@ class _Generator:
         self.symbol_map: dict[int, Symbol] = {}  # id(patched symbol) → output symbol
         self.klp: dict[str, Symbol] = {}
         self.undefined: dict[str, Symbol] = {}
-        self.sympos_cache: dict[str, int] = {}
+        # Positions the verify stage already proved (the changed functions' shipped copies).
+        self.sympos_cache: dict[str, int] = {f"{diff.target_object}:{name}": pos
+                                             for name, pos in (sympos or {}).items()}
         self.pside = _Side(patched)
         self.notes: list[str] = []
 
@@ -304,8 +305,10 @@ class _Generator:
             candidates = same_code or candidates  # none alike: runtime-patched sites differ
         # Place tells only for this file's own symbols; a name defined elsewhere is not ours
         # to guess.
-        nearest = self._nearest_to_neighbours(name, [addresses[i] for i in candidates],
-                                              orig_sym) if orig_sym is not None else None
+        same_kind = {} if orig_sym is None else \
+            self.orig.functions if orig_sym.type == STT_FUNC else self.orig.objects
+        nearest = nearest_to_neighbours(self.symbols, [addresses[i] for i in candidates],
+                                        [n for n in same_kind if n != name])
         if nearest is not None:
             return candidates[nearest] + 1
         tried = f"{len(candidates)} candidates have its code, and no symbol of this file " \
@@ -315,27 +318,6 @@ class _Generator:
             message=f"'{name}' exists {len(addresses)} times in {self.objname} and the builder "
                     f"cannot tell which one belongs to this file: {tried}",
             hint="patch a caller with a unique name instead")
-
-    def _nearest_to_neighbours(self, name: str, addresses: list[int],
-                               orig_sym: Symbol) -> int | None:
-        """Index of the one address clearly nearest this file's uniquely named symbols."""
-        if not addresses:
-            return None
-        same_kind = self.orig.functions if orig_sym.type == STT_FUNC else self.orig.objects
-        anchors = []
-        for other in same_kind:
-            found = self.symbols.addresses(other) if other != name else []
-            if len(found) == 1:
-                anchors.append(found[0])
-        if not anchors:
-            return None
-        distance = [min(abs(a - anchor) for anchor in anchors) for a in addresses]
-        best = min(range(len(addresses)), key=distance.__getitem__)
-        others = [d for i, d in enumerate(distance) if i != best]
-        # Clearly nearer: within one object's reach, and twice as near as any other.
-        if distance[best] <= NEIGHBOUR_REACH and all(d > 2 * distance[best] for d in others):
-            return best
-        return None
 
     def _export_alias(self, psym: Symbol, label: str) -> str:
         """A global name for the hook to reference a (usually static) patched function."""
@@ -456,8 +438,10 @@ def _resolved_late(sym: Symbol) -> bool:
 
 def generate_unit(diff: UnitDiff, orig: ElfObject, patched: ElfObject, symbols: SymbolSource,
                   exports: Exports, prefix: str, layout: Layout,
-                  provided: frozenset[str] = frozenset()) -> GeneratedUnit:
-    return _Generator(diff, orig, patched, symbols, exports, prefix, layout, provided).run()
+                  provided: frozenset[str] = frozenset(),
+                  sympos: dict[str, int] | None = None) -> GeneratedUnit:
+    return _Generator(diff, orig, patched, symbols, exports, prefix, layout, provided,
+                      sympos).run()
 
 
 __all__ = ["FunctionEntry", "GeneratedUnit", "SymbolSource", "Exports", "generate_unit"]

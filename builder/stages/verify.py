@@ -30,6 +30,7 @@ from builder.symbols import (
     elf_build_id,
     ensure_vmlinux,
     find_module,
+    nearest_to_neighbours,
     reloc_size,
 )
 
@@ -121,7 +122,8 @@ def _compare(fn: ObjectFunction, image, address: int) -> tuple[int | None, int]:
         sum(n for _offset, n in sites)
 
 
-def verify_function(unit: CompiledUnit, fn: ObjectFunction, image) -> VerifiedFunction:
+def verify_function(unit: CompiledUnit, fn: ObjectFunction, image,
+                    neighbours: list[str] = ()) -> VerifiedFunction:
     objname = image.name
     candidates = image.positions(fn.name)
     if not candidates:
@@ -136,6 +138,9 @@ def verify_function(unit: CompiledUnit, fn: ObjectFunction, image) -> VerifiedFu
             matches.append((address, masked))
         elif diff > best[0]:
             best = (diff, address, masked)
+    if len(matches) > 1:  # identical copies (a static inline of a header): by place
+        nearest = nearest_to_neighbours(image, [a for a, _m in matches], neighbours)
+        matches = [matches[nearest]] if nearest is not None else matches
     if len(matches) == 1:
         address, masked = matches[0]
         return VerifiedFunction(name=fn.name, object=objname, address=address,
@@ -144,7 +149,8 @@ def verify_function(unit: CompiledUnit, fn: ObjectFunction, image) -> VerifiedFu
     if matches:
         raise BuildError(stage=STAGE, file=unit.source, function=fn.name,
                          message=f"{len(matches)} identical copies of {fn.name} exist in "
-                                 f"{objname}; the builder cannot tell which is this file's",
+                                 f"{objname}, and none lies clearly nearer to this file's other "
+                                 "symbols: the builder cannot tell which is this file's",
                          hint="patch a caller that is unique instead")
     offset, address = best[0], best[1]
     if fn.weak:
@@ -171,7 +177,7 @@ def verify(unit: CompiledUnit, functions: list[str], image) -> list[VerifiedFunc
                              message=f"{name} is not a function of the rebuilt "
                                      f"{unit.object_name} (inlined by the compiler?)",
                              hint="name a function that exists in the object's symbol table")
-        verified.append(verify_function(unit, fn, image))
+        verified.append(verify_function(unit, fn, image, [n for n in available if n != name]))
     return verified
 
 
@@ -193,18 +199,20 @@ def load_image(packages: KernelPackages, target_object: str):
 
 
 def verify_units(packages: KernelPackages, units: list[CompiledUnit],
-                 functions: dict[str, list[str]]) -> tuple[dict, list[VerifiedFunction]]:
-    """Verify functions per unit (keyed by unit.source); return (images, results).
+                 functions: dict[str, list[str]]
+                 ) -> tuple[dict, dict[str, list[VerifiedFunction]]]:
+    """Verify functions per unit (keyed by unit.source); return (images, results by source).
 
     The images dict (target object → image) is what the generate stage reads symbol
-    positions and bytes from.
+    positions and bytes from; each verified function's sympos is the one it uses.
     """
     images: dict = {}
-    results: list[VerifiedFunction] = []
+    results: dict[str, list[VerifiedFunction]] = {}
     for unit in units:
         if unit.target_object not in images:
             images[unit.target_object] = load_image(packages, unit.target_object)
-        results += verify(unit, functions.get(unit.source, []), images[unit.target_object])
+        results[unit.source] = verify(unit, functions.get(unit.source, []),
+                                      images[unit.target_object])
     return images, results
 
 

@@ -264,3 +264,21 @@ def test_identical_same_named_functions_are_ambiguous(tmp_path):
     subprocess.run(["ld", "-r", "-o", str(ko), str(one), str(two)], check=True)
     with pytest.raises(BuildError, match="2 identical copies of helper"):
         verify(_unit(one, "dup"), ["helper"], ModuleImage(ko))
+
+
+def test_identical_copies_are_told_apart_by_their_place(tmp_path):
+    """Two files with the same static helper (a static inline of a header, say)."""
+    from builder.stages.verify import ObjectFunction, verify_function
+
+    code = bytes.fromhex("8d047fc3")  # lea eax,[rdi+rdi*2]; ret
+    (tmp_path / "x").write_bytes(_minimal_elf())
+    image = VmlinuxImage(tmp_path / "x", [KSymbol("helper", 0x1000, "t"),
+                                          KSymbol("other_file_fn", 0x1040, "t"),
+                                          KSymbol("helper", 0x90000, "t"),
+                                          KSymbol("this_file_fn", 0x90040, "T")])
+    image.read = lambda address, size: code[:size]  # both copies hold the same bytes
+    fn = ObjectFunction("helper", code, [])
+    found = verify_function(_unit(tmp_path / "f.o"), fn, image, ["this_file_fn"])
+    assert (found.address, found.sympos) == (0x90000, 2)
+    with pytest.raises(BuildError, match="none lies clearly nearer"):
+        verify_function(_unit(tmp_path / "f.o"), fn, image, ["not_in_kallsyms"])

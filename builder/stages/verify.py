@@ -15,7 +15,7 @@ import io
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
@@ -56,6 +56,7 @@ class ObjectFunction:
     code: bytes
     relocs: list[tuple[int, int]]  # (offset in function, bytes)
     weak: bool = False
+    jump_labels: list[int] = field(default_factory=list)  # offsets of jump-label sites
 
 
 def object_functions(path: Path) -> dict[str, ObjectFunction]:
@@ -71,6 +72,7 @@ def object_functions(path: Path) -> dict[str, ObjectFunction]:
     symtab = elf.get_section_by_name(".symtab")
     if not isinstance(symtab, SymbolTableSection):
         return out
+    jump_sites = _jump_label_sites(elf, symtab)
     contents: dict[int, bytes] = {}
     for sym in symtab.iter_symbols():
         shndx = sym["st_shndx"]
@@ -83,8 +85,27 @@ def object_functions(path: Path) -> dict[str, ObjectFunction]:
             name=sym.name, code=contents[shndx][start:start + size],
             relocs=[(off - start, n) for off, n in relocs.get(shndx, [])
                     if start <= off < start + size],
-            weak=sym["st_info"]["bind"] == "STB_WEAK")
+            weak=sym["st_info"]["bind"] == "STB_WEAK",
+            jump_labels=[off - start for off in jump_sites.get(shndx, [])
+                         if start <= off < start + size])
     return out
+
+
+def _jump_label_sites(elf: ELFFile, symtab: SymbolTableSection) -> dict[int, list[int]]:
+    """Section index -> offsets of the code sites __jump_table names (its first field)."""
+    table = elf.get_section_by_name("__jump_table")
+    rela = elf.get_section_by_name(".rela__jump_table")
+    if table is None or not isinstance(rela, RelocationSection):
+        return {}
+    entry = JUMP_ENTRY_SIZE
+    sites: dict[int, list[int]] = {}
+    for r in rela.iter_relocations():
+        if r["r_offset"] % entry:
+            continue  # the target and key fields
+        sym = symtab.get_symbol(r["r_info_sym"])
+        if isinstance(sym["st_shndx"], int):
+            sites.setdefault(sym["st_shndx"], []).append(sym["st_value"] + r["r_addend"])
+    return sites
 
 
 def mask(code: bytes, sites: list[tuple[int, int]]) -> bytes:
@@ -110,6 +131,30 @@ ENDBR64 = bytes.fromhex("f30f1efa")
 SEALED_ENDBR = bytes.fromhex("0f1f40d6")
 
 
+# A jump-label site is a jump or a NOP of the same size. Where objtool writes the site's
+# initial form at vmlinux link (6.12: its default-off jumps become NOPs), the rebuilt
+# object still has the compiler's jump; either form of the same size is the same site.
+JUMP_ENTRY_SIZE = 16  # struct jump_entry: s32 code, s32 target, long key (6.1 and 6.12)
+JUMP_LABEL_FORMS = {2: (bytes.fromhex("6690"), 0xEB), 5: (bytes.fromhex("0f1f440000"), 0xE9)}
+
+
+def _jump_label_form(code: bytes, size: int) -> bool:
+    nop, jmp = JUMP_LABEL_FORMS[size]
+    return code[:size] == nop or (len(code) >= size and code[0] == jmp)
+
+
+def _jump_label_sites_alike(fn: ObjectFunction, shipped: bytes) -> list[tuple[int, int]]:
+    """(offset, size) of each jump-label site both sides hold in one of its two forms."""
+    alike = []
+    for offset in fn.jump_labels:
+        for size in JUMP_LABEL_FORMS:
+            if _jump_label_form(fn.code[offset:offset + size], size) and \
+                    _jump_label_form(shipped[offset:offset + size], size):
+                alike.append((offset, size))
+                break
+    return alike
+
+
 def _compare(fn: ObjectFunction, image, address: int) -> tuple[int | None, int]:
     """(first differing offset or None, masked byte count) of one shipped candidate."""
     sites = list(fn.relocs)
@@ -118,6 +163,7 @@ def _compare(fn: ObjectFunction, image, address: int) -> tuple[int | None, int]:
     shipped = image.read(address, len(fn.code))
     if fn.code[:4] == ENDBR64 and shipped[:4] == SEALED_ENDBR:
         sites.append((0, 4))
+    sites += _jump_label_sites_alike(fn, shipped)
     return first_difference(mask(fn.code, sites), mask(shipped, sites)), \
         sum(n for _offset, n in sites)
 

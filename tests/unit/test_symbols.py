@@ -282,3 +282,28 @@ def test_identical_copies_are_told_apart_by_their_place(tmp_path):
     assert (found.address, found.sympos) == (0x90000, 2)
     with pytest.raises(BuildError, match="none lies clearly nearer"):
         verify_function(_unit(tmp_path / "f.o"), fn, image, ["not_in_kallsyms"])
+
+
+@pytest.mark.parametrize(("rebuilt", "shipped", "accepted"), [
+    ("eb5a", "6690", True),              # 6.12: objtool NOPs the site at vmlinux link
+    ("e910000000", "0f1f440000", True),  # the 5-byte forms
+    ("6690", "6690", True),
+    ("eb5a", "9090", False),             # not the kernel's 2-byte NOP
+    ("eb5a", "0f1f440000", False),       # another size is another site
+])
+def test_jump_label_sites_accept_exactly_their_two_forms(tmp_path, rebuilt, shipped, accepted):
+    from builder.stages.verify import ObjectFunction, _compare
+
+    head, tail = bytes.fromhex("55"), bytes.fromhex("5dc3")
+    site = bytes.fromhex(rebuilt)
+    fn = ObjectFunction("f", head + site + tail, [], jump_labels=[1])
+    shipped_code = head + bytes.fromhex(shipped) + tail
+
+    class Image:
+        name = "vmlinux"
+
+        def read(self, address, size):
+            return (shipped_code + bytes(8))[:size]
+
+    difference, _masked = _compare(fn, Image(), 0)
+    assert (difference is None) == accepted

@@ -12,12 +12,14 @@ import json
 
 import pytest
 
-from lab.kernels import resolve
-from tests.vm.corpus import CORPUS, cases, run_on_vm
+from lab.kernels import release_series, resolve
+from tests.vm.corpus import CORPUS, REPO, cases, run_on_vm
 
 SPECS = ("newest-6.12-amd64", "older-6.1-amd64")
 CMDLINE = [c for c in cases(CORPUS / "debian-12") if c.name == "cmdline-suffix"] \
     if (CORPUS / "debian-12").is_dir() else []
+# The project's own cases for Debian 12's 6.12 line (6.12-only link-time rewrites).
+OWN_6_12 = cases(REPO / "tests" / "corpus" / "debian-12-6.12")
 
 pytestmark = [pytest.mark.lab_kernels(*SPECS),
               pytest.mark.skipif(not CMDLINE, reason="shared corpus not found")]
@@ -47,3 +49,13 @@ def test_builds_and_loads_on_this_kernel(spec, lab, lab_inventory, tmp_path):
     assert vm.ssh(["cat", "/proc/version"], check=True).stdout.find(
         manifest["package_version"]) > 0
     assert results.get(case.module_name, "").startswith("OK:"), results
+
+
+def test_own_6_12_cases_build_and_are_live(lab, lab_inventory, tmp_path):
+    release = resolve("newest-6.12-amd64")
+    vm = next(v for v in lab.up(["newest-6.12-amd64"]) if v.release == release)
+    assert release_series(release) == "6.12" and OWN_6_12
+    builds, results = run_on_vm(vm, lab_inventory, tmp_path, OWN_6_12)
+    for case in OWN_6_12:
+        assert builds[case.name].returncode == 0, builds[case.name].stderr
+        assert results.get(case.module_name, "").startswith("OK:"), (case.name, results)

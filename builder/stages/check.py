@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from builder.elf import (
     R_X86_64_NONE,
     RELOC_WIDTH,
+    SHF_ALLOC,
     SHF_RELA_LIVEPATCH,
     SHN_LIVEPATCH,
     SHT_NOBITS,
@@ -52,7 +53,7 @@ CALL, JMP32, JMP8 = 0xE8, 0xE9, 0xEB
 @dataclass
 class CheckReport:
     relocations: int = 0
-    livepatch_relocations: int = 0
+    late_relocations: int = 0  # livepatch relocations of module objects (applied later)
     jump_labels: int = 0
     static_calls: int = 0
     functions: int = 0
@@ -81,7 +82,7 @@ def check_module(ko: ElfObject, layout: Layout, functions: Iterable[FunctionEntr
     relocs = _all_relocations(ko)
     for sec, rel, late in relocs:
         report.relocations += 1
-        report.livepatch_relocations += late is not None
+        report.late_relocations += late is not None
         _check_location(sec, rel, problems)
     _check_overlaps(relocs, problems)
     _check_livepatch_sections(ko, problems)
@@ -115,8 +116,8 @@ def _all_relocations(ko: ElfObject) -> list[tuple[Section, Reloc, str | None]]:
             m = _KLP_RELA.match(rela.name)
             objname = m.group(1) if m and m.group(1) != "vmlinux" else None
         found += [(target, rel, objname) for rel in relocs]
-    return [(s, r, o) for s, r, o in found if not s.name.startswith(".debug")
-            and r.type != R_X86_64_NONE]
+    # the loader relocates only what it loads (SHF_ALLOC), as the kernel does
+    return [(s, r, o) for s, r, o in found if s.flags & SHF_ALLOC and r.type != R_X86_64_NONE]
 
 
 def _check_location(sec: Section, rel: Reloc, problems: _Problems) -> None:

@@ -127,7 +127,7 @@ def test_tracepoint_sites_of_a_module_are_left_out_with_a_note(tmp_path):
     ko = link(tmp_path, unit)
     report = check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
     # the trampoline call: resolved when demo_mod is patched, before the function runs
-    assert report.functions == 1 and report.livepatch_relocations == 1
+    assert report.functions == 1 and report.late_relocations == 1
 
 
 def test_a_branch_on_a_module_key_is_refused_naming_function_and_key(tmp_path):

@@ -84,7 +84,7 @@ class KernelPackages:
     config: Path
     modules_dir: Path  # lib/modules/<release> of the image package
     module_symvers: Path
-    sign_file: Path | None = None  # scripts/sign-file from the kbuild package
+    sign_file: Path | None = None  # the headers' scripts/sign-file (prepare builds it from source)
 
 
 @dataclass

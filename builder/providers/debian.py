@@ -5,6 +5,11 @@ Two naming schemes live side by side in bookworm:
   6.1 (the release's own kernel):  6.1.0-56-amd64        ABI 6.1.0-56
   6.12 (backported via security):  6.12.57+deb12-amd64   ABI 6.12.57+deb12
 They differ in how the kbuild package is named (per series vs per ABI).
+
+The archive keeps the ABI-named packages of older uploads (image, headers, common
+headers) and every linux-source, but only the newest linux-kbuild-6.1 of a suite: the
+builder therefore downloads image, headers, common headers and source only, and builds
+the kbuild tools from that exact source (builder/stages/prepare.py).
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from builder.errors import BuildError
 from builder.providers import Provider, cache_dir
 
 FLAVOURS = ("amd64", "cloud-amd64", "rt-amd64")
+# What the builder downloads, at the kernel's exact version. Not "kbuild": its tools are
+# built from the source (the archive drops linux-kbuild-6.1 with each new upload).
+ARCHIVE_ROLES = ("image", "headers", "common", "source")
 # 6.1.0-56-amd64 → ABI "6.1.0-56"; 6.12.57+deb12-cloud-amd64 → ABI "6.12.57+deb12".
 _RELEASE = re.compile(
     r"^(?P<abi>(?P<series>\d+\.\d+)\.(?:0-\d+|\d+\+deb\d+))-(?P<flavour>[a-z0-9-]+)$")
@@ -89,6 +97,46 @@ def madison_versions(package: str) -> list[str]:
     return sorted_versions(versions)
 
 
+def archive_versions(packages: list[str]) -> dict[str, list[str]]:
+    """Package -> versions the archive offers (newest first), one apt-cache call for all."""
+    return parse_madison(_run(["apt-cache", "madison", *packages], stage="acquire"))
+
+
+def parse_madison(text: str) -> dict[str, list[str]]:
+    """`apt-cache madison` output -> package -> versions (deduplicated, newest first)."""
+    versions: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) >= 2 and parts[0] and parts[1]:
+            seen = versions.setdefault(parts[0], [])
+            if parts[1] not in seen:
+                seen.append(parts[1])
+    return {name: sorted_versions(found) for name, found in versions.items()}
+
+
+def missing_packages(names: dict[str, str], version: str,
+                     offered: dict[str, list[str]]) -> list[str]:
+    """The packages of ARCHIVE_ROLES the archive does not offer at exactly `version`."""
+    return [names[role] for role in ARCHIVE_ROLES
+            if names[role] in offered and version not in offered[names[role]]]
+
+
+def missing_message(release: str, version: str, missing: list[str],
+                    offered: dict[str, list[str]]) -> BuildError:
+    """Say which packages of a kernel are gone, what the archive has instead, what to do."""
+    kept = "; ".join(f"{name} {', '.join(offered.get(name, [])[:4]) or 'none'}"
+                     for name in missing)
+    return BuildError(
+        stage="acquire",
+        message=f"the archive no longer has every package of {release} at {version}: "
+                f"{', '.join(f'{name}={version}' for name in missing)} "
+                f"(it offers: {kept}). A livepatch is built from the exact source and headers "
+                "of the running kernel; Debian keeps only the signed image of some uploads",
+        hint="reboot these hosts into a kernel the archive has in full (`apt-cache madison "
+             "linux-headers-<release>` lists them), or put the missing .deb files into "
+             "$KLP_CACHE/debs (default ~/.cache/klp-livepatch/debs)")
+
+
 def version_newer(a: str, b: str) -> bool:
     """Debian version comparison, by dpkg itself (epochs, tildes...)."""
     return subprocess.run(["dpkg", "--compare-versions", a, "gt", b],
@@ -154,10 +202,23 @@ class DebianProvider(Provider):
         return names
 
     def acquire(self, kernel: KernelId, cache: Path | None = None) -> KernelPackages:
-        from builder.stages.acquire import acquire_packages
+        from builder.stages.acquire import acquire_packages, deb_path
 
-        return acquire_packages(kernel, self.package_names(kernel), cache or cache_dir())
+        cache = cache or cache_dir()
+        names = self.package_names(kernel)
+        # Ask the archive once, before downloading anything, about every package not yet
+        # cached: a kernel whose headers or source are gone is refused naming all of them.
+        wanted = {names[role]: None for role in ARCHIVE_ROLES
+                  if deb_path(cache / "debs", names[role], kernel.package_version) is None}
+        if wanted:
+            offered = archive_versions(list(wanted))
+            offered = {name: offered.get(name, []) for name in wanted}
+            missing = missing_packages(names, kernel.package_version, offered)
+            if missing:
+                raise missing_message(kernel.release, kernel.package_version, missing, offered)
+        return acquire_packages(kernel, names, cache)
 
 
 __all__ = ["DebianProvider", "DebianRelease", "parse_release", "package_names_for",
-           "available_releases", "madison_versions"]
+           "available_releases", "madison_versions", "archive_versions", "parse_madison",
+           "missing_packages", "ARCHIVE_ROLES"]

@@ -3,10 +3,16 @@
 
 Layout under $KLP_CACHE:
   debs/                                  the .deb files, as apt-get download names them
-  kernels/<release>_<version>/pkgs/      image + headers + common + kbuild, one root
+  kernels/<release>_<version>/pkgs/      image + headers + common headers, one root
   src/<source-version>/deb/              the linux-source package (shared by flavours)
-Each extraction goes to a temporary directory renamed into place, so a crash never
-leaves a half-extracted tree that later runs would trust.
+No linux-kbuild package: the archive keeps only the newest of a suite, so the prepare
+stage builds its tools (fixdep, modpost, genksyms, objtool, sign-file...) from the exact
+source and points the headers' scripts/ and tools/ at them.
+
+Each download and each extraction goes to a temporary name renamed into place, so a
+crash never leaves a half-written file or tree that later runs would trust, and two
+builds that fetch the same package at once (two flavours share the common headers and
+the source) never see each other's partial work.
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from builder.artifacts import KernelId, KernelPackages
 from builder.errors import BuildError
+from builder.stages.prepare import read_config
 
 STAGE = "acquire"
 
@@ -30,27 +39,40 @@ def deb_path(debs: Path, package: str, version: str) -> Path | None:
 
 
 def download(debs: Path, package: str, version: str) -> Path:
-    """`apt-get download package=version` into debs/ unless it is already there."""
+    """`apt-get download package=version` into debs/ unless it is already there.
+
+    apt writes into a directory of this process, and the finished .deb is renamed into
+    debs/: another build looking for the same package sees it complete or not at all.
+    """
     cached = deb_path(debs, package, version)
     if cached:
         return cached
     debs.mkdir(parents=True, exist_ok=True)
-    # As root apt drops privileges to _apt, which may not write to the cache:
-    # keep root for this download (a plain file fetch into our own directory).
-    proc = subprocess.run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
-                           f"{package}={version}"], cwd=debs, capture_output=True,
-                          text=True, check=False)
-    cached = deb_path(debs, package, version)
-    if proc.returncode != 0 or cached is None:
-        raise BuildError(stage=STAGE, message=f"cannot download {package}={version}: "
-                         f"{proc.stderr.strip()[-600:]}",
-                         hint="run `apt-get update`; check the version with "
-                              f"`apt-cache madison {package}`")
-    return cached
+    partial = Path(tempfile.mkdtemp(prefix=".download-", dir=debs))
+    try:
+        # As root apt drops privileges to _apt, which may not write to the cache:
+        # keep root for this download (a plain file fetch into our own directory).
+        proc = subprocess.run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
+                               f"{package}={version}"], cwd=partial, capture_output=True,
+                              text=True, check=False)
+        fetched = deb_path(partial, package, version)
+        if proc.returncode != 0 or fetched is None:
+            raise BuildError(stage=STAGE, message=f"cannot download {package}={version}: "
+                             f"{proc.stderr.strip()[-600:]}",
+                             hint="run `apt-get update`; check the version with "
+                                  f"`apt-cache madison {package}`")
+        os.replace(fetched, debs / fetched.name)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return debs / fetched.name
 
 
-def extract_atomically(debs: list[Path], dest: Path) -> Path:
-    """dpkg-deb -x every deb into one fresh root, then rename it to dest."""
+def extract_atomically(debs: list[Path], dest: Path,
+                       finish: Callable[[Path], None] | None = None) -> Path:
+    """dpkg-deb -x every deb into one fresh root, `finish` it, then rename it to dest.
+
+    When another build renamed its own extraction into place first, that one is kept.
+    """
     if dest.is_dir():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -66,11 +88,25 @@ def extract_atomically(debs: list[Path], dest: Path) -> Path:
                                  message=f"dpkg-deb -x failed: {proc.stderr.strip()}",
                                  hint=f"delete {deb} so it is downloaded again")
         repoint_symlinks(tmp, dest)
-        tmp.rename(dest)
+        if finish:
+            finish(tmp)
+        rename_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def rename_into_place(tmp: Path, dest: Path) -> bool:
+    """Rename a finished directory to dest; False (tmp removed) if another build was first."""
+    try:
+        tmp.rename(dest)
+    except OSError:
+        if not dest.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+    return True
 
 
 def repoint_symlinks(root: Path, final_root: Path) -> int:
@@ -111,17 +147,20 @@ def source_root(cache: Path, source_version: str) -> Path:
     return cache / "src" / source_version
 
 
+KERNEL_ROLES = ("image", "headers", "common")  # extracted together into pkgs/
+
+
 def acquire_packages(kernel: KernelId, names: dict[str, str], cache: Path) -> KernelPackages:
     """Download and extract everything; return where each piece is."""
     debs_dir = cache / "debs"
     version = kernel.package_version
-    kernel_debs = [download(debs_dir, names[role], version)
-                   for role in ("image", "headers", "common", "kbuild")]
+    kernel_debs = [download(debs_dir, names[role], version) for role in KERNEL_ROLES]
     source_deb = download(debs_dir, names["source"], version)
     root = kernel_dir(cache, kernel) / "pkgs"
     if not root.is_dir():
-        extract_atomically(kernel_debs, root)
-        fix_headers_makefile(root / "usr" / "src" / names["headers"], root)
+        extract_atomically(kernel_debs, root, finish=lambda tmp: fix_headers_makefile(
+            tmp / "usr" / "src" / names["headers"], root))
+    fix_headers_makefile(root / "usr" / "src" / names["headers"], root)  # older caches
     src = extract_atomically([source_deb], source_root(cache, version) / "deb")
     return packages_from_roots(kernel, names, root, src)
 
@@ -132,7 +171,6 @@ def packages_from_roots(kernel: KernelId, names: dict[str, str], root: Path,
     release = kernel.release
     tarballs = sorted((src / "usr" / "src").glob(f"{names['source']}.tar.*"))
     headers = root / "usr" / "src" / names["headers"]
-    kbuild = root / "usr" / "lib" / names["kbuild"]
     paths = {
         "source tarball": tarballs[0] if tarballs else src / "usr/src" / names["source"],
         "headers": headers,
@@ -146,12 +184,14 @@ def packages_from_roots(kernel: KernelId, names: dict[str, str], root: Path,
             raise BuildError(stage=STAGE, file=str(path), message=f"the {what} is missing",
                              hint="delete the extracted directory to re-extract: "
                                   f"{root.parent}")
-    sign_file = kbuild / "scripts" / "sign-file"
+    # The headers' sign-file: built from the source and linked in by the prepare stage
+    # when the kernel signs modules at all (as the kbuild package would have it).
+    signs = read_config(paths["config"]).get("CONFIG_MODULE_SIG_FORMAT") == "y"
     return KernelPackages(
         kernel=kernel, source_tarball=paths["source tarball"], headers_dir=headers,
         vmlinuz=paths["vmlinuz"], config=paths["config"], modules_dir=paths["modules"],
         module_symvers=paths["Module.symvers"],
-        sign_file=sign_file if sign_file.exists() else None)
+        sign_file=headers / "scripts" / "sign-file" if signs else None)
 
 
 def acquire(kernel: KernelId, cache: Path | None = None) -> KernelPackages:
@@ -162,4 +202,4 @@ def acquire(kernel: KernelId, cache: Path | None = None) -> KernelPackages:
 
 
 __all__ = ["acquire", "acquire_packages", "download", "extract_atomically", "kernel_dir",
-           "repoint_symlinks"]
+           "rename_into_place", "repoint_symlinks", "KERNEL_ROLES"]

@@ -5,6 +5,20 @@ The source is extracted once per source version ($KLP_CACHE/src/<version>/linux-
 and shared by every flavour; each kernel gets its own out-of-tree build directory
 (make O=...) holding the shipped .config, generated headers and Module.symvers.
 A stamp records the recipe version, so a changed recipe re-prepares by itself.
+
+`modules_prepare` also builds the host tools an external module build runs: fixdep,
+modpost, genksyms, sign-file, objtool, resolve_btfids. They are what Debian's
+linux-kbuild package ships, built from the same source — and that package is gone from
+the archive for every upload but the newest. So the tools are always taken from here:
+copied with the source's scripts/ (kbuild's makefiles and helpers) into
+kernels/<release>_<version>/kbuild/, and the headers package's scripts/ and tools/
+links (which pointed into linux-kbuild) point there instead. A module built against the
+headers then comes out byte for byte as with the package (BTF aside: pahole's order
+varies from run to run either way).
+
+Everything that reads or writes the shared source tree holds its lock (the compile
+stage's), so two flavours of one version prepare one after the other, never while the
+other's compile has patched the tree.
 """
 
 from __future__ import annotations
@@ -22,7 +36,25 @@ from builder.errors import BuildError
 
 STAGE = "prepare"
 RECIPE = 1  # bump when the way a tree is prepared changes
+TOOLS_RECIPE = 1  # bump when the way the kbuild tools are installed changes
 JOBS = "-j2"
+# Host programs of an external module build, by their place in the build (O=) tree, as
+# (path, built when all these options are y, unless one of these is y). Missing one
+# that the configuration builds is an error.
+HOST_TOOLS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("scripts/basic/fixdep", (), ()),
+    ("scripts/mod/modpost", ("CONFIG_MODULES",), ()),
+    ("scripts/genksyms/genksyms", ("CONFIG_MODVERSIONS",), ("CONFIG_GENDWARFKSYMS",)),
+    ("scripts/gendwarfksyms/gendwarfksyms", ("CONFIG_GENDWARFKSYMS",), ()),
+    ("scripts/sign-file", ("CONFIG_MODULE_SIG_FORMAT",), ()),
+    ("tools/objtool/objtool", ("CONFIG_OBJTOOL",), ()),
+    ("tools/bpf/resolve_btfids/resolve_btfids", ("CONFIG_BPF", "CONFIG_DEBUG_INFO_BTF"), ()),
+)
+# Copied when the build made them (the kbuild package has them; a module build rarely
+# runs them): recordmcount is used only by configurations without -mrecord-mcount.
+OPTIONAL_TOOLS = ("scripts/recordmcount", "scripts/kconfig/conf", "scripts/kallsyms",
+                  "scripts/unifdef", "scripts/bin2c", "certs/extract-cert")
+TOOL_DIRS = ("scripts", "tools")  # the headers' links into the kbuild tree
 # Config symbols that describe the host's tools rather than the kernel: a different
 # pahole or linker version changes them without changing the code we compile.
 _TOOL_SYMBOLS = re.compile(r"^CONFIG_(PAHOLE_VERSION|LD_VERSION|AS_VERSION|LLD_VERSION|"
@@ -127,7 +159,7 @@ def config_drift(shipped: dict[str, str], built: dict[str, str]) -> list[str]:
 
 
 def prepare(packages: KernelPackages, cache: Path | None = None) -> PreparedTree:
-    """Configure and modules_prepare the tree once per kernel (stamped)."""
+    """Configure and modules_prepare the tree once per kernel (stamped); wire the tools."""
     from builder.providers import cache_dir
     from builder.stages.acquire import kernel_dir
 
@@ -135,18 +167,47 @@ def prepare(packages: KernelPackages, cache: Path | None = None) -> PreparedTree
     kernel = packages.kernel
     config = read_config(packages.config)
     cc = check_compiler(config)
-    source = extract_source(packages.source_tarball,
-                            cache / "src" / kernel.package_version)
+    source_root = cache / "src" / kernel.package_version
+    source = source_root / packages.source_tarball.name.split(".tar")[0]
     build = kernel_dir(cache, kernel) / "build"
+    tools = kernel_dir(cache, kernel) / "kbuild"
     args = make_args(source, build, cc, kernel.release)
     tree = PreparedTree(kernel=kernel, source_dir=source, build_dir=build, make_args=args,
                         objtool_at_link=objtool_at_link(config))
     stamp = build / ".klp-prepared"
     wanted = {"recipe": RECIPE, "release": kernel.release, "version": kernel.package_version,
               "source": str(source)}
-    if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
-        return tree
+    tools_wanted = {"recipe": TOOLS_RECIPE, "tree": wanted, "build": str(build)}
+    if (_stamped(stamp, wanted) and _stamped(tools / STAMP, tools_wanted)
+            and headers_linked(packages.headers_dir, tools)):
+        return tree  # warm: no lock, no make
+    from builder.stages.compile import locked, restore_files
+
+    source_root.mkdir(parents=True, exist_ok=True)
+    with locked(tree):  # the source tree is shared by flavours (see compile.locked)
+        extract_source(packages.source_tarball, source_root)
+        restore_files(tree)  # an interrupted compile may have left the tree patched
+        if not _stamped(stamp, wanted):
+            _prepare_tree(tree, packages, config, stamp, wanted)
+            (tools / STAMP).unlink(missing_ok=True)  # the tools come from this tree
+        if not _stamped(tools / STAMP, tools_wanted):
+            install_host_tools(source, build, config, tools, tools_wanted)
+        link_headers(packages.headers_dir, tools)
+    return tree
+
+
+def _stamped(path: Path, wanted: dict) -> bool:
+    try:
+        return json.loads(path.read_text()) == wanted
+    except (OSError, ValueError):
+        return False
+
+
+def _prepare_tree(tree: PreparedTree, packages: KernelPackages, config: dict[str, str],
+                  stamp: Path, wanted: dict) -> None:
+    """olddefconfig + modules_prepare with the shipped config; the stamp is written last."""
     t0 = time.monotonic()
+    build, args = tree.build_dir, tree.make_args
     build.mkdir(parents=True, exist_ok=True)
     stamp.unlink(missing_ok=True)
     shutil.copy(packages.config, build / ".config")
@@ -162,7 +223,96 @@ def prepare(packages: KernelPackages, cache: Path | None = None) -> PreparedTree
     check_release(tree)
     stamp.write_text(json.dumps(wanted))
     (build / ".klp-prepare-seconds").write_text(f"{time.monotonic() - t0:.1f}\n")
-    return tree
+
+
+# ---------------------------------------------------------------- kbuild tools
+STAMP = ".klp-kbuild"
+
+
+def required_tools(config: dict[str, str]) -> list[str]:
+    """The host programs this configuration's modules_prepare builds and a module build runs."""
+    return [path for path, when, unless in HOST_TOOLS
+            if all(config.get(k) == "y" for k in when)
+            and not any(config.get(k) == "y" for k in unless)]
+
+
+def install_host_tools(source: Path, build: Path, config: dict[str, str], dest: Path,
+                       stamp: dict) -> Path:
+    """What linux-kbuild ships, from the exact source: its scripts/ and the built tools.
+
+    dest gets every file of the source's scripts/ (kbuild's makefiles, shell and perl
+    helpers; not its subdirectories, which hold the tools' sources), then each host
+    program from the build tree at the same relative place. Built in a temporary
+    directory and renamed into place, with the stamp written last.
+    """
+    missing = [tool for tool in required_tools(config) if not (build / tool).is_file()]
+    if missing:
+        raise BuildError(stage=STAGE, file=str(build),
+                         message="modules_prepare did not build " + ", ".join(missing),
+                         hint=f"delete {build} so the tree is prepared again")
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for name in TOOL_DIRS:
+            (tmp / name).mkdir(parents=True)
+        for item in sorted((source / "scripts").iterdir()):
+            if item.is_file():
+                shutil.copy2(item, tmp / "scripts" / item.name)
+        for tool in required_tools(config) + [t for t in OPTIONAL_TOOLS
+                                              if (build / t).is_file()]:
+            (tmp / tool).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(build / tool, tmp / tool)
+        (tmp / STAMP).write_text(json.dumps(stamp))
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        if dest.exists():
+            dest.rename(old)  # replaced under the source lock: nobody else renames it
+        tmp.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _header_dirs(headers_dir: Path) -> list[Path]:
+    """The flavour's headers and the common headers it includes (each has the links)."""
+    return sorted(d for d in headers_dir.parent.glob("linux-headers-*")
+                  if any((d / name).is_symlink() for name in TOOL_DIRS))
+
+
+def headers_linked(headers_dir: Path, tools: Path) -> bool:
+    """Do the headers' scripts/ and tools/ lead to these tools?"""
+    dirs = _header_dirs(headers_dir)
+    return headers_dir in dirs and all(
+        (d / name).is_symlink() and (d / name).resolve() == (tools / name).resolve()
+        for d in dirs for name in TOOL_DIRS)
+
+
+def link_headers(headers_dir: Path, tools: Path) -> None:
+    """Point the headers' scripts/ and tools/ links at the tools (relative, swapped atomically).
+
+    The packages link them to ../../lib/linux-kbuild-<x>/..., which only the kbuild
+    package of that exact version would fill.
+    """
+    dirs = _header_dirs(headers_dir)
+    if headers_dir not in dirs:
+        raise BuildError(stage=STAGE, file=str(headers_dir),
+                         message="the headers have no scripts/ or tools/ link to kbuild",
+                         hint=f"delete {headers_dir.parent.parent.parent} so the packages "
+                              "are extracted again")
+    for d in dirs:
+        for name in TOOL_DIRS:
+            link = d / name
+            if link.exists() and not link.is_symlink():
+                raise BuildError(stage=STAGE, file=str(link), message="is not a symlink",
+                                 hint="delete the extracted packages so they are extracted "
+                                      "again")
+            target = os.path.relpath(tools / name, d)
+            if link.is_symlink() and os.readlink(link) == target:
+                continue
+            tmp = d / f".{name}.klp-{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target)
+            os.replace(tmp, link)
 
 
 def check_release(tree: PreparedTree) -> None:
@@ -177,4 +327,5 @@ def check_release(tree: PreparedTree) -> None:
 
 
 __all__ = ["prepare", "make_args", "read_config", "check_compiler", "objtool_at_link",
-           "config_drift", "extract_source", "RECIPE"]
+           "config_drift", "extract_source", "RECIPE", "install_host_tools", "link_headers",
+           "headers_linked", "required_tools", "HOST_TOOLS"]

@@ -65,8 +65,10 @@ def pick(releases: list[str], versions: dict[str, list[str]], series: str, flavo
     """Choose the release an alias means, from the archive's releases and package versions.
 
     'newest' is the highest ABI of the series and flavour; 'older' is the highest ABI below
-    it whose image, headers, common headers, kbuild and linux-source packages all exist at
-    the same version (so the builder can work on it from exact sources).
+    it whose image and the packages the builder downloads (headers, common headers,
+    linux-source) all exist at the same version — what a fleet that has not rebooted into
+    the newest kernel runs. linux-kbuild does not count: the archive keeps only the newest
+    one, and the builder builds its tools from the exact source.
     """
     candidates = sorted((r for r in releases if release_series(r) == series
                          and release_flavour(r) == flavour), key=release_key, reverse=True)
@@ -84,11 +86,11 @@ def pick(releases: list[str], versions: dict[str, list[str]], series: str, flavo
 
 
 def builder_packages(release: str) -> list[str]:
-    """The packages the builder downloads for a release (the builder's own list)."""
-    from builder.providers.debian import package_names_for, parse_release
+    """The packages besides the image the builder downloads for a release (its own list)."""
+    from builder.providers.debian import ARCHIVE_ROLES, package_names_for, parse_release
 
     names = package_names_for(parse_release(release))
-    return [names[role] for role in ("headers", "common", "kbuild", "source")]
+    return [names[role] for role in ARCHIVE_ROLES if role != "image"]
 
 
 def _apt_cache(*args: str) -> str:

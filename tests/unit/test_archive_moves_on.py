@@ -36,7 +36,11 @@ def abi(release: str, version: str, suite: str, *, cloud: bool = True) -> dict:
 
 
 def archive_today() -> dict[str, list[tuple[str, str]]]:
-    """Roughly bookworm as it is: point release 6.1.0-50, security 6.1.0-56 and -57."""
+    """Roughly bookworm as it is: point release 6.1.0-50, security 6.1.0-56 and -57.
+
+    Only the newest upload's linux-kbuild-6.1 is left in the security suite: the builder
+    does not need it (it builds the kbuild tools from the exact linux-source).
+    """
     packages = {**abi("6.1.0-50", "6.1.176-1", MAIN), **abi("6.1.0-56", "6.1.192-2", SECURITY),
                 **abi("6.1.0-57", "6.1.192-3", SECURITY),
                 # the security suite keeps one linux-kbuild-6.1: the newest upload's
@@ -76,14 +80,16 @@ def archive(monkeypatch):
 
 
 @pytest.mark.parametrize(("packages", "expected"), [
+    # older: the ABI just below the newest, what hosts that have not rebooted run
     (archive_today, {"newest-6.1-amd64": "6.1.0-57-amd64",
                      "newest-6.1-cloud-amd64": "6.1.0-57-cloud-amd64",
-                     "older-6.1-amd64": "6.1.0-50-amd64",
+                     "older-6.1-amd64": "6.1.0-56-amd64",
                      "newest-6.12-amd64": "6.12.117+deb12-amd64"}),
     (archive_with_58, {"newest-6.1-amd64": "6.1.0-58-amd64",
                        "newest-6.1-cloud-amd64": "6.1.0-58-cloud-amd64",
-                       # 6.1.0-57's kbuild left the security suite with the new upload
-                       "older-6.1-amd64": "6.1.0-50-amd64",
+                       # 6.1.0-57's kbuild left the security suite with the new upload;
+                       # its headers and source did not
+                       "older-6.1-amd64": "6.1.0-57-amd64",
                        "newest-6.12-amd64": "6.12.117+deb12-amd64"}),
 ])
 def test_aliases_follow_the_archive(archive, packages, expected):
@@ -94,12 +100,15 @@ def test_aliases_follow_the_archive(archive, packages, expected):
 
 
 def test_older_is_the_newest_abi_below_with_exact_sources(archive):
-    # A point release brings 6.1.192-3 into bookworm main: 6.1.0-57 becomes buildable
-    # from exact sources again and is the older ABI next to 6.1.0-58.
+    # Debian keeps only the signed image of some uploads (no headers, no source): such an
+    # ABI just below the newest cannot be built, and the next one down is the older ABI.
     packages = archive_with_58()
-    packages["linux-kbuild-6.1"].append(("6.1.192-3", MAIN))
+    for name in ("linux-headers-6.1.0-57-amd64", "linux-headers-6.1.0-57-common"):
+        del packages[name]
+    packages["linux-source-6.1"] = [v for v in packages["linux-source-6.1"]
+                                    if v[0] != "6.1.192-3"]
     archive(packages)
-    assert kernels.resolve("older-6.1-amd64") == "6.1.0-57-amd64"
+    assert kernels.resolve("older-6.1-amd64") == "6.1.0-56-amd64"
     assert kernels.resolve("newest-6.1-amd64") == "6.1.0-58-amd64"
 
 
@@ -132,7 +141,8 @@ def test_vm_expectations_follow_the_booted_release(archive, tmp_path):
     assert amd64_host == "vm-6-1-0-58-amd64"
     vm_release = hosts[amd64_host]["klp_lab_kernel_release"]
     assert vm_release == "6.1.0-58-amd64"
-    assert host_running(hosts, "6.1.0-57-amd64") is None  # yesterday's newest: not booted
+    # yesterday's newest is now the older VM, not the newest one
+    assert older == "6.1.0-57-amd64" and host_running(hosts, older) == default_name(older)
 
     # test_target_patch: the wrong kernel is the VM's ABI in the other flavour
     wrong = other_flavour(vm_release)
@@ -143,7 +153,7 @@ def test_vm_expectations_follow_the_booted_release(archive, tmp_path):
     # test_persist_other_kernel: both kernels from the host vars
     two = hosts["twokernels"]
     assert two["klp_lab_kernel_release"] == newest
-    assert [k for k in two["klp_lab_kernels"] if k != newest] == ["6.1.0-50-amd64"]
+    assert [k for k in two["klp_lab_kernels"] if k != newest] == ["6.1.0-57-amd64"]
 
     # ... and the texts are what the target side writes when it refuses that module.
     target = kt.Target(root=str(tmp_path), release=vm_release)

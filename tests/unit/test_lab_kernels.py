@@ -63,15 +63,27 @@ def test_pick_newest(series, flavour, which, release):
     assert kernels.pick(kernels.parse_search(SEARCH), {}, series, flavour, which) == release
 
 
-def test_pick_older_needs_every_builder_package_of_the_same_version():
+def test_pick_older_needs_the_builder_packages_of_the_same_version_but_not_kbuild():
     releases = kernels.parse_search(SEARCH)
     versions = kernels.parse_madison(MADISON)
-    # 6.1.0-55 has headers but no linux-source or kbuild 6.1.192-1: skipped for 6.1.0-50.
+    # 6.1.0-55 has headers but no linux-source 6.1.192-1: skipped for 6.1.0-50.
     assert kernels.pick(releases, versions, "6.1", "amd64", "older") == "6.1.0-50-amd64"
+    # With its source it is the older ABI, although linux-kbuild-6.1 6.1.192-1 is gone:
+    # the builder builds the kbuild tools from that source.
     versions["linux-source-6.1"].append("6.1.192-1")
-    assert kernels.pick(releases, versions, "6.1", "amd64", "older") == "6.1.0-50-amd64"
-    versions["linux-kbuild-6.1"].append("6.1.192-1")
+    assert "6.1.192-1" not in versions["linux-kbuild-6.1"]
     assert kernels.pick(releases, versions, "6.1", "amd64", "older") == "6.1.0-55-amd64"
+    # Without its common headers it is skipped again.
+    del versions["linux-headers-6.1.0-55-common"]
+    assert kernels.pick(releases, versions, "6.1", "amd64", "older") == "6.1.0-50-amd64"
+
+
+def test_builder_packages_are_what_the_builder_downloads():
+    assert kernels.builder_packages("6.1.0-55-amd64") == [
+        "linux-headers-6.1.0-55-amd64", "linux-headers-6.1.0-55-common", "linux-source-6.1"]
+    assert kernels.builder_packages("6.12.57+deb12-cloud-amd64") == [
+        "linux-headers-6.12.57+deb12-cloud-amd64", "linux-headers-6.12.57+deb12-common",
+        "linux-source-6.12"]
 
 
 def test_pick_errors_name_the_problem():

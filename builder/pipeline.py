@@ -23,9 +23,6 @@ from builder.patchset import PatchSet
 from builder.providers import cache_dir, get_provider
 from builder.stages.acquire import kernel_dir
 
-STAGES = ("acquire", "prepare", "compile", "diff", "verify", "generate", "link", "check",
-          "sign")
-
 
 @dataclass
 class BuildRequest:
@@ -306,4 +303,4 @@ def manifest_matches(manifest_path: Path, request: BuildRequest) -> bool:
         sha256_file(ko) == manifest.get("module_sha256")
 
 
-__all__ = ["BuildRequest", "Progress", "build", "manifest_matches", "STAGES"]
+__all__ = ["BuildRequest", "Progress", "build", "manifest_matches"]

@@ -162,19 +162,6 @@ class VmlinuxImage:
                              hint="report this: the symbol table and the lookup disagree")
         return 0 if len(found) == 1 else found.index(address) + 1
 
-    def symbol_size(self, name: str, address: int) -> int | None:
-        """Distance to the next symbol at a higher address (kallsyms has no sizes)."""
-        index = self._sorted_index()
-        import bisect
-
-        i = bisect.bisect_right(index, address)
-        return index[i] - address if i < len(index) else None
-
-    def _sorted_index(self) -> list[int]:
-        if not hasattr(self, "_addrs"):
-            self._addrs = sorted({s.address for s in self.symbols})
-        return self._addrs
-
     def read(self, address: int, size: int) -> bytes:
         """Bytes of the shipped image at a virtual address (through PT_LOAD segments)."""
         for vaddr, offset, filesz in self._segments:
@@ -329,16 +316,6 @@ class ModuleImage:
                 return self._data[start:start + size]
         raise BuildError(stage=STAGE, message=f"address {address:#x}+{size} is outside "
                          f"every section of {self.name}", hint="report this")
-
-    def function_bytes(self, name: str, address: int | None = None) -> bytes:
-        syms = self._named(name)
-        if address is not None:
-            syms = [s for s in syms if self.address_of(s) == address]
-        if not syms:
-            raise BuildError(stage=STAGE, function=name,
-                             message=f"{name} is not in {self.name}'s symbol table",
-                             hint="it may have been inlined in the shipped build")
-        return self.read(self.address_of(syms[0]), syms[0].size)
 
     def reloc_offsets(self, name: str, address: int | None = None) -> list[tuple[int, int]]:
         """(offset inside the function, bytes covered) of the .ko's own relocations."""

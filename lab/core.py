@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -249,6 +248,3 @@ class Lab:
         self.write_inventory()
         return stopped
 
-    def remove_state(self) -> None:
-        """Delete the state directory (after down); used by tests that want a clean slate."""
-        shutil.rmtree(self.state_dir, ignore_errors=True)

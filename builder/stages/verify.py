@@ -27,8 +27,6 @@ from builder.errors import BuildError
 from builder.symbols import (
     ModuleImage,
     VmlinuxImage,
-    elf_build_id,
-    ensure_vmlinux,
     find_module,
     nearest_to_neighbours,
     reloc_size,
@@ -230,11 +228,6 @@ def verify(unit: CompiledUnit, functions: list[str], image) -> list[VerifiedFunc
 def image_cache_dir(packages: KernelPackages) -> Path:
     # kernels/<release>_<version>/symbols, next to pkgs/ and build/
     return packages.vmlinuz.parents[2] / "symbols"
-
-
-def kernel_build_id(packages: KernelPackages) -> str:
-    """GNU build-id of the shipped vmlinux (no kallsyms needed: ~1 s cold, instant warm)."""
-    return elf_build_id(ensure_vmlinux(packages.vmlinuz, image_cache_dir(packages))) or ""
 
 
 def load_image(packages: KernelPackages, target_object: str):

@@ -49,15 +49,11 @@ def parse_search(text: str) -> list[str]:
 
 
 def parse_madison(text: str) -> dict[str, list[str]]:
-    """Package -> versions (archive order: newest first) from `apt-cache madison` output."""
-    versions: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        parts = [p.strip() for p in line.split("|")]
-        if len(parts) >= 3 and parts[0] and parts[1]:
-            seen = versions.setdefault(parts[0], [])
-            if parts[1] not in seen:
-                seen.append(parts[1])
-    return versions
+    """Package -> versions (newest first) from `apt-cache madison` output: the builder's
+    parser, so the lab and the builder read the archive the same way."""
+    from builder.providers.debian import parse_madison as builder_parse
+
+    return builder_parse(text)
 
 
 def pick(releases: list[str], versions: dict[str, list[str]], series: str, flavour: str,

@@ -88,13 +88,7 @@ def _run(cmd: list[str], stage: str = "resolve") -> str:
 
 def madison_versions(package: str) -> list[str]:
     """Versions of a package the archive offers, newest first (apt's own order)."""
-    out = _run(["apt-cache", "madison", package])
-    versions: list[str] = []
-    for line in out.splitlines():
-        parts = [p.strip() for p in line.split("|")]
-        if len(parts) >= 2 and parts[0] == package and parts[1] not in versions:
-            versions.append(parts[1])
-    return sorted_versions(versions)
+    return parse_madison(_run(["apt-cache", "madison", package])).get(package, [])
 
 
 def archive_versions(packages: list[str]) -> dict[str, list[str]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -72,6 +73,8 @@ def _merge_back(aside: Path, originals: Path) -> None:
 
 
 def main() -> int:
+    # an interrupted cold run must still put the kernel tree's originals back (finally)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kernel", default=None, help="default: the newest 6.1 amd64")
     parser.add_argument("--runs", type=int, default=3, help="warm runs (median)")

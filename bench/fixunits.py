@@ -20,7 +20,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.includes import SKIPPED_TOP, IncludeGraph
+from builder.includes import SKIPPED_TOP, IncludeGraph, source_files
 from builder.kbuild import Kbuild
 
 # An include the graph could only match by file name weighs as much as this many real ones.
@@ -67,20 +67,8 @@ def _wanted(rel: str) -> bool:
 
 
 def _c_files(root: Path) -> dict[str, int]:
-    """Relative path -> size of every .c/.h file in scope."""
-    found: dict[str, int] = {}
-    for top in sorted(os.listdir(root)):
-        if top in SKIPPED_TOP or not (root / top).is_dir():
-            continue
-        for dirpath, dirs, names in os.walk(root / top):
-            rel_dir = os.path.relpath(dirpath, root)
-            if rel_dir == "arch":
-                dirs[:] = [d for d in dirs if d == "x86"]
-            for name in names:
-                rel = f"{rel_dir}/{name}"
-                if _wanted(rel):
-                    found[rel] = os.stat(os.path.join(dirpath, name)).st_size
-    return found
+    """Relative path -> size of every .c/.h file in scope (the builder's include scan's)."""
+    return {rel: path.stat().st_size for rel, path in source_files(root) if _wanted(rel)}
 
 
 def tree_diff(old: Path, new: Path) -> TreeDiff:

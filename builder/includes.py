@@ -52,17 +52,7 @@ class IncludeGraph:
 
     @classmethod
     def scan(cls, source_dir: Path, build_dir: Path) -> IncludeGraph:
-        files: dict[str, Path] = {}  # path as kbuild names it -> file on disk
-        for top in sorted(os.listdir(source_dir)):
-            if top in SKIPPED_TOP or not (source_dir / top).is_dir():
-                continue
-            for root, dirs, names in os.walk(source_dir / top):
-                rel_root = os.path.relpath(root, source_dir)
-                if rel_root == "arch":
-                    dirs[:] = [d for d in dirs if d == "x86"]
-                for name in names:
-                    if name.endswith((".c", ".h")):
-                        files[f"{rel_root}/{name}"] = Path(root, name)
+        files = dict(source_files(source_dir))  # path as kbuild names it -> file
         for gen in ("arch/x86/include/generated", "include/generated"):
             for root, _dirs, names in os.walk(build_dir / gen):
                 rel_root = os.path.relpath(root, build_dir)
@@ -100,6 +90,20 @@ class IncludeGraph:
         return sorted(p for p in seen if p.endswith(".c"))
 
 
+def source_files(source_dir: Path):
+    """(path relative to the tree, file) of every .c and .h of x86 and generic code."""
+    for top in sorted(os.listdir(source_dir)):
+        if top in SKIPPED_TOP or not (source_dir / top).is_dir():
+            continue
+        for root, dirs, names in os.walk(source_dir / top):
+            rel_root = os.path.relpath(root, source_dir)
+            if rel_root == "arch":
+                dirs[:] = [d for d in dirs if d == "x86"]
+            for name in names:
+                if name.endswith((".c", ".h")):
+                    yield f"{rel_root}/{name}", Path(root, name)
+
+
 def _resolve(name: str, including: str, quoted: bool, files: dict[str, Path]) -> str | None:
     if quoted:
         local = os.path.normpath(os.path.join(os.path.dirname(including), name))
@@ -112,4 +116,4 @@ def _resolve(name: str, including: str, quoted: bool, files: dict[str, Path]) ->
     return None
 
 
-__all__ = ["IncludeGraph"]
+__all__ = ["IncludeGraph", "source_files"]

@@ -30,6 +30,9 @@ KALLSYMS_RECIPE = 1
 # Bytes a relocation rewrites, by x86-64 type (R_X86_64_*): 64 → 8, the rest 4.
 _RELOC_SIZE = {1: 8, 2: 4, 4: 4, 9: 4, 10: 4, 11: 4, 24: 8, 41: 4, 42: 4}
 _ELF_MAGIC = b"\x7fELF"
+# How a linked field encodes S + A: (bytes, signed, PC-relative), by relocation type.
+_RESOLVED_VALUE = {1: (8, False, False), 2: (4, True, True), 4: (4, True, True),
+                   10: (4, False, False), 11: (4, True, False), 24: (8, True, True)}
 
 
 def reloc_size(rtype: int) -> int:
@@ -171,6 +174,15 @@ class VmlinuxImage:
         raise BuildError(stage=STAGE, message=f"address {address:#x}+{size} is not in any "
                          "loaded segment of vmlinux", hint="report this with the release")
 
+    def referenced_value(self, site: int, rtype: int) -> int | None:
+        """S + A of the relocation the linker resolved at this address, read back from
+        the bytes (PC-relative fields hold S + A - P)."""
+        if rtype not in _RESOLVED_VALUE:
+            return None
+        size, signed, pc_relative = _RESOLVED_VALUE[rtype]
+        value = int.from_bytes(self.read(site, size), "little", signed=signed)
+        return (value + site if pc_relative else value) & (1 << 64) - 1
+
     @property
     def build_id(self) -> str:
         """GNU build-id of the shipped vmlinux (what /sys/kernel/notes of the target shows)."""
@@ -255,16 +267,21 @@ class ModuleImage:
         elf = ELFFile(io.BytesIO(self._data))
         self._sections: dict[str, tuple[int, int, int]] = {}  # name → (base, offset, size)
         base = 0x1000
-        self._relocs: dict[str, list[tuple[int, int]]] = {}  # section → [(offset, type)]
+        # section → [(offset, type, S + A or None when S is undefined)]
+        self._relocs: dict[str, list[tuple[int, int, int | None]]] = {}
         for section in elf.iter_sections():
             if section["sh_flags"] & 0x2:  # SHF_ALLOC
                 align = max(section["sh_addralign"], 1)
                 base = (base + align - 1) // align * align
                 self._sections[section.name] = (base, section["sh_offset"], section["sh_size"])
                 base += section["sh_size"] + 0x1000
+        for section in elf.iter_sections():
             if isinstance(section, RelocationSection):
                 target = elf.get_section(section["sh_info"]).name
-                self._relocs[target] = [(r["r_offset"], r["r_info_type"])
+                symtab = elf.get_section(section["sh_link"])
+                self._relocs[target] = [(r["r_offset"], r["r_info_type"],
+                                         self._resolve(elf, symtab.get_symbol(r["r_info_sym"]),
+                                                       r["r_addend"]))
                                         for r in section.iter_relocations()]
         self.symbols: list[MSymbol] = []
         symtab = elf.get_section_by_name(".symtab")
@@ -278,6 +295,13 @@ class ModuleImage:
                                             sym["st_info"]["type"], sym["st_info"]["bind"]))
         self.name = module_name_of(self._data) or \
             path.name.split(".ko")[0].replace("-", "_")
+
+    def _resolve(self, elf: ELFFile, sym, addend: int) -> int | None:
+        shndx = sym["st_shndx"]
+        if not isinstance(shndx, int) or shndx == 0:
+            return None
+        placed = self._sections.get(elf.get_section(shndx).name)
+        return None if placed is None else placed[0] + sym["st_value"] + addend
 
     # -- lookups ------------------------------------------------------------------
     def exists(self, name: str) -> bool:
@@ -326,8 +350,17 @@ class ModuleImage:
             return []
         sym = syms[0]
         return [(off - sym.value, reloc_size(rtype))
-                for off, rtype in self._relocs.get(sym.section, [])
+                for off, rtype, _value in self._relocs.get(sym.section, [])
                 if sym.value <= off < sym.value + sym.size]
+
+    def referenced_value(self, site: int, rtype: int) -> int | None:
+        """S + A of the shipped relocation at this address (a .ko's sites hold zeros)."""
+        del rtype  # the .ko's own relocation says it
+        for name, (base, _offset, size) in self._sections.items():
+            if base <= site < base + size:
+                return next((value for off, _t, value in self._relocs.get(name, [])
+                             if off == site - base), None)
+        return None
 
 
 def read_module_bytes(path: Path) -> bytes:

@@ -236,7 +236,6 @@ def diff_unit(orig_obj: ElfObject, patched_obj: ElfObject, source: str, target_o
     result.callbacks = _callbacks(patched)
     callback_functions = set(result.callbacks.values())
 
-    changed_parents: dict[str, str] = {}
     init_changes: list[str] = []
     for name, psym in patched.functions.items():
         kind = _section_kind(psym.section)
@@ -261,19 +260,10 @@ def diff_unit(orig_obj: ElfObject, patched_obj: ElfObject, source: str, target_o
                 message=f"{oname} is in {psym.section.name}, which cannot be traced by "
                         "ftrace and so cannot be live-patched",
                 hint="patch the callers of this function instead")
-        parent = _cold_parent(oname)
-        if parent and parent in orig.functions:
-            pparent = next((p for p, o in rename.items() if o == parent), parent)
-            changed_parents[parent] = pparent
-            continue
-        result.changed.append(ChangedFunction(name=oname, patched_name=name, reason=reason))
-    for parent, pparent in changed_parents.items():
-        if not any(c.name == parent for c in result.changed):
-            result.changed.append(ChangedFunction(name=parent, patched_name=pparent,
-                                                  reason="its .cold part changed"))
+        _mark_changed(result, orig, rename, oname, name, reason)
 
+    init_changes += _check_data(orig, patched, rename, identity, result, source)
     _check_init(init_changes, result, skip_init)
-    _check_data(orig, patched, rename, identity, result, source)
     _check_traceable(orig, result)
 
     result.provides = sorted(
@@ -330,6 +320,22 @@ def ftrace_sites(obj: ElfObject) -> set[tuple[int, int]]:
     sec = obj.section("__mcount_loc")
     return {(id(r.symbol.section), r.symbol.value + r.addend)
             for r in (sec.relocs or [] if sec else []) if r.symbol.section is not None}
+
+
+def _mark_changed(result: UnitDiff, orig: _Side, rename: dict[str, str], oname: str,
+                  pname: str, reason: str) -> None:
+    """Record a changed function; a changed .cold part is patched with its parent (it
+    has no ftrace entry of its own, and only its parent jumps into it)."""
+    parent = _cold_parent(oname)
+    if parent and parent in orig.functions:
+        pparent = next((p for p, o in rename.items() if o == parent), parent)
+        oname, pname, reason = parent, pparent, f"its .cold part changed: {reason}"
+    for change in result.changed:
+        if change.name == oname:
+            if change.reason.startswith("its .cold part changed"):
+                change.reason = reason  # its own difference says more
+            return
+    result.changed.append(ChangedFunction(name=oname, patched_name=pname, reason=reason))
 
 
 def _check_traceable(orig: _Side, result: UnitDiff) -> None:
@@ -412,8 +418,13 @@ def _function_name(obj: ElfObject, rel: Reloc) -> str:
 
 
 def _check_data(orig: _Side, patched: _Side, rename: dict[str, str],
-                identity: dict[str, str], result: UnitDiff, source: str) -> None:
-    """New data is fine; changing the initial value of existing data is not."""
+                identity: dict[str, str], result: UnitDiff, source: str) -> list[str]:
+    """New data is fine; changing the initial value of existing data is not.
+
+    Changed read-only data travels as a new copy that the patched functions use. Returns
+    the init code that used it (it ran with the old copy).
+    """
+    copies: list[tuple[str, Symbol]] = []
     for name, psym in patched.objects.items():
         sec = psym.section
         if not sec.flags & SHF_ALLOC or sec.name.startswith((".discard", ".kpatch")) or \
@@ -446,11 +457,59 @@ def _check_data(orig: _Side, patched: _Side, rename: dict[str, str],
                      "or attach new state with a shadow variable (klp_shadow_get_or_alloc)")
         # Changed read-only data: ship a new copy; every user must be patched to use it.
         result.new_data.append(name)
+        copies.append((oname, psym))
         for fname, fsym in patched.functions.items():
-            if any(r.symbol is psym or (r.symbol.type == STT_SECTION and r.symbol.section is sec)
-                   for r in patched.relocs_in(fsym)):
+            if any(_points_at(r, psym) for r in patched.relocs_in(fsym)):
                 oname_f = rename.get(fname)
-                if oname_f and not any(c.name == oname_f for c in result.changed):
-                    result.changed.append(ChangedFunction(
-                        name=oname_f, patched_name=fname,
-                        reason=f"uses read-only data '{oname}', which changed"))
+                if oname_f and _section_kind(fsym.section) != "init":
+                    _mark_changed(result, orig, rename, oname_f, fname,
+                                  f"uses read-only data '{oname}', which changed")
+    return _check_copies_reachable(patched, copies, set(result.new_data), source)
+
+
+def _points_at(rel: Reloc, sym: Symbol) -> bool:
+    if rel.symbol is sym:
+        return True
+    return rel.symbol.type == STT_SECTION and rel.symbol.section is sym.section and \
+        sym.value <= rel.addend < sym.value + max(sym.size, 1)
+
+
+def _check_copies_reachable(patched: _Side, copies: list[tuple[str, Symbol]],
+                            new_data: set[str], source: str) -> list[str]:
+    """A new copy of read-only data reaches only the patched functions. Whatever else
+    holds the old copy's address — other files (the data is global), data of this file
+    the patch does not replace (an ops table, a driver's id_table), init code that
+    already ran — keeps using the old contents beside code written for the new: refused,
+    or for init code returned to be judged with the other init changes."""
+    init_users: list[str] = []
+    for oname, psym in copies:
+        if psym.bind == STB_GLOBAL:
+            raise BuildError(
+                stage="diff", file=source, function=oname,
+                message=f"the patch changes read-only data '{oname}', which is global: other "
+                        "files of the running kernel hold its address and would keep using "
+                        "the old contents beside patched code that uses the new",
+                hint="leave the global definition alone and give the patched functions a "
+                     "new static table under another name")
+        for holder in patched.objects.values():
+            if holder is psym or holder.name in new_data or \
+                    not holder.section.flags & SHF_ALLOC or \
+                    holder.section.name.startswith((".discard", ".kpatch", *OWN_COPY)):
+                continue
+            if not any(_points_at(r, psym) for r in patched.relocs_in(holder)):
+                continue
+            if _section_kind(holder.section) == "init":
+                init_users.append(f"{holder.name} (init data holding '{oname}')")
+                continue
+            raise BuildError(
+                stage="diff", file=source, function=oname,
+                message=f"the patch changes read-only data '{oname}', and '{holder.name}' "
+                        "holds its address: the running kernel's copy of it keeps pointing "
+                        "at the old contents, while the patched functions use the new",
+                hint="change the data from a KLP_POST_PATCH_CALLBACK, or make the patched "
+                     "functions use a new table under another name")
+        for fname, fsym in patched.functions.items():
+            if _section_kind(fsym.section) == "init" and \
+                    any(_points_at(r, psym) for r in patched.relocs_in(fsym)):
+                init_users.append(f"{fname} in {fsym.section.name} (uses '{oname}')")
+    return init_users

@@ -35,7 +35,7 @@ from builder.elf import (
 )
 from builder.errors import BuildError
 from builder.layout import Layout
-from builder.stages.diff import UnitDiff, _cold_parent, _masked, _Side, canonical
+from builder.stages.diff import OWN_COPY, UnitDiff, _cold_parent, _masked, _Side, canonical
 from builder.symbols import nearest_to_neighbours
 
 ORC_DATA = ".orc_unwind"
@@ -58,6 +58,8 @@ class SymbolSource(Protocol):
     def addresses(self, name: str) -> list[int]: ...
 
     def read(self, address: int, size: int) -> bytes: ...
+
+    def referenced_value(self, site: int, rtype: int) -> int | None: ...  # S + A there
 
 
 class Exports(Protocol):
@@ -126,19 +128,7 @@ class _Generator:
         roots += [p.functions[n] for n in self.diff.new_functions]
         roots += [p.functions[n] for n in self.diff.callbacks.values() if n in p.functions]
         roots += [p.objects[n] for n in self.diff.new_data if n in p.objects]
-        work = [s.section for s in roots]
-        while work:
-            sec = work.pop()
-            if id(sec) in self.included:
-                continue
-            self._include(sec)
-            for rel in sec.relocs or []:
-                needed = self._section_needed_by(sec, rel)
-                if needed is not None and id(needed) not in self.included:
-                    work.append(needed)
-        for sec in list(self.included_sources()):
-            out = self.included[id(sec)]
-            out.relocs = [self._translate(sec, rel) for rel in sec.relocs or []]
+        self._bring([s.section for s in roots])
         self._copy_special_sections()
         result = GeneratedUnit(object=self.out, klp_symbols=sorted(self.klp), notes=self.notes,
                                target_object=self.objname)
@@ -154,8 +144,22 @@ class _Generator:
         result.sections = [s.name for s in self.out.sections]
         return result
 
-    def included_sources(self) -> list[Section]:
-        return [s for s in self.patched.sections if id(s) in self.included]
+    def _bring(self, work: list[Section]) -> None:
+        """Copy these sections and everything they need that the kernel lacks."""
+        brought = []
+        while work:
+            sec = work.pop()
+            if id(sec) in self.included:
+                continue
+            self._include(sec)
+            brought.append(sec)
+            for rel in sec.relocs or []:
+                needed = self._section_needed_by(sec, rel)
+                if needed is not None and id(needed) not in self.included:
+                    work.append(needed)
+        for sec in brought:  # once all are in, so references between them map
+            self.included[id(sec)].relocs = [self._translate(sec, rel)
+                                             for rel in sec.relocs or []]
 
     def _include(self, sec: Section) -> None:
         name = sec.name
@@ -303,6 +307,10 @@ class _Generator:
             if len(same_code) == 1:
                 return same_code[0] + 1
             candidates = same_code or candidates  # none alike: runtime-patched sites differ
+        if orig_sym is not None:
+            pinned = self._pinned_by_references(orig_sym, [addresses[i] for i in candidates])
+            if pinned is not None:
+                return candidates[pinned] + 1
         # Place tells only for this file's own symbols; a name defined elsewhere is not ours
         # to guess.
         same_kind = {} if orig_sym is None else \
@@ -311,13 +319,52 @@ class _Generator:
                                         [n for n in same_kind if n != name])
         if nearest is not None:
             return candidates[nearest] + 1
-        tried = f"{len(candidates)} candidates have its code, and no symbol of this file " \
-            "with a unique name lies clearly nearer to one of them"
+        tried = f"{len(candidates)} candidates have its code, no function of this file " \
+            "whose place is known refers to it, and no symbol of this file with a unique " \
+            "name lies clearly nearer to one of them"
         raise BuildError(
             stage="generate", file=self.diff.source, function=name,
             message=f"'{name}' exists {len(addresses)} times in {self.objname} and the builder "
                     f"cannot tell which one belongs to this file: {tried}",
             hint="patch a caller with a unique name instead")
+
+    def _pinned_by_references(self, orig_sym: Symbol, candidates: list[int]) -> int | None:
+        """Which candidate the shipped code of this file itself refers to.
+
+        A function of this file whose place in the running kernel is known (a unique name,
+        or a position verify proved) and whose rebuilt original refers to the symbol holds,
+        in the shipped binary, the address the linker chose: read back, it names the
+        candidate. Every such reference must agree.
+        """
+        found: set[int] = set()
+        for fname, fsym in self.orig.functions.items():
+            start = self._known_address(fname)
+            if start is None:
+                continue
+            for rel in self.orig.relocs_in(fsym):
+                sym = rel.symbol
+                if sym is not orig_sym and not (
+                        sym.type == STT_SECTION and sym.section is orig_sym.section and
+                        orig_sym.value <= self.orig.target_offset(fsym.section, rel)
+                        < orig_sym.value + max(orig_sym.size, 1)):
+                    continue
+                value = self.symbols.referenced_value(start + rel.offset - fsym.value, rel.type)
+                if value is None:
+                    continue
+                base = orig_sym.value if sym.type == STT_SECTION else 0
+                address = (value - rel.addend + base) & (1 << 64) - 1
+                found.add(candidates.index(address) if address in candidates else -1)
+        return found.pop() if len(found) == 1 and -1 not in found else None
+
+    def _known_address(self, name: str) -> int | None:
+        """Where a function of this file sits in the running kernel, if that is certain."""
+        addresses = self.symbols.addresses(name)
+        pos = self.sympos_cache.get(f"{self.objname}:{name}")
+        if len(addresses) == 1:
+            return addresses[0]
+        if pos and pos <= len(addresses):
+            return addresses[pos - 1]
+        return None
 
     def _export_alias(self, psym: Symbol, label: str) -> str:
         """A global name for the hook to reference a (usually static) patched function."""
@@ -415,12 +462,12 @@ class _Generator:
     def _translate_special(self, site: Section, rel: Reloc, offset: int) -> Reloc:
         sym = rel.symbol
         target = sym.section
-        # An entry may point at code or strings no function refers to directly.
+        # An entry may point at code or strings no function refers to directly, or at a
+        # pr_debug descriptor used only as a jump-label key (print_hex_dump_debug).
         if target is not None and id(target) not in self.included and \
-                (target.flags & SHF_STRINGS or target.name.startswith(".altinstr_")):
-            self._include(target)
-            self.included[id(target)].relocs = [self._translate(target, r)
-                                                for r in target.relocs or []]
+                (target.flags & SHF_STRINGS or target.name.startswith(".altinstr_")
+                 or target.name in OWN_COPY):
+            self._bring([target])
         moved = self._translate(site, rel)
         return Reloc(offset, moved.type, moved.symbol, moved.addend)
 

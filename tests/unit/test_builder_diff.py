@@ -103,6 +103,9 @@ class Symbols:
     def read(self, address: int, size: int) -> bytes:
         raise AssertionError("unique symbols need no bytes")
 
+    def referenced_value(self, site: int, rtype: int) -> int | None:
+        return None  # no linked code to read a reference back from
+
 
 def build(tmp_path: Path, name: str, source: str) -> ElfObject:
     c = tmp_path / f"{name}.c"

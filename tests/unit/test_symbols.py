@@ -307,3 +307,34 @@ def test_jump_label_sites_accept_exactly_their_two_forms(tmp_path, rebuilt, ship
 
     difference, _masked = _compare(fn, Image(), 0)
     assert (difference is None) == accepted
+
+
+@needs_gcc
+def test_referenced_value_reads_back_what_the_linker_or_the_ko_resolved(tmp_path):
+    from builder.elf import ElfObject
+
+    one = _cc(tmp_path, "one", SOURCE % {"factor": 3, "add": 1})
+    support = _cc(tmp_path, "support", SUPPORT)
+    image = _linked_image(tmp_path, [one, support])
+    with open(tmp_path / "vmlinux", "rb") as fh:
+        counter = next(s["st_value"] for s in ELFFile(fh).get_section_by_name(".symtab")
+                       .iter_symbols() if s.name == "counter")
+    obj = ElfObject.read(one)
+    scaled = obj.symbol("scaled")
+    uses = [r for r in scaled.section.relocs if r.symbol.name == "counter"]
+    assert uses
+    start = image.positions("scaled")[0]
+    for rel in uses:  # PC-relative or absolute, the field gives back S + A
+        assert image.referenced_value(start + rel.offset - scaled.value, rel.type) == \
+            counter + rel.addend
+
+    ko = tmp_path / "m.ko"
+    subprocess.run(["ld", "-r", "-o", str(ko), str(one)], check=True)
+    module = ModuleImage(ko)
+    caller = obj.symbol("use_helper")
+    helper = obj.symbol("helper")  # its own section, at offset 0: named or by section
+    call = next(r for r in caller.section.relocs if r.symbol.section is helper.section)
+    site = module.positions("use_helper")[0] + call.offset - caller.value
+    assert module.referenced_value(site, call.type) == module.positions("helper")[0] + call.addend
+    counter_use = module.positions("scaled")[0] + uses[0].offset - scaled.value
+    assert module.referenced_value(counter_use, uses[0].type) is None  # undefined here

@@ -4,7 +4,7 @@
 
 For each pair of package versions of one Debian kernel line (older → newer), the C and
 header difference of the two `linux-source` trees is cut into fix units the way a user
-would patch (bench/fixunits.py: the changed .c files of one directory with the changed
+would patch (builder/update/units.py: the changed .c files of one directory with the changed
 headers they include most directly). Each unit becomes one `diff -u` patch, built with
 `python3 -m builder build` for the kernel whose image package has the older version,
 and timed. A fixed, seeded sample of the built units is then proven on one lab VM
@@ -41,16 +41,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from fixunits import Unit, cut_units, header_reach, tree_diff, unit_patch  # noqa: E402
 
 from builder.errors import BuildError  # noqa: E402
-from builder.providers import cache_dir, get_provider  # noqa: E402
+from builder.providers import get_provider  # noqa: E402
 from builder.providers.debian import madison_versions  # noqa: E402
-from builder.stages.acquire import download, extract_atomically, source_root  # noqa: E402
-from builder.stages.compile import locked, restore_files  # noqa: E402
-from builder.stages.prepare import extract_source, prepare  # noqa: E402
+from builder.stages.compile import pristine  # noqa: E402
+from builder.stages.prepare import prepare  # noqa: E402
+from builder.update import source_tree  # noqa: E402
+from builder.update.units import Unit, cut_units, header_reach, tree_diff, unit_patch  # noqa: E402
 
 DEFAULT_PAIRS = [("6.1.192-1", "6.1.192-2"), ("6.1.192-2", "6.1.192-3"),
                  ("6.1.190-1", "6.1.192-1")]
@@ -102,15 +100,6 @@ def older_release(version: str, flavour: str) -> str:
                 version in madison_versions(f"linux-image-{release}-unsigned"):
             return release
     raise SystemExit(f"the archive has no {flavour} kernel image of version {version}")
-
-
-def source_tree(version: str, series: str = "6.1") -> Path:
-    """linux-source-SERIES of `version`, downloaded and extracted the builder's way."""
-    cache = cache_dir()
-    deb = download(cache / "debs", f"linux-source-{series}", version)
-    root = extract_atomically([deb], source_root(cache, version) / "deb")
-    tarball = sorted((root / "usr" / "src").glob(f"linux-source-{series}.tar.*"))[0]
-    return extract_source(tarball, source_root(cache, version))
 
 
 # ---------------------------------------------------------------- building
@@ -326,9 +315,8 @@ def run_pair(args, old_version: str, new_version: str, root: Path) -> dict:
             str(err).splitlines()[0]
         say(result["skipped"])
         return result
-    new = source_tree(new_version)
-    with locked(tree):  # the shared tree is pristine while we hold the builder's lock
-        restore_files(tree)
+    new, _changelog = source_tree(new_version, ".".join(new_version.split(".")[:2]))
+    with pristine(tree.source_dir, new):  # no build may have either patched now
         diff = tree_diff(tree.source_dir, new)
         units, left_out = cut_units(diff, tree.source_dir, new, tree.build_dir,
                                     tree.make_args)

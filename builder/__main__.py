@@ -1,5 +1,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Command line: python3 -m builder build --kernel RELEASE --patch FILE --name NAME --output DIR."""
+"""Command line of the builder.
+
+    python3 -m builder build  --kernel RELEASE --patch FILE --name NAME --output DIR
+    python3 -m builder update --kernel RELEASE --to VERSION|latest --name NAME --output DIR
+"""
 
 from __future__ import annotations
 
@@ -41,7 +45,59 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--check", action="store_true",
                    help="only report whether a build is needed (with --if-changed)")
     b.add_argument("--work", type=Path, metavar="DIR", help="work directory (default: cache)")
+    u = sub.add_parser("update", help="one live patch that brings a kernel to a newer "
+                                      "Debian upload's code")
+    u.add_argument("--kernel", required=True, metavar="RELEASE",
+                   help="kernel release as `uname -r` prints it, e.g. 6.1.0-55-amd64")
+    u.add_argument("--package-version", metavar="VERSION",
+                   help="the package version the host runs (`dpkg-query -W "
+                        "linux-image-$(uname -r)`; default: the archive's newest)")
+    u.add_argument("--to", required=True, metavar="VERSION",
+                   help="a package version of the same kernel line, or 'latest'")
+    u.add_argument("--name", required=True, help="module name (NAME.ko, NAME.json)")
+    u.add_argument("--output", required=True, type=Path, metavar="DIR")
+    u.add_argument("--sign-key", type=Path, metavar="KEY")
+    u.add_argument("--sign-cert", type=Path, metavar="CERT")
+    u.add_argument("--consistency", choices=("default", "freeze"), default="default")
+    u.add_argument("--work", type=Path, metavar="DIR",
+                   help="work directory; unit results kept there make a rerun resume")
+    u.add_argument("--check", action="store_true",
+                   help="only resolve the versions and say what would be done")
     return top
+
+
+def run_update(args) -> int:
+    from builder.update import UpdateRequest, plan, update
+
+    request = UpdateRequest(
+        kernel=args.kernel, to=args.to, name=args.name, output=args.output,
+        package_version=args.package_version, work=args.work, sign_key=args.sign_key,
+        sign_cert=args.sign_cert, consistency=args.consistency)
+    planned = plan(request)
+    if args.check:
+        print(json.dumps({**planned, "module": None, "changed": planned["state"] ==
+                          "would-build"}))
+        return 0
+    before = _sha256_or_none(args.output / f"{planned['name']}.ko")
+    manifest = update(request)
+    info = manifest["update"]
+    counts: dict[str, int] = {}
+    for unit in info["units"]:
+        counts[unit["status"]] = counts.get(unit["status"], 0) + 1
+    module = args.output / f"{planned['name']}.ko"
+    print(json.dumps({"module": str(module) if manifest.get("module_sha256") else None,
+                      "name": planned["name"], "manifest": planned["manifest"],
+                      "state": info["state"], "from": info["from"], "to": info["to"],
+                      "changed": manifest.get("module_sha256") != before,
+                      "units": counts, "cves_live": len(info.get("cves_live", [])),
+                      "cves_not_live": len(info.get("cves_not_live", []))}))
+    return 0
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def forget_outer_make(environ: dict[str, str]) -> None:
@@ -61,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --name {args.name!r}: use letters, digits, '-' and '_' only",
               file=sys.stderr)
         return 2
+    if args.command == "update":
+        try:
+            return run_update(args)
+        except BuildError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     request = BuildRequest(kernel=args.kernel, package_version=args.package_version,
                            patches=args.patch, name=args.name, output=args.output,
                            replace=not args.no_replace, sign_key=args.sign_key,

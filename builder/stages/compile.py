@@ -10,6 +10,7 @@ the next run restores the tree before doing anything else.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 from builder.artifacts import CompiledUnit, CompileResult, PreparedTree
 from builder.errors import BuildError
@@ -147,6 +149,18 @@ def locked(tree: PreparedTree) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def pristine(*source_dirs: Path) -> Iterator[None]:
+    """Read shared source trees as shipped: each locked (in one order, so two readers
+    never deadlock) and restored from an interrupted build first."""
+    with contextlib.ExitStack() as stack:
+        for source_dir in sorted(set(source_dirs)):
+            tree = SimpleNamespace(source_dir=source_dir)
+            stack.enter_context(locked(tree))
+            restore_files(tree)
+        yield
 
 
 def _dirty_dir(tree: PreparedTree) -> Path:
@@ -499,4 +513,4 @@ def compile_units(tree: PreparedTree, patches: PatchSet, work: Path,
 
 
 __all__ = ["compile_units", "apply_patch", "check_compilable", "plan_units", "target_object",
-           "config_guard", "restore_files", "build_objects", "original_objects"]
+           "config_guard", "restore_files", "pristine", "build_objects", "original_objects"]

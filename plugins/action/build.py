@@ -18,7 +18,8 @@ from ansible.plugins.action import ActionBase
 COLLECTION_ROOT = Path(__file__).resolve().parents[2]
 
 ARGUMENT_SPEC = {
-    "patches": {"type": "list", "elements": "path", "required": True},
+    "patches": {"type": "list", "elements": "path", "default": []},
+    "update_to": {"type": "str"},
     "name": {"type": "str", "required": True},
     "kernels": {"type": "list", "elements": "raw", "required": True},
     "output_dir": {"type": "path", "required": True},
@@ -51,27 +52,21 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        _validation, args = self.validate_argument_spec(
+            argument_spec=ARGUMENT_SPEC, mutually_exclusive=[["patches", "update_to"]],
+            required_one_of=[["patches", "update_to"]])
         patches = [Path(self._loader.path_dwim(p)) for p in args["patches"]]
         for patch in patches:
             if not patch.is_file():
                 raise AnsibleActionFail(f"patch file not found: {patch}")
         output = Path(self._loader.path_dwim(args["output_dir"]))
-        result.update(modules={}, manifests={}, built=[], skipped=[], log={}, changed=False)
+        result.update(modules={}, manifests={}, names={}, updates={}, built=[], skipped=[],
+                      log={}, changed=False)
         for release, version in kernel_items(args["kernels"]):
             out = output / release
-            argv = [sys.executable, "-m", "builder", "build", "--kernel", release,
-                    "--name", args["name"], "--output", str(out), "--if-changed"]
-            for patch in patches:
-                argv += ["--patch", str(patch)]
+            argv = self._argv(args, patches, release, out)
             if version:
                 argv += ["--package-version", str(version)]
-            if not args["replace"]:
-                argv.append("--no-replace")
-            if args["consistency"] != "default":
-                argv += ["--consistency", args["consistency"]]
-            if args["sign_key"]:
-                argv += ["--sign-key", args["sign_key"], "--sign-cert", args["sign_cert"] or ""]
             if self._task.check_mode:
                 argv.append("--check")
             proc = subprocess.run(argv, cwd=COLLECTION_ROOT, capture_output=True, text=True,
@@ -82,10 +77,46 @@ class ActionModule(ActionBase):
                 raise AnsibleActionFail(f"building {args['name']} for {release} failed:\n"
                                         + proc.stderr.strip(), result=result)
             outcome = json.loads(proc.stdout.strip().splitlines()[-1])
-            result["modules"][release] = outcome["module"]
+            result["modules"][release] = outcome["module"] or ""
+            result["names"][release] = outcome.get("name", args["name"])
             (result["built"] if outcome["changed"] else result["skipped"]).append(release)
-            manifest = out / f"{args['name']}.json"
-            if manifest.is_file():
+            manifest = Path(outcome.get("manifest") or out / f"{args['name']}.json")
+            if manifest.is_file() and not self._task.check_mode:
                 result["manifests"][release] = json.loads(manifest.read_text())
+            if args["update_to"]:
+                result["updates"][release] = self._update_summary(
+                    outcome, result["manifests"].get(release, {}))
         result["changed"] = bool(result["built"])
         return result
+
+    @staticmethod
+    def _argv(args: dict, patches: list[Path], release: str, out: Path) -> list[str]:
+        base = [sys.executable, "-m", "builder"]
+        common = ["--kernel", release, "--name", args["name"], "--output", str(out)]
+        if args["consistency"] != "default":
+            common += ["--consistency", args["consistency"]]
+        if args["sign_key"]:
+            common += ["--sign-key", args["sign_key"], "--sign-cert", args["sign_cert"] or ""]
+        if args["update_to"]:
+            return [*base, "update", *common, "--to", args["update_to"]]
+        argv = [*base, "build", *common, "--if-changed"]
+        for patch in patches:
+            argv += ["--patch", str(patch)]
+        if not args["replace"]:
+            argv.append("--no-replace")
+        return argv
+
+    @staticmethod
+    def _update_summary(outcome: dict, manifest: dict) -> dict:
+        """Per kernel: versions, state, units by status, CVEs (for the report)."""
+        info = manifest.get("update", {})
+        units = info.get("units", [])
+        return {"from": outcome.get("from"), "to": outcome.get("to"),
+                "state": outcome.get("state"),
+                "live": [u["name"] for u in units if u["status"] == "live"],
+                "needs_reboot": [{"name": u["name"], "reason": u.get("reason", "")}
+                                 for u in units if u["status"] == "needs-reboot"],
+                "no_change": [u["name"] for u in units if u["status"] == "no-change"],
+                "not_in_config": len([u for u in units if u["status"] == "not-in-config"]),
+                "cves_live": info.get("cves_live", []),
+                "cves_not_live": info.get("cves_not_live", [])}

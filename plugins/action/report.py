@@ -9,6 +9,7 @@ functions are pure so that unit tests can feed them a fixed fleet.
 
 Host facts read (all optional; see roles/rollout and roles/verify):
   build_kernel     {release, package_version, livepatch_supported}  set once the host answered
+  build_update     {from, to, state, live, needs_reboot, cves_live, ...}  with an update
   rollout_result   {status, state, gate, reason, transition_seconds, changed, ...}
   verify_result    {ok, reachable, state, transition, reason}
 """
@@ -33,7 +34,7 @@ except ImportError:  # reported when a query is asked for
 FORMATS = ("json", "junit", "html")
 FILES = {"json": "report.json", "junit": "report.xml", "html": "report.html"}
 # Worst first: the order of the summary and of the HTML table.
-STATUSES = ("failed", "unreachable", "skipped", "not_attempted", "ok")
+STATUSES = ("failed", "unreachable", "skipped", "not_attempted", "current", "ok")
 
 ARGUMENT_SPEC = {
     "dest": {"type": "path", "required": True},
@@ -47,7 +48,7 @@ ARGUMENT_SPEC = {
     "query": {"type": "str"},
 }
 
-HOST_FACTS = ("build_kernel", "rollout_result", "verify_result")
+HOST_FACTS = ("build_kernel", "build_update", "rollout_result", "verify_result")
 
 
 def _plain(value):
@@ -74,6 +75,15 @@ def host_entry(host: str, facts: dict) -> dict:
         "verified": bool(verify.get("ok", False)),
         "taint": result.get("taint"),
     }
+    update = facts.get("build_update") or {}
+    if update:
+        # Running version, live-patched-to version, units live and the reboot debt.
+        entry["update"] = {
+            "from": update.get("from"), "to": update.get("to"), "state": update.get("state"),
+            "live_units": update.get("live", []),
+            "needs_reboot": [u["name"] for u in update.get("needs_reboot", [])],
+            "cves_live": update.get("cves_live", []),
+            "cves_not_live": update.get("cves_not_live", [])}
     if not kernel or verify.get("reachable") is False:
         reason = verify.get("reason") if kernel else (
             "did not answer when the fleet's kernels were read")
@@ -84,8 +94,8 @@ def host_entry(host: str, facts: dict) -> dict:
                      reason=f"{kernel.get('release')} has no livepatch support")
     elif result.get("status") == "failed":
         entry["status"] = "failed"
-    elif result.get("status") == "skipped":
-        entry["status"] = "skipped"
+    elif result.get("status") in ("skipped", "current"):
+        entry["status"] = result["status"]
     elif not result:
         entry.update(status="not_attempted",
                      reason="the rollout stopped before this host's batch")
@@ -124,7 +134,7 @@ def render_junit(report: dict) -> str:
         "tests": str(summary["hosts"]),
         "failures": str(summary["failed"]),
         "errors": str(summary["unreachable"]),
-        "skipped": str(summary["skipped"] + summary["not_attempted"]),
+        "skipped": str(summary["skipped"] + summary["not_attempted"] + summary["current"]),
         "time": f"{sum(e['transition_seconds'] or 0 for e in report['hosts']):.3f}",
         "timestamp": report["generated"],
     })
@@ -140,7 +150,7 @@ def render_junit(report: dict) -> str:
             failure.text = json.dumps(entry, indent=2)
         elif entry["status"] == "unreachable":
             ET.SubElement(case, "error", {"message": message, "type": "unreachable"})
-        elif entry["status"] in ("skipped", "not_attempted"):
+        elif entry["status"] in ("skipped", "not_attempted", "current"):
             ET.SubElement(case, "skipped", {"message": entry["reason"] or entry["status"]})
     root = ET.Element("testsuites", {"name": "klp.livepatch rollout"})
     root.append(suite)
@@ -164,6 +174,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .failed { background: #fbd5d5; color: #8a1414; }
 .unreachable { background: #fde7c2; color: #7a4b00; }
 .skipped, .not_attempted { background: #e4e4ee; color: #444; }
+.current { background: #dcefe2; color: #234; }
 """
 
 
@@ -178,8 +189,11 @@ def render_html(report: dict) -> str:
     for e in report["hosts"]:
         seconds = "" if e["transition_seconds"] is None else f"{e['transition_seconds']:.2f}"
         problem = ""
-        if e["status"] != "ok":
+        if e["status"] not in ("ok", "current"):
             problem = f"<b>{esc(str(e['gate'] or ''))}</b> {esc(str(e['reason'] or ''))}"
+        if e.get("update"):
+            problem = f"{_update_cell(e['update'])}<br>{problem}" if problem else \
+                _update_cell(e["update"])
         if e["rolled_back"]:
             problem += " (rolled back)"
         status = esc(e["status"])
@@ -222,6 +236,21 @@ def render_html(report: dict) -> str:
 </body>
 </html>
 """
+
+
+def _update_cell(update: dict) -> str:
+    """'6.1.192-1 → 6.1.192-3: 2 units live, 1 needs a reboot; CVEs live: …'."""
+    esc = html.escape
+    if update.get("state") == "current":
+        return f"update: already runs {esc(str(update.get('to')))}"
+    debt = update.get("needs_reboot", [])
+    text = (f"update {esc(str(update.get('from')))} &rarr; {esc(str(update.get('to')))}: "
+            f"{len(update.get('live_units', []))} unit(s) live, {len(debt)} need a reboot")
+    if debt:
+        text += f" ({esc(', '.join(debt))})"
+    if update.get("cves_live"):
+        text += f"; CVEs live: {esc(', '.join(update['cves_live']))}"
+    return text
 
 
 RENDERERS = {"json": render_json, "junit": render_junit, "html": render_html}

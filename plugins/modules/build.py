@@ -23,10 +23,24 @@ author:
   - klp.livepatch developers (@klp-livepatch)
 options:
   patches:
-    description: Unified diffs (C(-p1)) against the kernel source, applied in order.
+    description:
+      - Unified diffs (C(-p1)) against the kernel source, applied in order.
+      - One of O(patches) and O(update_to) is required.
     type: list
     elements: path
-    required: true
+    default: []
+  update_to:
+    description:
+      - Instead of O(patches), bring each kernel to the code of a newer Debian upload of
+        its kernel line, V(latest) or a package version such as V(6.1.192-3).
+      - The builder takes the difference of the two C(linux-source) packages, cuts it into
+        fix units, builds each one it can live-patch into one cumulative module named
+        C(NAME_<version>) (atomic replace, so a later update takes over from this one)
+        and lists every unit with its status (V(live), V(needs-reboot), V(no-change),
+        V(not-in-config)) and the changelog's CVE ids in the manifest's C(update) key.
+      - A kernel already at that version gets no module (its C(updates) state is
+        V(current)).
+    type: str
   name:
     description: Name of the patch module (letters, digits, C(-) and C(_)).
     type: str
@@ -89,6 +103,14 @@ EXAMPLES = r"""
     output_dir: "{{ playbook_dir }}/livepatch-artifacts"
   run_once: true
 
+- name: Build one module per kernel that brings it to Debian's newest upload of its line
+  klp.livepatch.build:
+    update_to: latest
+    name: debian_update
+    kernels: "{{ groups['all'] | map('extract', hostvars, 'build_kernel') | unique }}"
+    output_dir: /srv/livepatch
+  run_once: true
+
 - name: Build for one pinned kernel package, signed
   klp.livepatch.build:
     patches: [fixes/meminfo.patch]
@@ -103,7 +125,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 modules:
-  description: Path of the module built (or reused) for each kernel release.
+  description:
+    - Path of the module built (or reused) for each kernel release; empty for a kernel
+      an update leaves without a module (current, or nothing live-patchable).
   returned: success
   type: dict
   sample: {"6.1.0-56-amd64": "/srv/livepatch/6.1.0-56-amd64/cve_2026_1234.ko"}
@@ -112,6 +136,23 @@ manifests:
   returned: success, not in check mode
   type: dict
   sample: {"6.1.0-56-amd64": {"kernel_release": "6.1.0-56-amd64", "objects": {}}}
+names:
+  description: Module name per kernel release (C(NAME), or C(NAME_<version>) for an update).
+  returned: success
+  type: dict
+  sample: {"6.1.0-55-amd64": "debian_update_6_1_192_3"}
+updates:
+  description:
+    - With O(update_to), per kernel release - package versions, state (V(update),
+      V(current), V(nothing-live), V(would-build) in check mode), the fix units that are
+      live, those that need a reboot (with the builder's reason), those whose built code
+      does not change, how many are not in the configuration, and the CVE ids covered
+      by live units and not.
+  returned: with O(update_to)
+  type: dict
+  sample: {"6.1.0-55-amd64": {"from": "6.1.192-1", "to": "6.1.192-3", "state": "update",
+           "live": ["fs/ext4", "fs/nfsd"], "needs_reboot": [], "no_change": [],
+           "not_in_config": 0, "cves_live": ["CVE-2026-99362"], "cves_not_live": []}}
 built:
   description: Releases built by this run.
   returned: always

@@ -79,7 +79,7 @@ def test_gates_and_reasons(report):
 
 def test_summary_and_order(report):
     assert report["summary"] == {"hosts": 7, "failed": 2, "unreachable": 2, "skipped": 1,
-                                 "not_attempted": 1, "ok": 1}
+                                 "not_attempted": 1, "current": 0, "ok": 1}
     assert report["success"] is False
     assert [e["status"] for e in report["hosts"]][0] == "failed"
     assert report["hosts"][-1]["host"] == "web1"
@@ -154,3 +154,28 @@ def test_write_atomic(tmp_path):
 def test_kernel_without_livepatch_support():
     entry = rp.host_entry("old", {"build_kernel": {**KERNEL, "livepatch_supported": False}})
     assert (entry["status"], entry["gate"]) == ("failed", "kernel")
+
+
+def test_an_update_shows_versions_units_reboot_debt_and_cves():
+    kernel = {"release": "6.1.0-55-amd64", "package_version": "6.1.192-1",
+              "livepatch_supported": True}
+    update = {"from": "6.1.192-1", "to": "6.1.192-3", "state": "update",
+              "live": ["fs/ext4", "fs/nfsd"], "needs_reboot": [{"name": "mm", "reason": "x"}],
+              "cves_live": ["CVE-2026-99362"], "cves_not_live": []}
+    patched = rp.host_entry("h55", {
+        "build_kernel": kernel, "build_update": update,
+        "rollout_result": {"status": "ok", "state": "enabled", "changed": True},
+        "verify_result": {"ok": True, "reachable": True, "state": "enabled"}})
+    current = rp.host_entry("h57", {
+        "build_kernel": {**kernel, "release": "6.1.0-57-amd64", "package_version": "6.1.192-3"},
+        "build_update": {"from": "6.1.192-3", "to": "6.1.192-3", "state": "current"},
+        "rollout_result": {"status": "current", "gate": "build", "reason": "already runs"},
+        "verify_result": {"ok": True, "reachable": True, "state": "absent"}})
+    assert patched["update"]["needs_reboot"] == ["mm"] and patched["status"] == "ok"
+    assert current["status"] == "current"
+    report = rp.build_report([patched, current], "debian_update", generated="x")
+    assert report["summary"]["current"] == 1 and report["success"] is True
+    page = rp.render_html(report)
+    assert "6.1.192-1 &rarr; 6.1.192-3: 2 unit(s) live, 1 need a reboot (mm)" in page
+    assert "CVE-2026-99362" in page and "already runs 6.1.192-3" in page
+    assert 'skipped="1"' in rp.render_junit(report)

@@ -8,7 +8,7 @@ architecture but x86 (the builder's own include-graph scope). Where a `.c` file 
 built comes from the builder's kbuild evaluation of the older tree; which changed
 `.c` files include a changed header from its include graph.
 
-Used by bench/realfixes.py; stdlib plus the builder's own modules.
+Used by `python3 -m builder update` and bench/realfixes.py.
 """
 
 from __future__ import annotations

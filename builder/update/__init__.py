@@ -1,0 +1,255 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Update: a running Debian kernel brought to a newer upload's code, as one live patch.
+
+    python3 -m builder update --kernel 6.1.0-55-amd64 --to latest --name NAME --output DIR
+
+The module is NAME_<target version> (NAME_6_1_192_3): a later update is another module
+that takes over by atomic replace, so one update is loaded at a time and never a gap.
+
+1. **Versions.** The kernel's package version (what it runs) and the target: `latest`
+   is the newest `linux-source-<series>` the archive offers. At or past the target, the
+   host is current: a manifest says so and no module is made.
+2. **Difference.** Both `linux-source` trees (cached), compared file by file; only C
+   sources and headers that could be built for x86 count (units.py).
+3. **Fix units.** The difference cut the way a user would patch: the changed `.c` files
+   of one directory with the headers they include most directly. A unit none of whose
+   files this configuration builds is `not-in-config`.
+4. **Each unit alone.** Built with the builder's full pipeline (verify, check…); a unit
+   the builder refuses `needs-reboot`, with the builder's reason; a unit whose built
+   code does not change is `no-change`. Results are cached per unit (resumable).
+5. **One cumulative module** from every unit that built, with atomic replace, so a
+   later update replaces this one on the host instead of stacking.
+6. **What it fixes.** The changelog items of the uploads in between, with their CVE
+   ids, tied to units where their subsystem names the unit's files (changelog.py).
+
+The manifest of the module gains an `update` section: versions, every unit (files,
+placements, status, reason, functions, tied changelog items) and the CVEs covered by
+live units and those left for a reboot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder import __version__
+from builder.errors import BuildError
+from builder.pipeline import BuildRequest, Progress, build, manifest_matches
+from builder.providers import cache_dir, get_provider
+from builder.providers.debian import madison_versions, parse_release, version_newer
+from builder.stages.acquire import download, extract_atomically, source_root
+from builder.stages.compile import pristine
+from builder.stages.prepare import extract_source, prepare
+from builder.update.changelog import items_between, read_changelog, tie
+from builder.update.units import Unit, cut_units, tree_diff, unit_patch
+
+STAGE = "update"
+NO_CHANGE = "no functional change"
+UPDATE_RECIPE = 1  # bump when unit results cached by an older builder must be redone
+
+
+@dataclass
+class UpdateRequest:
+    kernel: str
+    to: str  # a package version of the kernel's line, or "latest"
+    name: str
+    output: Path
+    package_version: str | None = None  # what the host runs (default: the archive's newest)
+    work: Path | None = None
+    sign_key: Path | None = None
+    sign_cert: Path | None = None
+    consistency: str = "default"
+
+
+def source_tree(version: str, series: str) -> tuple[Path, Path]:
+    """(tree, changelog.Debian.gz) of linux-source-SERIES at `version`, cached."""
+    cache = cache_dir()
+    deb = download(cache / "debs", f"linux-source-{series}", version)
+    root = extract_atomically([deb], source_root(cache, version) / "deb")
+    tarball = sorted((root / "usr" / "src").glob(f"linux-source-{series}.tar.*"))[0]
+    changelog = root / "usr" / "share" / "doc" / f"linux-source-{series}" / "changelog.Debian.gz"
+    return extract_source(tarball, source_root(cache, version)), changelog
+
+
+def target_version(series: str, to: str, running: str) -> str:
+    """The package version `to` names in the kernel's line."""
+    offered = madison_versions(f"linux-source-{series}")
+    if to == "latest":
+        if not offered:
+            raise BuildError(stage=STAGE, message=f"the archive offers no linux-source-{series}",
+                             hint="run apt-get update; check the sources list has the "
+                                  "security suite")
+        return offered[0]
+    if to not in offered and to != running:
+        raise BuildError(stage=STAGE, message=f"linux-source-{series} has no version {to}",
+                         hint="versions the archive offers: " + ", ".join(offered[:8]))
+    return to
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")[-40:].strip("_")
+
+
+def _unit_result(request: UpdateRequest, kernel, unit: Unit, patch: Path, work: Path,
+                 progress: Progress) -> dict:
+    """Build one unit alone; cached by its patch, kernel and builder version."""
+    key = {"recipe": UPDATE_RECIPE, "builder_version": __version__, "kernel": kernel.release,
+           "package_version": kernel.package_version,
+           "patch_sha256": hashlib.sha256(patch.read_bytes()).hexdigest()}
+    cached = patch.with_suffix(".result.json")
+    if cached.is_file():
+        result = json.loads(cached.read_text())
+        if result.get("key") == key:
+            return result
+    sub = BuildRequest(kernel=kernel.release, package_version=kernel.package_version,
+                       patches=[patch], name=f"u_{_slug(unit.name)}"[:50],
+                       output=work / "units" / _slug(unit.name), work=work / "unit-work")
+    result = {"key": key}
+    t0 = time.monotonic()
+    try:
+        manifest = build(sub, Progress(stream=progress.stream, started=progress.started))
+    except BuildError as err:
+        text = str(err)
+        result.update(status="no-change" if NO_CHANGE in text else "needs-reboot",
+                      reason=text.splitlines()[0])
+    else:
+        result.update(status="live", reason="",
+                      functions={obj: sorted(f["name"] for f in fns)
+                                 for obj, fns in manifest["objects"].items()},
+                      notes=manifest.get("notes", []))
+    result["build_seconds"] = round(time.monotonic() - t0, 1)
+    cached.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def update(request: UpdateRequest, progress: Progress | None = None) -> dict:
+    """Build the update module (or say the host is current); returns the manifest."""
+    progress = progress or Progress()
+    provider = get_provider()
+    kernel = provider.resolve(request.kernel, request.package_version)
+    series = parse_release(kernel.release).series
+    newer = progress.stage("resolve", f"{kernel.release} runs {kernel.package_version}, "
+                           f"update to {request.to}", target_version, series, request.to,
+                           kernel.package_version)
+    request.output.mkdir(parents=True, exist_ok=True)
+    name = module_name(request.name, newer)
+    manifest_path = request.output / f"{name}.json"
+    info = {"from": kernel.package_version, "to": newer, "units": [], "changelog": []}
+    if not version_newer(newer, kernel.package_version):
+        (request.output / f"{name}.ko").unlink(missing_ok=True)
+        return _write(manifest_path, _current(name, kernel, info))
+
+    work = request.work or cache_dir() / "work" / f"update-{kernel.release}-{newer}"
+    (work / "patches").mkdir(parents=True, exist_ok=True)
+    tree = progress.stage("prepare", "kernel tree", lambda: prepare(provider.acquire(kernel)))
+    new_tree, changelog = progress.stage("acquire", f"linux-source-{series} {newer}",
+                                         source_tree, newer, series)
+    units, left_out, patches = progress.stage(
+        "units", "difference cut into fix units", _cut, tree, new_tree, work)
+    records = []
+    for index, unit in enumerate(units, 1):
+        record = {"name": unit.name, "files": unit.files, "unbuilt": unit.unbuilt,
+                  "placements": unit.placements}
+        if not unit.in_config:
+            record.update(status="not-in-config",
+                          reason=unit.reason or "no file of it is built in this configuration")
+        else:
+            progress.note(f"unit {index}/{len(units)}: {unit.name}")
+            result = _unit_result(request, kernel, unit, patches[unit.name], work, progress)
+            record.update({k: v for k, v in result.items() if k != "key"})
+        records.append(record)
+    info["left_out"] = left_out
+    items = items_between(read_changelog(changelog), kernel.package_version, newer) \
+        if changelog.is_file() else []
+    tied = tie(items, {r["name"]: r["files"] for r in records})
+    for record in records:
+        record["changelog"] = [item.as_dict() for item in tied[record["name"]]]
+    info["changelog"] = [item.as_dict() for item in items]
+    info["units"] = records
+    info.update(_cves(records, items))
+
+    live = [r for r in records if r["status"] == "live"]
+    if not live:
+        (request.output / f"{name}.ko").unlink(missing_ok=True)
+        return _write(manifest_path, _current(name, kernel, info, state="nothing-live"))
+    cumulative = BuildRequest(
+        kernel=kernel.release, package_version=kernel.package_version,
+        patches=[patches[r["name"]] for r in live], name=name, output=request.output,
+        replace=True, sign_key=request.sign_key, sign_cert=request.sign_cert,
+        work=work / "module", consistency=request.consistency)
+    if not manifest_matches(manifest_path, cumulative):
+        try:
+            build(cumulative, progress)
+        except BuildError as err:
+            raise BuildError(stage=err.stage, file=err.file, function=err.function,
+                             message=f"{len(live)} fix units each built alone, but not "
+                                     f"together: {err.message}",
+                             hint="report this update pair to the developers; each unit's "
+                                  f"manifest is under {work / 'units'}") from err
+    manifest = json.loads(manifest_path.read_text())
+    manifest["update"] = {**info, "state": "update"}
+    return _write(manifest_path, manifest)
+
+
+def _cut(tree, new_tree: Path, work: Path):
+    with pristine(tree.source_dir, new_tree):  # no build may have either patched now
+        diff = tree_diff(tree.source_dir, new_tree)
+        units, left_out = cut_units(diff, tree.source_dir, new_tree, tree.build_dir,
+                                    tree.make_args)
+        patches = {}
+        for unit in units:
+            if unit.in_config:
+                path = work / "patches" / f"{_slug(unit.name)}.patch"
+                path.write_bytes(unit_patch(unit, tree.source_dir, new_tree))
+                patches[unit.name] = path
+    return units, left_out, patches
+
+
+def _cves(records: list[dict], items) -> dict:
+    """CVE ids the live units fix, and those of every other tied or untied item."""
+    fixed = sorted({c for r in records if r["status"] == "live"
+                    for item in r["changelog"] for c in item["cves"]})
+    every = sorted({c for item in items for c in item.cves})
+    return {"cves_live": fixed, "cves_not_live": sorted(set(every) - set(fixed))}
+
+
+def module_name(name: str, version: str) -> str:
+    """NAME_6_1_192_3: each update its own module, so the next one takes over by atomic
+    replace (one loaded at a time) instead of replacing a same-named module in place."""
+    return f"{name}_{_slug(version)}"[:55]
+
+
+def _current(name: str, kernel, info: dict, state: str = "current") -> dict:
+    """A manifest without a module: the host is current, or nothing could be made live."""
+    return {"name": name, "kernel_release": kernel.release,
+            "package_version": kernel.package_version, "distribution": kernel.distribution,
+            "builder_version": __version__, "module_sha256": None,
+            "update": {**info, "state": state}}
+
+
+def _write(path: Path, manifest: dict) -> dict:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return manifest
+
+
+def plan(request: UpdateRequest) -> dict:
+    """What `update` would do, without fetching sources or building (check mode)."""
+    kernel = get_provider().resolve(request.kernel, request.package_version)
+    newer = target_version(parse_release(kernel.release).series, request.to,
+                           kernel.package_version)
+    name = module_name(request.name, newer)
+    current = not version_newer(newer, kernel.package_version)
+    manifest_path = request.output / f"{name}.json"
+    built = manifest_path.is_file() and (request.output / f"{name}.ko").is_file()
+    return {"name": name, "from": kernel.package_version, "to": newer,
+            "state": "current" if current else ("built" if built else "would-build"),
+            "manifest": str(manifest_path)}
+
+
+__all__ = ["UpdateRequest", "update", "plan", "module_name", "source_tree", "target_version"]

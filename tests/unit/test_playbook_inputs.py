@@ -1,0 +1,96 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""livepatch.yml reads its inputs the way people type them, and refuses the rest before
+any build or host contact (the hosts pattern matches nothing: no host is ever reached)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plugins.filter.inputs import as_list, batch_plan, unknown_inputs
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+
+
+def test_as_list_takes_a_string_as_one_item():
+    assert as_list("fix.patch") == ["fix.patch"]
+    assert as_list(["a", "b"]) == ["a", "b"]
+    assert as_list("") == [] and as_list(None) == []
+    assert as_list("ksoftirqd/*, cpuhp/*", split_commas=True) == ["ksoftirqd/*", "cpuhp/*"]
+
+
+@pytest.mark.parametrize(("given", "plan"), [
+    ("1,25%", [1, "25%"]), ([1, "25%", "100%"], [1, "25%", "100%"]), ("2", [2]),
+    (["3", "50%"], [3, "50%"]), (" 1 , 100% ", [1, "100%"]),
+])
+def test_batch_plans_as_people_write_them(given, plan):
+    assert batch_plan(given) == plan
+
+
+@pytest.mark.parametrize("given", ["1,x", [0], ["0%"], ["150%"], [True], "", [-1]])
+def test_bad_batch_plans_name_the_item(given):
+    from ansible.errors import AnsibleFilterError
+
+    with pytest.raises(AnsibleFilterError, match="livepatch_batches"):
+        batch_plan(given)
+
+
+def test_unknown_inputs_name_the_nearest():
+    known = ["livepatch_persist", "livepatch_patches", "livepatch_name"]
+    assert unknown_inputs("livepatch_pesist,livepatch_name", known) == [
+        "livepatch_pesist is not an input of livepatch.yml; did you mean livepatch_persist?"]
+    assert unknown_inputs(["livepatch_name"], known) == []
+    assert "the inputs are" in unknown_inputs(["livepatch_zzzzzzzzzzzz"], known)[0]
+
+
+@pytest.fixture(scope="module")
+def playbook(tmp_path_factory):
+    base = tmp_path_factory.mktemp("inputs")
+    collections = base / "collections" / "ansible_collections" / "klp"
+    collections.mkdir(parents=True)
+    (collections / "livepatch").symlink_to(REPO)
+    patch = base / "fix.patch"
+    patch.write_text("--- a/f.c\n+++ b/f.c\n")
+
+    def run(**variables) -> subprocess.CompletedProcess:
+        extra = {"livepatch_name": "fix", "livepatch_hosts": "no_such_host_group",
+                 "livepatch_report_dir": str(base / "report"), **variables}
+        args = []
+        for key, value in extra.items():  # as typed: -e key=value, strings
+            args += ["-e", f"{key}={value}" if isinstance(value, str) else
+                     json.dumps({key: value})]
+        return subprocess.run(
+            [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(REPO / "livepatch.yml"), *args],
+            capture_output=True, text=True, check=False, cwd=base, timeout=300,
+            env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(base / "collections"),
+                     ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="False"))
+    run.patch = patch
+    return run
+
+
+def test_a_patch_given_as_a_string_is_one_patch(playbook):
+    proc = playbook(livepatch_patches=str(playbook.patch), livepatch_batches="1,25%")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    missing = playbook(livepatch_patches="missing.patch")
+    assert missing.returncode != 0
+    assert "missing: missing.patch)" in missing.stdout  # not "m, i, s, ..."
+
+
+def test_a_bad_batch_plan_is_refused_before_any_build(playbook):
+    proc = playbook(livepatch_patches=str(playbook.patch), livepatch_batches="1,x")
+    assert proc.returncode != 0
+    assert "livepatch_batches: 'x' is neither a number of hosts" in proc.stdout
+    assert "Build the livepatch" not in proc.stdout
+
+
+def test_a_misspelled_input_is_refused_naming_the_right_one(playbook):
+    proc = playbook(livepatch_patches=str(playbook.patch), livepatch_pesist="true")
+    assert proc.returncode != 0
+    assert "livepatch_pesist is not an input of livepatch.yml; did you mean " \
+        "livepatch_persist?" in proc.stdout

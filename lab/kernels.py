@@ -15,6 +15,7 @@ ALIASES: dict[str, tuple[str, str, str]] = {
     "newest-6.1-amd64": ("6.1", "amd64", "newest"),
     "newest-6.1-cloud-amd64": ("6.1", "cloud-amd64", "newest"),
     "older-6.1-amd64": ("6.1", "amd64", "older"),
+    "older-2-6.1-amd64": ("6.1", "amd64", "older-2"),
     "newest-6.12-amd64": ("6.12", "amd64", "newest"),
 }
 DEFAULT_ALIAS = "newest-6.1-cloud-amd64"
@@ -63,8 +64,9 @@ def pick(releases: list[str], versions: dict[str, list[str]], series: str, flavo
     'newest' is the highest ABI of the series and flavour; 'older' is the highest ABI below
     it whose image and the packages the builder downloads (headers, common headers,
     linux-source) all exist at the same version — what a fleet that has not rebooted into
-    the newest kernel runs. linux-kbuild does not count: the archive keeps only the newest
-    one, and the builder builds its tools from the exact source.
+    the newest kernel runs; 'older-2' the next such one below that (two uploads behind).
+    linux-kbuild does not count: the archive keeps only the newest one, and the builder
+    builds its tools from the exact source.
     """
     candidates = sorted((r for r in releases if release_series(r) == series
                          and release_flavour(r) == flavour), key=release_key, reverse=True)
@@ -73,11 +75,14 @@ def pick(releases: list[str], versions: dict[str, list[str]], series: str, flavo
                        "run 'apt-get update' and check /etc/apt/sources.list")
     if which == "newest":
         return candidates[0]
+    skip = 0 if which == "older" else int(which.split("-")[1]) - 1
     for release in candidates[1:]:
         image = versions.get(f"linux-image-{release}", [])
         if image and all(image[0] in versions.get(pkg, []) for pkg in builder_packages(release)):
-            return release
-    raise LabError(f"no older Linux {series} {flavour} release in the archive has all the "
+            if skip == 0:
+                return release
+            skip -= 1
+    raise LabError(f"no {which} Linux {series} {flavour} release in the archive has all the "
                    "packages the builder needs at the same version")
 
 
@@ -130,7 +135,7 @@ def resolve(alias: str) -> str:
         series, flavour, which = ALIASES[alias]
         releases = list(archive_releases())
         versions: dict[str, list[str]] = {}
-        if which == "older":
+        if which.startswith("older"):
             olders = [r for r in releases if release_series(r) == series
                       and release_flavour(r) == flavour]
             pkgs = []

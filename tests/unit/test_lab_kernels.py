@@ -73,6 +73,8 @@ def test_pick_older_needs_the_builder_packages_of_the_same_version_but_not_kbuil
     versions["linux-source-6.1"].append("6.1.192-1")
     assert "6.1.192-1" not in versions["linux-kbuild-6.1"]
     assert kernels.pick(releases, versions, "6.1", "amd64", "older") == "6.1.0-55-amd64"
+    # Two uploads behind: the next complete one below it.
+    assert kernels.pick(releases, versions, "6.1", "amd64", "older-2") == "6.1.0-50-amd64"
     # Without its common headers it is skipped again.
     del versions["linux-headers-6.1.0-55-common"]
     assert kernels.pick(releases, versions, "6.1", "amd64", "older") == "6.1.0-50-amd64"
@@ -89,6 +91,8 @@ def test_builder_packages_are_what_the_builder_downloads():
 def test_pick_errors_name_the_problem():
     with pytest.raises(LabError, match="no linux-image for Linux 6.6"):
         kernels.pick(kernels.parse_search(SEARCH), {}, "6.6", "amd64", "newest")
+    with pytest.raises(LabError, match="no older-2 Linux 6.1"):
+        kernels.pick(kernels.parse_search(SEARCH), {}, "6.1", "amd64", "older-2")
     with pytest.raises(LabError, match="no older Linux 6.1"):
         kernels.pick(kernels.parse_search(SEARCH), {}, "6.1", "amd64", "older")
 

@@ -117,6 +117,7 @@ class VmlinuxImage:
     """The shipped vmlinux: kallsyms symbols (in kallsyms order) and its bytes."""
 
     name = "vmlinux"
+    depends: frozenset[str] = frozenset()
 
     def __init__(self, vmlinux: Path, symbols: list[KSymbol]) -> None:
         self.path = vmlinux
@@ -295,6 +296,9 @@ class ModuleImage:
                                             sym["st_info"]["type"], sym["st_info"]["bind"]))
         self.name = module_name_of(self._data) or \
             path.name.split(".ko")[0].replace("-", "_")
+        # Modules the kernel loads before this one (modinfo depends=, from modpost).
+        self.depends = frozenset(d.replace("-", "_") for d in
+                                 (modinfo_field(self._data, "depends") or "").split(",") if d)
 
     def _resolve(self, elf: ELFFile, sym, addend: int) -> int | None:
         shndx = sym["st_shndx"]
@@ -377,16 +381,22 @@ def read_module_bytes(path: Path) -> bytes:
     return data
 
 
-def module_name_of(data: bytes) -> str | None:
-    """`name=` from .modinfo (what the kernel calls the module: underscores)."""
+def modinfo_field(data: bytes, field: str) -> str | None:
+    """A `field=` value of .modinfo, or None."""
     elf = ELFFile(io.BytesIO(data))
     modinfo = elf.get_section_by_name(".modinfo")
     if modinfo is None:
         return None
+    prefix = f"{field}=".encode()
     for entry in modinfo.data().split(b"\0"):
-        if entry.startswith(b"name="):
-            return entry[5:].decode()
+        if entry.startswith(prefix):
+            return entry[len(prefix):].decode()
     return None
+
+
+def module_name_of(data: bytes) -> str | None:
+    """`name=` from .modinfo (what the kernel calls the module: underscores)."""
+    return modinfo_field(data, "name")
 
 
 def find_module(modules_dir: Path, name: str) -> Path:

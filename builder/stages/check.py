@@ -85,7 +85,7 @@ def check_module(ko: ElfObject, layout: Layout, functions: Iterable[FunctionEntr
         report.late_relocations += late is not None
         _check_location(sec, rel, problems)
     _check_overlaps(relocs, problems)
-    _check_livepatch_sections(ko, problems)
+    _check_livepatch_sections(ko, symbol_table, problems)
     _check_livepatch_symbols(ko, symbol_table, problems)
     late_sites = {(id(sec), rel.offset) for sec, rel, late in relocs if late}
     _check_early_sections(ko, relocs, problems)
@@ -149,7 +149,15 @@ def _check_overlaps(relocs, problems: _Problems) -> None:
                              "would find the location already written")
 
 
-def _check_livepatch_sections(ko: ElfObject, problems: _Problems) -> None:
+def _loaded_before(symbol_object: str, section_object: str, symbol_table) -> bool:
+    """The kernel resolves a module section's symbols of another module when the section's
+    module loads: sound only for one of its dependencies (and never vmlinux's)."""
+    if "vmlinux" in (symbol_object, section_object):
+        return False
+    return symbol_object in getattr(symbol_table(section_object), "depends", frozenset())
+
+
+def _check_livepatch_sections(ko: ElfObject, symbol_table, problems: _Problems) -> None:
     for rela, target, relocs in ko.extra_relas:
         if not rela.flags & SHF_RELA_LIVEPATCH:
             continue
@@ -165,9 +173,11 @@ def _check_livepatch_sections(ko: ElfObject, problems: _Problems) -> None:
             if rel.symbol.shndx != SHN_LIVEPATCH or sym is None:
                 problems.add(f"{rela.name} relocates against {rel.symbol.name}, which is not "
                              "a livepatch symbol (.klp.sym.OBJ.NAME,POS in SHN_LIVEPATCH)")
-            elif sym.group(1) != objname:
-                problems.add(f"{rela.name} refers to {rel.symbol.name} of another object: "
-                             "livepatch resolves a section's symbols in its own object only")
+            elif sym.group(1) != objname and not _loaded_before(sym.group(1), objname,
+                                                                 symbol_table):
+                problems.add(f"{rela.name} refers to {rel.symbol.name} of another object, "
+                             f"which is not loaded whenever {objname} is: livepatch resolves "
+                             f"it when {objname} loads (and never vmlinux's from a module)")
 
 
 def _check_livepatch_symbols(ko: ElfObject, symbol_table, problems: _Problems) -> None:

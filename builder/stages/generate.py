@@ -61,6 +61,8 @@ class SymbolSource(Protocol):
 
     def referenced_value(self, site: int, rtype: int) -> int | None: ...  # S + A there
 
+    depends: frozenset[str]  # modules the kernel loads before this object
+
 
 class Exports(Protocol):
     def owner(self, name: str) -> str | None: ...  # "vmlinux", a module name, or None
@@ -250,6 +252,11 @@ class _Generator:
             # Not exported, or exported by the very module being patched (a normal
             # reference would make the patch depend on it): livepatch resolves it.
             return self._klp_symbol(self.objname, name, None)
+        if owner != "vmlinux" and owner in self.symbols.depends:
+            # Exported by a module the patched one depends on (sunrpc for nfsd): a normal
+            # reference would make the patch module need it loaded at insmod; livepatch
+            # resolves it when the patched module loads, after its dependencies.
+            return self._klp_symbol(owner, name, 0)
         if self.exports.namespace(name):
             return self._klp_symbol(owner, name, 0)  # no MODULE_IMPORT_NS needed
         if name not in self.undefined:

@@ -125,12 +125,25 @@ def link_module(work: Path, name: str, headers_dir: Path, units: list[GeneratedU
         raise BuildError(stage="link", message="kbuild failed to link the patch module:\n"
                          + _tail(proc.stdout + proc.stderr),
                          hint=f"see {work / 'kbuild.log'}")
-    sections = convert_livepatch_relocations(ko, exported)
+    homes: dict[str, set[str]] = {}
+    for unit in units:
+        for section in unit.sections:
+            homes.setdefault(section, set()).add(unit.target_object)
+    sections = convert_livepatch_relocations(ko, exported, homes)
     return LinkedModule(path=ko, module_name=kname, klp_relocation_sections=sections)
 
 
-def convert_livepatch_relocations(ko: Path, exported: set[str]) -> list[str]:
-    """Move relocations against .klp.sym.* symbols into livepatch relocation sections."""
+def convert_livepatch_relocations(ko: Path, exported: set[str],
+                                  homes: dict[str, set[str]] | None = None) -> list[str]:
+    """Move relocations against .klp.sym.* symbols into livepatch relocation sections.
+
+    A section's relocations are applied when the object they name is patched; a symbol of
+    a module the patched module depends on (sunrpc's for nfsd) goes with the object
+    whose code the section holds (`homes`: section name -> objects of the units that
+    have it), so it is resolved when that object loads, after its dependencies.
+    """
+    homes = homes or {}
+    patched = set().union(*homes.values()) if homes else set()
     obj = ElfObject.read(ko)
     for sym in obj.symbols:
         if sym.name in HOOK_VMLINUX_SYMBOLS and not sym.defined:
@@ -153,6 +166,8 @@ def convert_livepatch_relocations(ko: Path, exported: set[str]) -> list[str]:
         for rel in sec.relocs:
             if rel.symbol.shndx == SHN_LIVEPATCH and rel.symbol.section is None:
                 objname = rel.symbol.name[len(KLP_SYM_PREFIX):].split(".", 1)[0]
+                if patched and objname not in patched | {"vmlinux"}:
+                    objname = _home(sec.name, rel.symbol.name, homes)
                 groups.setdefault((objname, id(sec)), (sec, []))[1].append(rel)
             else:
                 keep.append(rel)
@@ -166,6 +181,18 @@ def convert_livepatch_relocations(ko: Path, exported: set[str]) -> list[str]:
         names.append(name)
     obj.write(ko)
     return sorted(names)
+
+
+def _home(section: str, symbol: str, homes: dict[str, set[str]]) -> str:
+    """The patched module whose code holds a section that names another module's symbol."""
+    found = homes.get(section, set())
+    if len(found) == 1 and "vmlinux" not in found:
+        return next(iter(found))
+    raise BuildError(stage="link", function=section,
+                     message=f"{section} refers to {symbol}, of a module the patch does not "
+                             "patch, and it is not the code of exactly one patched module: "
+                             "livepatch could resolve it at no safe time",
+                     hint="report this patch to the developers")
 
 
 def sign_module(ko: Path, sign_file: Path, key: Path, cert: Path, hash_algo: str = "sha256"

@@ -40,7 +40,7 @@ class Item:
         """'net/sched: act_pedit: use…' → ['net/sched', 'act_pedit']; up to three deep."""
         found: list[str] = []
         rest = _ARCH.sub("", self.text)
-        for _ in range(3):
+        for _depth in range(3):
             head, sep, tail = rest.partition(": ")
             if not sep or not _PREFIX_WORD.match(head) or len(head) > 60:
                 break

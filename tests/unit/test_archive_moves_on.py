@@ -84,12 +84,15 @@ def archive(monkeypatch):
     (archive_today, {"newest-6.1-amd64": "6.1.0-57-amd64",
                      "newest-6.1-cloud-amd64": "6.1.0-57-cloud-amd64",
                      "older-6.1-amd64": "6.1.0-56-amd64",
+                     # two uploads behind: -55 is not in this archive, the point release is
+                     "older-2-6.1-amd64": "6.1.0-50-amd64",
                      "newest-6.12-amd64": "6.12.117+deb12-amd64"}),
     (archive_with_58, {"newest-6.1-amd64": "6.1.0-58-amd64",
                        "newest-6.1-cloud-amd64": "6.1.0-58-cloud-amd64",
                        # 6.1.0-57's kbuild left the security suite with the new upload;
                        # its headers and source did not
                        "older-6.1-amd64": "6.1.0-57-amd64",
+                       "older-2-6.1-amd64": "6.1.0-56-amd64",
                        "newest-6.12-amd64": "6.12.117+deb12-amd64"}),
 ])
 def test_aliases_follow_the_archive(archive, packages, expected):

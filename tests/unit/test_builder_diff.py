@@ -97,6 +97,8 @@ class Exports:
 class Symbols:
     """kallsyms stand-in: every symbol is unique."""
 
+    depends: frozenset[str] = frozenset()
+
     def addresses(self, name: str) -> list[int]:
         return [0xFFFFFFFF81000000]
 

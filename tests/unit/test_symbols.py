@@ -230,7 +230,8 @@ def test_module_image_symtab_order_sympos_and_own_relocations(tmp_path):
     modinfo = tmp_path / "modinfo.o"
     modinfo_src = tmp_path / "modinfo.c"
     modinfo_src.write_text('__attribute__((section(".modinfo"), used)) '
-                           'static const char n[] = "license=GPL\\0name=fix_mod";\n')
+                           'static const char n[] = "license=GPL\\0depends=sunrpc,nfs-acl\\0'
+                           'name=fix_mod";\n')
     subprocess.run(["gcc", "-c", str(modinfo_src), "-o", str(modinfo)], check=True)
     mods = tmp_path / "lib/modules/6.1.0-56-amd64/kernel/fs"
     mods.mkdir(parents=True)
@@ -242,6 +243,7 @@ def test_module_image_symtab_order_sympos_and_own_relocations(tmp_path):
         find_module(tmp_path / "lib/modules", "absent")
     module = ModuleImage(ko)
     assert module.name == "fix_mod"
+    assert module.depends == {"sunrpc", "nfs_acl"}
     helpers = module.positions("helper")
     assert len(helpers) == 2  # two static helpers, in symtab order
     assert [module.sympos("helper", a) for a in helpers] == [1, 2]

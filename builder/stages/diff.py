@@ -474,6 +474,13 @@ def _points_at(rel: Reloc, sym: Symbol) -> bool:
         sym.value <= rel.addend < sym.value + max(sym.size, 1)
 
 
+def _stale_copy(source: str, oname: str, holder: str, hint: str) -> BuildError:
+    return BuildError(stage="diff", file=source, function=oname,
+                      message=f"the patch changes read-only data '{oname}', {holder}: the "
+                              "running kernel would keep using the old contents beside "
+                              "patched code that uses the new", hint=hint)
+
+
 def _check_copies_reachable(patched: _Side, copies: list[tuple[str, Symbol]],
                             new_data: set[str], source: str) -> list[str]:
     """A new copy of read-only data reaches only the patched functions. Whatever else
@@ -484,13 +491,10 @@ def _check_copies_reachable(patched: _Side, copies: list[tuple[str, Symbol]],
     init_users: list[str] = []
     for oname, psym in copies:
         if psym.bind == STB_GLOBAL:
-            raise BuildError(
-                stage="diff", file=source, function=oname,
-                message=f"the patch changes read-only data '{oname}', which is global: other "
-                        "files of the running kernel hold its address and would keep using "
-                        "the old contents beside patched code that uses the new",
-                hint="leave the global definition alone and give the patched functions a "
-                     "new static table under another name")
+            raise _stale_copy(source, oname, "which is global: other files of the running "
+                              "kernel hold its address",
+                              "leave the global definition alone and give the patched "
+                              "functions a new static table under another name")
         for holder in patched.objects.values():
             if holder is psym or holder.name in new_data or \
                     not holder.section.flags & SHF_ALLOC or \
@@ -501,13 +505,9 @@ def _check_copies_reachable(patched: _Side, copies: list[tuple[str, Symbol]],
             if _section_kind(holder.section) == "init":
                 init_users.append(f"{holder.name} (init data holding '{oname}')")
                 continue
-            raise BuildError(
-                stage="diff", file=source, function=oname,
-                message=f"the patch changes read-only data '{oname}', and '{holder.name}' "
-                        "holds its address: the running kernel's copy of it keeps pointing "
-                        "at the old contents, while the patched functions use the new",
-                hint="change the data from a KLP_POST_PATCH_CALLBACK, or make the patched "
-                     "functions use a new table under another name")
+            raise _stale_copy(source, oname, f"and '{holder.name}' holds its address",
+                              "change the data from a KLP_POST_PATCH_CALLBACK, or make the "
+                              "patched functions use a new table under another name")
         for fname, fsym in patched.functions.items():
             if _section_kind(fsym.section) == "init" and \
                     any(_points_at(r, psym) for r in patched.relocs_in(fsym)):

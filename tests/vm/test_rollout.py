@@ -34,17 +34,22 @@ FLEET = ("newest-6.1-amd64", "newest-6.1-cloud-amd64", "older-6.1-amd64")
 pytestmark = pytest.mark.lab_kernels(*FLEET)
 
 
-@pytest.fixture(scope="module")
-def fleet(lab, lab_inventory, tmp_path_factory) -> dict:
-    """The three VMs, inventory, collection path and output dirs (an empty artifact dir)."""
-    vms = lab.up(list(FLEET))
-    assert len({vm.release for vm in vms}) == 3, [vm.release for vm in vms]
-    base = tmp_path_factory.mktemp("rollout")
+def fleet_of(lab, specs: tuple[str, ...], inventory: Path, base: Path) -> dict:
+    """VMs of distinct kernels, in `specs` order, with the inventory, a collection path
+    that is this checkout, and an empty artifact dir."""
+    vms = lab.up(list(specs))
+    assert len({vm.release for vm in vms}) == len(specs), [vm.release for vm in vms]
     collections = base / "collections"
     (collections / "ansible_collections" / "klp").mkdir(parents=True)
     (collections / "ansible_collections" / "klp" / "livepatch").symlink_to(REPO)
-    return {"hosts": {vm.name: vm.release for vm in vms}, "inventory": lab_inventory,
-            "collections": collections, "artifacts": base / "artifacts", "base": base}
+    return {"hosts": {vm.name: vm.release for vm in vms}, "order": [vm.name for vm in vms],
+            "inventory": inventory, "collections": collections,
+            "artifacts": base / "artifacts", "base": base}
+
+
+@pytest.fixture(scope="module")
+def fleet(lab, lab_inventory, tmp_path_factory) -> dict:
+    return fleet_of(lab, FLEET, lab_inventory, tmp_path_factory.mktemp("rollout"))
 
 
 def env(fleet: dict) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.test_rollout import ANSIBLE, ANSIBLE_PLAYBOOK, REPO, env, hosts_of, recap
+from tests.vm.test_rollout import ANSIBLE, ANSIBLE_PLAYBOOK, REPO, env, fleet_of, hosts_of, recap
 
 FLEET = ("older-2-6.1-amd64", "older-6.1-amd64", "newest-6.1-amd64")
 NAME = "klp_update"
@@ -28,16 +28,8 @@ pytestmark = pytest.mark.lab_kernels(*FLEET)
 
 @pytest.fixture(scope="module")
 def fleet(lab, lab_inventory, tmp_path_factory) -> dict:
-    vms = lab.up(list(FLEET))
-    assert len({vm.release for vm in vms}) == 3, [vm.release for vm in vms]
-    base = tmp_path_factory.mktemp("update")
-    collections = base / "collections"
-    (collections / "ansible_collections" / "klp").mkdir(parents=True)
-    (collections / "ansible_collections" / "klp" / "livepatch").symlink_to(REPO)
-    # in FLEET order: two behind, one behind, newest
-    return {"hosts": {vm.name: vm.release for vm in vms}, "order": [vm.name for vm in vms],
-            "inventory": lab_inventory, "collections": collections,
-            "artifacts": base / "artifacts", "base": base}
+    """In FLEET order: two uploads behind, one behind, newest."""
+    return fleet_of(lab, FLEET, lab_inventory, tmp_path_factory.mktemp("update"))
 
 
 def update(fleet: dict, step: str, **extra) -> tuple[subprocess.CompletedProcess, Path]:

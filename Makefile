@@ -87,8 +87,13 @@ lint-python: setup
 lint-yaml: setup
 	$(BIN)/yamllint -s .
 
+# ansible-lint resolves klp.livepatch.* (roles, modules, filters at play keywords) through
+# a collection path: this checkout, linked, never an installed copy that may be older.
+LINT_COLLECTIONS := $(VENV)/lint-collections
 lint-ansible: setup
-	$(BIN)/ansible-lint --profile production $(if $(CI),--nocolor)
+	mkdir -p $(LINT_COLLECTIONS)/ansible_collections/klp
+	ln -sfn $(CURDIR) $(LINT_COLLECTIONS)/ansible_collections/klp/livepatch
+	ANSIBLE_COLLECTIONS_PATH=$(LINT_COLLECTIONS) $(BIN)/ansible-lint --profile production $(if $(CI),--nocolor)
 
 lint-changelog: setup
 	$(BIN)/antsibull-changelog lint

@@ -173,8 +173,8 @@ def _check_livepatch_sections(ko: ElfObject, symbol_table, problems: _Problems) 
             if rel.symbol.shndx != SHN_LIVEPATCH or sym is None:
                 problems.add(f"{rela.name} relocates against {rel.symbol.name}, which is not "
                              "a livepatch symbol (.klp.sym.OBJ.NAME,POS in SHN_LIVEPATCH)")
-            elif sym.group(1) != objname and not _loaded_before(sym.group(1), objname,
-                                                                 symbol_table):
+            elif sym.group(1) != objname and \
+                    not _loaded_before(sym.group(1), objname, symbol_table):
                 problems.add(f"{rela.name} refers to {rel.symbol.name} of another object, "
                              f"which is not loaded whenever {objname} is: livepatch resolves "
                              f"it when {objname} loads (and never vmlinux's from a module)")

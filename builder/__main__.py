@@ -75,8 +75,9 @@ def run_update(args) -> int:
         sign_cert=args.sign_cert, consistency=args.consistency)
     planned = plan(request)
     if args.check:
-        print(json.dumps({**planned, "module": None, "changed": planned["state"] ==
-                          "would-build"}))
+        built = args.output / f"{planned['name']}.ko"
+        print(json.dumps({**planned, "module": str(built) if planned["state"] == "built"
+                          else None, "changed": planned["state"] == "would-build"}))
         return 0
     before = _sha256_or_none(args.output / f"{planned['name']}.ko")
     manifest = update(request)

@@ -81,7 +81,7 @@ class ActionModule(ActionBase):
             result["names"][release] = outcome.get("name", args["name"])
             (result["built"] if outcome["changed"] else result["skipped"]).append(release)
             manifest = Path(outcome.get("manifest") or out / f"{args['name']}.json")
-            if manifest.is_file() and not self._task.check_mode:
+            if manifest.is_file():
                 result["manifests"][release] = json.loads(manifest.read_text())
             if args["update_to"]:
                 result["updates"][release] = self._update_summary(

@@ -1,67 +1,15 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Typed artifacts passed between builder stages, each saved as JSON in the work dir."""
+"""Typed artifacts passed between builder stages (in memory; each stage caches its own
+outputs under the kernel's cache directory)."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from builder.patchset import PatchSet
-
-T = TypeVar("T")
-
-
-def _encode(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _encode(v) for k, v in value.items()}
-    return value
-
-
-def save(artifact: Any, path: Path) -> None:
-    """Write an artifact atomically so a resumed run never reads half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_encode(artifact), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
-def load(cls: type[T], path: Path) -> T:
-    return _decode(cls, json.loads(path.read_text()))
-
-
-def _decode(cls: Any, data: Any) -> Any:
-    hints = {f.name: f.type for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for name, typ in hints.items():
-        if name not in data:
-            continue
-        kwargs[name] = _decode_value(typ, data[name])
-    return cls(**kwargs)
-
-
-def _decode_value(typ: Any, value: Any) -> Any:
-    typ = str(typ)
-    if value is None:
-        return None
-    if typ.startswith("Path"):
-        return Path(value)
-    if typ.startswith("list[Path]"):
-        return [Path(v) for v in value]
-    for name, cls in _NESTED.items():
-        if typ.startswith(f"list[{name}]"):
-            return [_decode(cls, v) for v in value]
-        if typ.startswith(name):
-            return _decode(cls, value)
-    return value
 
 
 @dataclass
@@ -117,9 +65,3 @@ class CompileResult:
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # per step, e.g. "patched"
     patches: PatchSet | None = None  # as applied: each hunk where patch found it
-
-
-_NESTED: dict[str, Any] = {
-    "KernelId": KernelId,
-    "CompiledUnit": CompiledUnit,
-}

@@ -10,12 +10,8 @@ config, and the build stops.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
-import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
@@ -253,61 +249,3 @@ def verify_units(packages: KernelPackages, units: list[CompiledUnit],
         results[unit.source] = verify(unit, functions.get(unit.source, []),
                                       images[unit.target_object])
     return images, results
-
-
-# ---------------------------------------------------------------- CLI (for trying it out)
-def _main(argv: list[str] | None = None) -> int:
-    from builder.patchset import PatchSet
-    from builder.providers import get_provider
-    from builder.stages.compile import compile_units
-    from builder.stages.prepare import prepare
-
-    ap = argparse.ArgumentParser(prog="python3 -m builder.stages.verify",
-                                 description="acquire, prepare, compile and verify originals")
-    ap.add_argument("--kernel", required=True)
-    ap.add_argument("--package-version")
-    ap.add_argument("--patch", action="append", type=Path, required=True)
-    ap.add_argument("--function", action="append", default=[],
-                    help="function to verify (repeatable); default: every function of the "
-                         "touched objects that the shipped kernel has")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/klp-verify-work"))
-    args = ap.parse_args(argv)
-    seconds: dict[str, float] = {}
-
-    def step(name, fn, *a):
-        t0 = time.monotonic()
-        out = fn(*a)
-        seconds[name] = round(time.monotonic() - t0, 3)
-        return out
-    try:
-        provider = get_provider()
-        kernel = step("resolve", provider.resolve, args.kernel, args.package_version)
-        packages = step("acquire", provider.acquire, kernel)
-        tree = step("prepare", prepare, packages)
-        compiled = step("compile", compile_units, tree, PatchSet.read(args.patch), args.work)
-        images = {u.target_object: step(f"load {u.target_object}", load_image, packages,
-                                        u.target_object) for u in compiled.units}
-        results, skipped = [], []
-        t0 = time.monotonic()
-        for unit in compiled.units:
-            image = images[unit.target_object]
-            names = args.function
-            if not names:  # everything the shipped kernel has a symbol for
-                defined = object_functions(unit.original)
-                names = [n for n, f in defined.items() if image.exists(n) and not f.weak]
-                skipped += [n for n in defined if n not in names]
-            results += verify(unit, names, image)
-        seconds["verify"] = round(time.monotonic() - t0, 3)
-    except BuildError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps({"kernel": asdict(kernel), "units": [asdict(u) for u in compiled.units],
-                      "compile_timings": compiled.timings,
-                      "verified": [asdict(r) for r in results],
-                      "not_in_shipped_symbols": skipped, "seconds": seconds},
-                     indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

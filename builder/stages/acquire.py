@@ -194,12 +194,5 @@ def packages_from_roots(kernel: KernelId, names: dict[str, str], root: Path,
         sign_file=headers / "scripts" / "sign-file" if signs else None)
 
 
-def acquire(kernel: KernelId, cache: Path | None = None) -> KernelPackages:
-    """Entry point: the provider of the kernel's distribution does the work."""
-    from builder.providers import get_provider
-
-    return get_provider(kernel.distribution).acquire(kernel, cache)
-
-
-__all__ = ["acquire", "acquire_packages", "download", "extract_atomically", "kernel_dir",
+__all__ = ["acquire_packages", "download", "extract_atomically", "kernel_dir",
            "rename_into_place", "repoint_symlinks", "KERNEL_ROLES"]

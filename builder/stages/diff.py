@@ -8,31 +8,30 @@ declares. Refuses what a live patch cannot do, saying what to do instead.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from builder.correlation import (
+    OWN_COPY,
+    Side,
+    cold_parent,
+    correlate,
+    masked,
+    reference_key,
+)
 from builder.elf import (
-    PC_RELATIVE,
     SHF_ALLOC,
     SHF_EXECINSTR,
-    SHF_MERGE,
-    SHF_STRINGS,
     SHF_WRITE,
-    SHT_NOBITS,
     STB_GLOBAL,
-    STT_FUNC,
-    STT_OBJECT,
     STT_SECTION,
     ElfObject,
     Reloc,
     Section,
     Symbol,
-    cstring,
 )
 from builder.errors import BuildError
 from builder.patchset import LineMap
-from builder.x86 import instruction_ends
 
 # Callback pointers: our <linux/livepatch_helpers.h> (Linux 6.19 names) and kpatch's macros.
 CALLBACK_SECTION = ".discard.klp_callback_ptrs"
@@ -43,14 +42,6 @@ KPATCH_CALLBACK_SECTIONS = {f".kpatch.callbacks.{kind}": kind for kind in CALLBA
 INIT_SECTIONS = (".init.text", ".exit.text", ".ref.text", ".init.data", ".init.rodata",
                  ".exit.data")
 UNPATCHABLE_CODE = (".noinstr.text", ".entry.text", ".kprobes.text")
-# Data the patch always brings its own copy of, registered by the module loader: a
-# pr_debug()'s descriptor holds its line number, which moves with any edit above it.
-OWN_COPY = ("__dyndbg",)
-
-
-def canonical(name: str) -> str:
-    """Name without GCC's numbering (foo.part.3 → foo.part, count.12 → count)."""
-    return re.sub(r"\.\d+(?=\.|$)", "", name)
 
 
 @dataclass
@@ -73,85 +64,6 @@ class UnitDiff:
     skipped_init: list[str] = field(default_factory=list)  # "fn in .init.text", left out
     # patched symbol name → original name, for every correlated symbol
     correlation: dict[str, str] = field(default_factory=dict)
-
-
-class _Side:
-    """One object file with the lookups the comparison needs, computed once."""
-
-    def __init__(self, obj: ElfObject) -> None:
-        self.obj = obj
-        self.functions = {s.name: s for s in obj.symbols
-                          if s.type == STT_FUNC and s.section is not None}
-        self.objects = {s.name: s for s in obj.symbols
-                        if s.type == STT_OBJECT and s.section is not None}
-        self._ends: dict[int, dict[int, int]] = {}
-
-    def users(self, data: Symbol) -> set[str]:
-        """Canonical names of the functions that refer to a data symbol."""
-        found = set()
-        for fname, fsym in self.functions.items():
-            for rel in self.relocs_in(fsym):
-                target = rel.symbol
-                if target is data or (target.type == STT_SECTION and target.section is
-                                      data.section and data.value <= self.target_offset(
-                                          fsym.section, rel) < data.value + max(data.size, 1)):
-                    found.add(canonical(fname))
-                    break
-        return found
-
-    def relocs_in(self, sym: Symbol) -> list[Reloc]:
-        sec = sym.section
-        lo, hi = sym.value, sym.value + sym.size
-        return sorted((r for r in (sec.relocs or []) if lo <= r.offset < hi),
-                      key=lambda r: r.offset)
-
-    def body(self, sym: Symbol) -> bytes:
-        sec = sym.section
-        if sec.type == SHT_NOBITS:
-            return bytes(sym.size)
-        return sec.data[sym.value:sym.value + sym.size]
-
-    def target_offset(self, site: Section, rel: Reloc) -> int:
-        """Offset inside the target symbol/section that a relocation really means."""
-        if rel.type not in PC_RELATIVE or not site.flags & SHF_EXECINSTR:
-            return rel.addend
-        ends = self._ends.get(id(site))
-        if ends is None:
-            ends = self._ends[id(site)] = instruction_ends(site.data)
-        return rel.addend + ends.get(rel.offset, rel.offset + 4) - rel.offset
-
-
-def reference_key(side: _Side, site: Section, rel: Reloc, rename: dict[str, str]) -> tuple:
-    """What a relocation points at, independent of layout (string offsets move)."""
-    sym = rel.symbol
-    target = side.target_offset(site, rel)
-    bias = target - rel.addend
-    if sym.type == STT_SECTION and sym.section is not None:
-        sec = sym.section
-        if sec.flags & SHF_STRINGS:
-            return (rel.type, "string", cstring(sec.data, target), bias)
-        inner = side.obj.symbol_at(sec, target)
-        if inner is not None:
-            return (rel.type, "symbol", rename.get(inner.name, inner.name),
-                    target - inner.value, bias)
-        data = b"" if sec.type == SHT_NOBITS else sec.data[target:target + 16]
-        return (rel.type, "anonymous", canonical(sec.name), data, bias)
-    if sym.section is not None and sym.section.flags & SHF_MERGE:
-        # a compiler label in merged strings or constants (.LC3, .rodata.cst2): numbered
-        # by order, meant by content
-        sec, at = sym.section, sym.value + target
-        content = cstring(sec.data, at) if sec.flags & SHF_STRINGS else \
-            sec.data[at:at + max(sec.entsize, 1)]
-        return (rel.type, "constant", content, bias)
-    return (rel.type, "symbol", rename.get(sym.name, sym.name), rel.addend)
-
-
-def _masked(data: bytes, start: int, relocs: list[Reloc]) -> bytes:
-    out = bytearray(data)
-    for r in relocs:
-        lo = r.offset - start
-        out[lo:lo + r.width] = b"\0" * r.width
-    return bytes(out)
 
 
 def _only_line_numbers(old: bytes, new: bytes, lines: Sequence[LineMap]) -> bool:
@@ -179,39 +91,6 @@ def _only_line_numbers(old: bytes, new: bytes, lines: Sequence[LineMap]) -> bool
     return True
 
 
-def correlate(orig: _Side, patched: _Side) -> dict[str, str]:
-    """Pair symbols of the two builds.
-
-    Plain names pair by name. GCC-numbered names (static locals `count.3`,
-    clones `foo.part.1`) pair by name without the numbers — for data also by
-    which functions use it, since two functions may each have a `count`.
-    Dynamic-debug descriptors never pair: the patch carries its own (see OWN_COPY).
-    """
-    result: dict[str, str] = {}
-    for kind in ("functions", "objects"):
-        table_o, table_p = (
-            {n: s for n, s in getattr(side, kind).items() if s.section.name not in OWN_COPY}
-            for side in (orig, patched))
-        keyed_o: dict[tuple, list[str]] = {}
-        keyed_p: dict[tuple, list[str]] = {}
-        for side, table, keyed in ((orig, table_o, keyed_o), (patched, table_p, keyed_p)):
-            for name in table:
-                if canonical(name) == name:
-                    continue
-                users = frozenset(side.users(table[name])) if kind == "objects" else None
-                keyed.setdefault((canonical(name), users), []).append(name)
-        for name in table_p:
-            if canonical(name) == name and name in table_o:
-                result[name] = name
-        for key, names in keyed_p.items():
-            candidates = keyed_o.get(key, [])
-            if len(names) == 1 and len(candidates) == 1:
-                result[names[0]] = candidates[0]
-            elif names == candidates:  # same numbering on both sides
-                result.update({n: n for n in names})
-    return result
-
-
 def _section_kind(sec: Section) -> str:
     name = sec.name
     if name.startswith((*INIT_SECTIONS, ".init.", ".exit.")):
@@ -228,7 +107,7 @@ def diff_unit(orig_obj: ElfObject, patched_obj: ElfObject, source: str, target_o
     `header_lines` those of the changed headers (a moved WARN_ON in a header moves a
     __LINE__ in every file that includes it). With `skip_init`, changed __init code is
     left out (recorded in `skipped_init`) instead of refused."""
-    orig, patched = _Side(orig_obj), _Side(patched_obj)
+    orig, patched = Side(orig_obj), Side(patched_obj)
     rename = correlate(orig, patched)
     identity = {n: n for n in list(orig.functions) + list(orig.objects)}
     result = UnitDiff(source=source, target_object=target_object, correlation=rename)
@@ -322,11 +201,11 @@ def ftrace_sites(obj: ElfObject) -> set[tuple[int, int]]:
             for r in (sec.relocs or [] if sec else []) if r.symbol.section is not None}
 
 
-def _mark_changed(result: UnitDiff, orig: _Side, rename: dict[str, str], oname: str,
+def _mark_changed(result: UnitDiff, orig: Side, rename: dict[str, str], oname: str,
                   pname: str, reason: str) -> None:
     """Record a changed function; a changed .cold part is patched with its parent (it
     has no ftrace entry of its own, and only its parent jumps into it)."""
-    parent = _cold_parent(oname)
+    parent = cold_parent(oname)
     if parent and parent in orig.functions:
         pparent = next((p for p, o in rename.items() if o == parent), parent)
         oname, pname, reason = parent, pparent, f"its .cold part changed: {reason}"
@@ -338,7 +217,7 @@ def _mark_changed(result: UnitDiff, orig: _Side, rename: dict[str, str], oname: 
     result.changed.append(ChangedFunction(name=oname, patched_name=pname, reason=reason))
 
 
-def _check_traceable(orig: _Side, result: UnitDiff) -> None:
+def _check_traceable(orig: Side, result: UnitDiff) -> None:
     """livepatch redirects a function through its ftrace site: it must have one."""
     sites = ftrace_sites(orig.obj)
     for change in result.changed:
@@ -353,12 +232,7 @@ def _check_traceable(orig: _Side, result: UnitDiff) -> None:
                 hint="patch the traceable functions that call it instead")
 
 
-def _cold_parent(name: str) -> str | None:
-    m = re.match(r"(.+?)\.cold(\.\d+)?$", name)
-    return m.group(1) if m else None
-
-
-def _function_difference(orig: _Side, osym: Symbol, patched: _Side, psym: Symbol,
+def _function_difference(orig: Side, osym: Symbol, patched: Side, psym: Symbol,
                          rename: dict[str, str], identity: dict[str, str],
                          lines: Sequence[LineMap]) -> str | None:
     if osym.size != psym.size:
@@ -373,8 +247,8 @@ def _function_difference(orig: _Side, osym: Symbol, patched: _Side, psym: Symbol
             if (ooff, okey) != (poff, pkey):
                 return f"reference at +{poff:#x} changed ({_describe(okey)} → {_describe(pkey)})"
         return "references changed"
-    obody = _masked(orig.body(osym), osym.value, orelocs)
-    pbody = _masked(patched.body(psym), psym.value, prelocs)
+    obody = masked(orig.body(osym), osym.value, orelocs)
+    pbody = masked(patched.body(psym), psym.value, prelocs)
     if obody == pbody or _only_line_numbers(obody, pbody, lines):
         return None
     first = next(i for i in range(len(obody)) if obody[i] != pbody[i])
@@ -388,7 +262,7 @@ def _describe(key: tuple) -> str:
     return str(key[2])
 
 
-def _callbacks(patched: _Side) -> dict[str, str]:
+def _callbacks(patched: Side) -> dict[str, str]:
     """Callbacks a patch declares with KLP_*_CALLBACK or KPATCH_*_CALLBACK."""
     found: dict[str, str] = {}
     obj = patched.obj
@@ -417,7 +291,7 @@ def _function_name(obj: ElfObject, rel: Reloc) -> str:
     return sym.name
 
 
-def _check_data(orig: _Side, patched: _Side, rename: dict[str, str],
+def _check_data(orig: Side, patched: Side, rename: dict[str, str],
                 identity: dict[str, str], result: UnitDiff, source: str) -> list[str]:
     """New data is fine; changing the initial value of existing data is not.
 
@@ -442,8 +316,8 @@ def _check_data(orig: _Side, patched: _Side, rename: dict[str, str],
                  for r in orig.relocs_in(osym)]
         pkeys = [(r.offset - psym.value, reference_key(patched, psym.section, r, rename))
                  for r in patched.relocs_in(psym)]
-        obody = _masked(orig.body(osym), osym.value, orig.relocs_in(osym))
-        pbody = _masked(patched.body(psym), psym.value, patched.relocs_in(psym))
+        obody = masked(orig.body(osym), osym.value, orig.relocs_in(osym))
+        pbody = masked(patched.body(psym), psym.value, patched.relocs_in(psym))
         if okeys == pkeys and obody == pbody:
             continue
         if sec.flags & SHF_WRITE:
@@ -481,7 +355,7 @@ def _stale_copy(source: str, oname: str, holder: str, hint: str) -> BuildError:
                               "patched code that uses the new", hint=hint)
 
 
-def _check_copies_reachable(patched: _Side, copies: list[tuple[str, Symbol]],
+def _check_copies_reachable(patched: Side, copies: list[tuple[str, Symbol]],
                             new_data: set[str], source: str) -> list[str]:
     """A new copy of read-only data reaches only the patched functions. Whatever else
     holds the old copy's address — other files (the data is global), data of this file

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from builder.correlation import OWN_COPY, Side, canonical, cold_parent, masked
 from builder.elf import (
     SHF_ALLOC,
     SHF_EXECINSTR,
@@ -35,7 +36,7 @@ from builder.elf import (
 )
 from builder.errors import BuildError
 from builder.layout import Layout
-from builder.stages.diff import OWN_COPY, UnitDiff, _cold_parent, _masked, _Side, canonical
+from builder.stages.diff import UnitDiff
 from builder.symbols import nearest_to_neighbours
 
 ORC_DATA = ".orc_unwind"
@@ -105,7 +106,7 @@ class _Generator:
         # function sits. Entries of included functions are kept.
         self.special = layout.special_sections()
         self.layout = layout
-        self.orig = _Side(orig)
+        self.orig = Side(orig)
         self.patched = patched
         self.symbols = symbols
         self.exports = exports
@@ -119,13 +120,13 @@ class _Generator:
         # Positions the verify stage already proved (the changed functions' shipped copies).
         self.sympos_cache: dict[str, int] = {f"{diff.target_object}:{name}": pos
                                              for name, pos in (sympos or {}).items()}
-        self.pside = _Side(patched)
+        self.pside = Side(patched)
         self.notes: list[str] = []
 
     # ---- closure over what the patch needs -----------------------------
 
     def run(self) -> GeneratedUnit:
-        p = _Side(self.patched)
+        p = Side(self.patched)
         roots = [p.functions[c.patched_name] for c in self.diff.changed]
         roots += [p.functions[n] for n in self.diff.new_functions]
         roots += [p.functions[n] for n in self.diff.callbacks.values() if n in p.functions]
@@ -209,7 +210,7 @@ class _Generator:
             return None
         if sym.name in self.diff.callbacks.values():
             return None
-        if sym.type == STT_FUNC and _cold_parent(sym.name):
+        if sym.type == STT_FUNC and cold_parent(sym.name):
             return None  # a .cold part jumps back into its parent: it travels with it
         if sym.type == STT_OBJECT and canonical(sym.name) != sym.name and \
                 not sym.section.flags & SHF_WRITE:
@@ -304,12 +305,12 @@ class _Generator:
         """
         candidates = list(range(len(addresses)))
         if orig_sym is not None and orig_sym.type == STT_FUNC:
-            body = _masked(self.orig.body(orig_sym), orig_sym.value,
+            body = masked(self.orig.body(orig_sym), orig_sym.value,
                            self.orig.relocs_in(orig_sym))
             relocs = [Reloc(r.offset - orig_sym.value, r.type, r.symbol, 0)
                       for r in self.orig.relocs_in(orig_sym)]
             same_code = [i for i in candidates
-                         if _masked(self.symbols.read(addresses[i], len(body)), 0, relocs)
+                         if masked(self.symbols.read(addresses[i], len(body)), 0, relocs)
                          == body]
             if len(same_code) == 1:
                 return same_code[0] + 1

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from builder.correlation import Side
 from builder.elf import STT_FUNC, Symbol
 from builder.errors import BuildError
-from builder.stages.diff import UnitDiff, _mark_changed, _Side, diff_unit
+from builder.stages.diff import UnitDiff, _mark_changed, diff_unit
 from builder.stages.generate import generate_unit
 from tests.unit.test_builder_diff import (
     BASE,
@@ -75,7 +76,7 @@ def test_a_changed_cold_part_is_patched_through_its_parent():
     def fn(name: str) -> Symbol:
         return Symbol(name=name, type=STT_FUNC)
 
-    orig = _Side.__new__(_Side)
+    orig = Side.__new__(Side)
     orig.functions = {"probe": fn("probe"), "probe.cold": fn("probe.cold")}
     result = UnitDiff(source="f.c", target_object="vmlinux", correlation={})
     rename = {"probe": "probe", "probe.cold": "probe.cold"}
@@ -126,7 +127,7 @@ class TwoLimits(Symbols):
     code of set_limit, which refers to the second, can tell."""
 
     def __init__(self, orig) -> None:
-        side, fsym = _Side(orig), orig.symbol("set_limit")
+        side, fsym = Side(orig), orig.symbol("set_limit")
         self.values = {0x1800 + r.offset - fsym.value: 0x2000 + r.addend
                        for r in side.relocs_in(fsym) if "limit" in r.symbol.name}
         assert self.values, "set_limit refers to limit"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.correlation import Side, canonical, reference_key
 from builder.elf import (
     R_X86_64_PC32,
     SHF_ALLOC,
@@ -24,7 +25,7 @@ from builder.elf import (
 from builder.errors import BuildError
 from builder.layout import Layout
 from builder.patchset import LineMap, PatchFile
-from builder.stages.diff import _Side, canonical, diff_unit, reference_key, require_change
+from builder.stages.diff import diff_unit, require_change
 from builder.stages.generate import generate_unit
 from builder.stages.link import patch_table
 
@@ -361,7 +362,7 @@ def _label_object(label: str, constants: bytes, value: int) -> tuple:
     cst = Section(name=".rodata.cst2", flags=SHF_ALLOC | SHF_MERGE, entsize=2, data=constants)
     sym = Symbol(name=label, value=value, section=cst)
     text.relocs = [Reloc(3, R_X86_64_PC32, sym, -4)]
-    return _Side(ElfObject(sections=[text, cst], symbols=[sym])), text
+    return Side(ElfObject(sections=[text, cst], symbols=[sym])), text
 
 
 def test_renumbered_constant_labels_are_meant_by_content():

@@ -306,7 +306,7 @@ class _Generator:
         candidates = list(range(len(addresses)))
         if orig_sym is not None and orig_sym.type == STT_FUNC:
             body = masked(self.orig.body(orig_sym), orig_sym.value,
-                           self.orig.relocs_in(orig_sym))
+                          self.orig.relocs_in(orig_sym))
             relocs = [Reloc(r.offset - orig_sym.value, r.type, r.symbol, 0)
                       for r in self.orig.relocs_in(orig_sym)]
             same_code = [i for i in candidates

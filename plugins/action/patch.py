@@ -57,7 +57,7 @@ class ActionModule(ActionBase):
         try:
             if src:
                 args.update(self._controller_checks(src, args))
-            if src and state == "enabled":
+            if src and state in ("enabled", "present"):
                 args["src"] = self._transfer(args["name"])
             result.update(self._run_module(args, task_vars))
             return result

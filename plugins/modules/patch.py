@@ -58,8 +58,9 @@ options:
       - V(disabled) disables the patch, waits for the unpatch transition and unloads
         the module, keeping the stored copy.
       - V(absent) does the same and deletes the stored copy.
+      - V(present) is V(enabled), the Ansible convention.
     type: str
-    choices: [enabled, disabled, absent]
+    choices: [enabled, present, disabled, absent]
     default: enabled
   sha256:
     description:
@@ -369,7 +370,8 @@ from ansible_collections.klp.livepatch.plugins.module_utils.klp_target import (
 ARGUMENT_SPEC = {
     "src": {"type": "path"},
     "name": {"type": "str"},
-    "state": {"type": "str", "choices": ["enabled", "disabled", "absent"], "default": "enabled"},
+    "state": {"type": "str", "choices": ["enabled", "present", "disabled", "absent"],
+              "default": "enabled"},
     "sha256": {"type": "str"},
     "manifest": {"type": "dict"},
     "transition_timeout": {"type": "int", "default": 60},
@@ -414,6 +416,8 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+    if p["state"] == "present":
+        p["state"] = "enabled"  # the Ansible convention's word for it
     host = platform.node() or "target"
     target = Target(run_command=module.run_command,
                     get_bin_path=lambda tool: module.get_bin_path(tool, required=True))

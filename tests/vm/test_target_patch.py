@@ -74,7 +74,7 @@ def test_lifecycle_idempotent_with_check_and_replace(
         task("after_check", loaded_klp_modules()),
         task("load", patch(src=cmdline), diff=True),
         task("cmd_loaded", cat),
-        task("again", patch(src=cmdline)),
+        task("again", patch(src=cmdline, state="present")),  # the Ansible word for it
         task("check_absent", patch(name="klp_test_cmdline", state="absent"), check_mode=True),
         task("disable", patch(name="klp_test_cmdline", state="disabled"), diff=True),
         task("cmd_disabled", cat),
@@ -106,7 +106,7 @@ def test_lifecycle_idempotent_with_check_and_replace(
     assert load["diff"]["before"].strip() == "patch klp_test_cmdline: absent"
     print(f"\nload + transition: {load['transition_seconds']} s")
     assert r["cmd_loaded"]["stdout"] == "klp_test_cmdline"
-    assert r["again"]["changed"] is False
+    assert r["again"]["changed"] is False and r["again"]["state"] == "enabled"
     assert r["check_absent"]["changed"] is True
     assert r["disable"]["changed"] is True and r["disable"]["state"] == "disabled"
     assert "klp_test_cmdline" not in r["cmd_disabled"]["stdout"]

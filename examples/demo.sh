@@ -15,7 +15,7 @@ cd "$ROOT"  # livepatch.yml takes patch paths relative to the current directory
 STATE=$(realpath -m "${KLP_LAB_STATE:-.lab}")
 BIN=$ROOT/.venv/bin
 WORK=$STATE/demo  # collection link, playbook log, VM name; never the user's own paths
-REPORT=livepatch-report  # livepatch.yml's default, next to the playbook
+REPORT=livepatch-report/latest  # livepatch.yml writes one directory per run under livepatch-report/
 MODE=${1:-apply}
 
 say() { printf '\n== %s\n' "$*"; }

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ansible.errors import AnsibleActionFail
@@ -16,6 +17,9 @@ from ansible.plugins.action import ActionBase
 
 # The collection root: the builder package lives there (python3 -m builder).
 COLLECTION_ROOT = Path(__file__).resolve().parents[2]
+# Builds of distinct kernels run side by side, at most this many at once: each builder
+# compiles with make -j on its own, so two keep a small controller busy without thrashing.
+PARALLEL_BUILDS = 2
 
 ARGUMENT_SPEC = {
     "patches": {"type": "list", "elements": "path", "default": []},
@@ -46,6 +50,15 @@ def kernel_items(kernels: list) -> list[tuple[str, str | None]]:
     return seen
 
 
+def _failure(name: str, release: str, proc: subprocess.CompletedProcess) -> str:
+    """The builder's error message for a kernel (from its 'error:' line on, without the
+    progress lines before it), prefixed with what failed."""
+    lines = proc.stderr.strip().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("error")), 0)
+    detail = "\n".join(lines[start:]) or f"exit status {proc.returncode}"
+    return f"building {name} for {release} failed: {detail}"
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
@@ -61,21 +74,16 @@ class ActionModule(ActionBase):
                 raise AnsibleActionFail(f"patch file not found: {patch}")
         output = Path(self._loader.path_dwim(args["output_dir"]))
         result.update(modules={}, manifests={}, names={}, updates={}, built=[], skipped=[],
-                      log={}, changed=False)
-        for release, version in kernel_items(args["kernels"]):
-            out = output / release
-            argv = self._argv(args, patches, release, out)
-            if version:
-                argv += ["--package-version", str(version)]
-            if self._task.check_mode:
-                argv.append("--check")
-            proc = subprocess.run(argv, cwd=COLLECTION_ROOT, capture_output=True, text=True,
-                                  check=False,
-                                  env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+                      failed_kernels={}, log={}, changed=False)
+        kernels = kernel_items(args["kernels"])
+        # One kernel's failure is that kernel's hosts' problem: the others still build.
+        with ThreadPoolExecutor(max_workers=PARALLEL_BUILDS) as pool:
+            runs = list(pool.map(lambda k: self._build_one(args, patches, output, *k), kernels))
+        for (release, _version), (proc, out) in zip(kernels, runs, strict=True):
             result["log"][release] = proc.stderr.splitlines()
             if proc.returncode != 0:
-                raise AnsibleActionFail(f"building {args['name']} for {release} failed:\n"
-                                        + proc.stderr.strip(), result=result)
+                result["failed_kernels"][release] = _failure(args["name"], release, proc)
+                continue
             outcome = json.loads(proc.stdout.strip().splitlines()[-1])
             result["modules"][release] = outcome["module"] or ""
             result["names"][release] = outcome.get("name", args["name"])
@@ -87,7 +95,23 @@ class ActionModule(ActionBase):
                 result["updates"][release] = self._update_summary(
                     outcome, result["manifests"].get(release, {}))
         result["changed"] = bool(result["built"])
+        if result["failed_kernels"]:
+            result["failed"] = True
+            result["msg"] = "\n".join(result["failed_kernels"].values())
         return result
+
+    def _build_one(self, args: dict, patches: list[Path], output: Path, release: str,
+                   version: str | None) -> tuple[subprocess.CompletedProcess, Path]:
+        """Run the builder for one kernel; returns the finished process and its output dir."""
+        out = output / release
+        argv = self._argv(args, patches, release, out)
+        if version:
+            argv += ["--package-version", str(version)]
+        if self._task.check_mode:
+            argv.append("--check")
+        proc = subprocess.run(argv, cwd=COLLECTION_ROOT, capture_output=True, text=True,
+                              check=False, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        return proc, out
 
     @staticmethod
     def _argv(args: dict, patches: list[Path], release: str, out: Path) -> list[str]:

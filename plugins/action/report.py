@@ -33,11 +33,14 @@ except ImportError:  # reported when a query is asked for
 
 FORMATS = ("json", "junit", "html")
 FILES = {"json": "report.json", "junit": "report.xml", "html": "report.html"}
+# With `run`, each run writes into its own directory and this link names the newest.
+LATEST = "latest"
 # Worst first: the order of the summary and of the HTML table.
 STATUSES = ("failed", "unreachable", "skipped", "not_attempted", "current", "ok")
 
 ARGUMENT_SPEC = {
     "dest": {"type": "path", "required": True},
+    "run": {"type": "str"},
     "name": {"type": "str", "required": True},
     "state": {"type": "str", "default": "enabled", "choices": ["enabled", "absent"]},
     "hosts": {"type": "list", "elements": "str"},
@@ -140,7 +143,8 @@ def render_junit(report: dict) -> str:
     })
     for entry in report["hosts"]:
         case = ET.SubElement(suite, "testcase", {
-            "classname": f"klp.livepatch.{report['patch']}.{entry['kernel_release'] or 'unknown'}",
+            # No dots: CI tools split a classname at dots into packages.
+            "classname": junit_classname(report["patch"], entry["kernel_release"]),
             "name": entry["host"],
             "time": f"{entry['transition_seconds'] or 0:.3f}",
         })
@@ -156,6 +160,11 @@ def render_junit(report: dict) -> str:
     root.append(suite)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def junit_classname(patch: str, release: str | None) -> str:
+    """'klp_livepatch/PATCH/6_1_0-56-amd64': patch and kernel, without dots."""
+    return "/".join(("klp_livepatch", patch, release or "unknown")).replace(".", "_")
 
 
 CSS = """
@@ -213,6 +222,8 @@ def render_html(report: dict) -> str:
     if build:
         built = (f" &middot; built: {esc(', '.join(build.get('built', [])) or 'none')}"
                  f" &middot; reused: {esc(', '.join(build.get('skipped', [])) or 'none')}")
+        if build.get("failed_kernels"):
+            built += f" &middot; build failed: {esc(', '.join(build['failed_kernels']))}"
     verdict = "all hosts OK" if report["success"] else "attention needed"
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -281,6 +292,15 @@ def write_atomic(path: str, text: str) -> None:
         raise
 
 
+def point_latest(root: str, run: str) -> None:
+    """Make ROOT/latest a relative link to ROOT/RUN, replacing the old link in one step."""
+    tmp = os.path.join(root, f".{LATEST}-{os.getpid()}")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(run, tmp)
+    os.replace(tmp, os.path.join(root, LATEST))
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
@@ -298,9 +318,14 @@ class ActionModule(ActionBase):
                 facts = hostvars[host] if host in hostvars else {}  # noqa: SIM401 - HostVars
                 records[host] = {k: _plain(facts[k]) for k in HOST_FACTS if k in facts}
         entries = [host_entry(host, facts or {}) for host, facts in _plain(records).items()]
-        build = {k: v for k, v in _plain(args["build"]).items() if k in ("built", "skipped")}
+        build = {k: v for k, v in _plain(args["build"]).items()
+                 if k in ("built", "skipped", "failed_kernels")}
         report = build_report(entries, args["name"], args["state"], build)
-        dest = self._loader.path_dwim(args["dest"])
+        root = self._loader.path_dwim(args["dest"])
+        run = args["run"]
+        if run and (os.sep in run or run in (".", "..", LATEST)):
+            raise AnsibleActionFail(f"run {run!r} must be a plain directory name")
+        dest = os.path.join(root, run) if run else root
         files = {}
         if not self._task.check_mode:
             try:
@@ -308,6 +333,8 @@ class ActionModule(ActionBase):
                 for fmt in args["formats"]:
                     files[fmt] = os.path.join(dest, FILES[fmt])
                     write_atomic(files[fmt], RENDERERS[fmt](report))
+                if run:
+                    point_latest(root, run)
             except OSError as exc:
                 raise AnsibleActionFail(f"cannot write the report to {dest}: {exc}") from exc
         result.update(changed=False, report=report, files=files, success=report["success"])

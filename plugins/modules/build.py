@@ -18,6 +18,9 @@ description:
   - A kernel whose artifact with the same key (kernel release and package version,
     patch sha256, builder version, options) is already in O(output_dir) is skipped,
     so reruns and AWX job slices never build twice.
+  - Kernels are built side by side (two at a time). A kernel whose build fails does not
+    stop the others; the task then fails with every failing kernel's reason and still
+    returns the modules that were built (see RV(failed_kernels)).
   - This is an action plugin; it always runs on the controller.
 author:
   - klp.livepatch developers (@klp-livepatch)
@@ -165,6 +168,14 @@ skipped:
   type: list
   elements: str
   sample: ["6.1.0-56-cloud-amd64"]
+failed_kernels:
+  description:
+    - Releases whose build failed, each with the builder's error message (what to change
+      is in it). The task fails when this is not empty; the other kernels' results are
+      returned all the same.
+  returned: always
+  type: dict
+  sample: {"6.1.0-56-cloud-amd64": "building fix for 6.1.0-56-cloud-amd64 failed: error: ..."}
 log:
   description: The builder's progress lines, per release.
   returned: always

@@ -28,9 +28,20 @@ author:
   - klp.livepatch developers (@klp-livepatch)
 options:
   dest:
-    description: Directory to write the report files to; created when missing.
+    description:
+      - Directory to write the report files to; created when missing.
+      - With O(run), the files go to C(dest/RUN/) and C(dest/latest) points there.
     type: path
     required: true
+  run:
+    description:
+      - Name of this run's own directory under O(dest) (a plain name such as
+        C(20261201T043000Z-cve_fix-enabled)), so that a rollback does not overwrite the
+        rollout's report. C(dest/latest) is a relative link to the newest one, replaced in
+        one step. Writing again with the same O(run) (as a rollout does when it halts
+        early and again at the end) rewrites that run's files.
+      - Omit it to write into O(dest) itself.
+    type: str
   name:
     description: Name of the patch the report is about.
     type: str

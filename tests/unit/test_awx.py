@@ -33,7 +33,7 @@ PlaybookLoader.add_constructor("!unsafe", lambda loader, node: loader.construct_
 ROOT = Path(__file__).resolve().parents[2]
 SURVEY = yaml.safe_load((ROOT / "awx" / "survey.yml").read_text())
 CONFIGURE = yaml.load((ROOT / "awx" / "configure.yml").read_text(), Loader=PlaybookLoader)
-PLAYBOOK = yaml.safe_load((ROOT / "livepatch.yml").read_text())
+PLAYBOOK = yaml.safe_load((ROOT / "playbooks" / "livepatch.yml").read_text())
 QUESTIONS = {q["variable"]: q for q in SURVEY["spec"]}
 
 # AWX's question types and the Python type of their default.

@@ -58,7 +58,7 @@ def playbook(tmp_path_factory):
     patch = base / "fix.patch"
     patch.write_text("--- a/f.c\n+++ b/f.c\n")
 
-    def run(**variables) -> subprocess.CompletedProcess:
+    def run(inventory: str = "localhost,", **variables) -> subprocess.CompletedProcess:
         extra = {"livepatch_name": "fix", "livepatch_hosts": "no_such_host_group",
                  "livepatch_report_dir": str(base / "report"), **variables}
         args = []
@@ -66,11 +66,12 @@ def playbook(tmp_path_factory):
             args += ["-e", f"{key}={value}" if isinstance(value, str) else
                      json.dumps({key: value})]
         return subprocess.run(
-            [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(REPO / "livepatch.yml"), *args],
+            [str(ANSIBLE_PLAYBOOK), "-i", inventory, str(REPO / "livepatch.yml"), *args],
             capture_output=True, text=True, check=False, cwd=base, timeout=300,
             env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(base / "collections"),
                      ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="False"))
     run.patch = patch
+    run.base = base
     return run
 
 
@@ -94,3 +95,56 @@ def test_a_misspelled_input_is_refused_naming_the_right_one(playbook):
     assert proc.returncode != 0
     assert "livepatch_pesist is not an input of livepatch.yml; did you mean " \
         "livepatch_persist?" in proc.stdout
+
+
+def test_a_fleet_that_does_not_answer_still_gets_its_report(playbook):
+    """Every host unreachable (nothing listens on port 1 of loopback): no later play
+    runs, yet this run's report exists, names each host, and latest points at it."""
+    inventory = playbook.base / "dead.yml"
+    inventory.write_text(
+        "all:\n  hosts:\n    dead1: {ansible_host: 127.0.0.1, ansible_port: 1}\n"
+        "    dead2: {ansible_host: 127.0.0.1, ansible_port: 1}\n")
+    report_dir = playbook.base / "dead-report"
+    proc = playbook(str(inventory), livepatch_patches=str(playbook.patch),
+                    livepatch_hosts="all", livepatch_report_dir=str(report_dir))
+    assert proc.returncode == 4, proc.stdout[-3000:]  # unreachable, as Ansible says it
+    assert "Build the livepatch" not in proc.stdout
+    [run] = [p for p in report_dir.iterdir() if p.name != "latest"]
+    assert run.name.endswith("-fix-enabled")
+    assert (report_dir / "latest").resolve() == run.resolve()
+    report = json.loads((run / "report.json").read_text())
+    assert {h["host"]: (h["status"], h["gate"]) for h in report["hosts"]} == {
+        "dead1": ("unreachable", "reachable"), "dead2": ("unreachable", "reachable")}
+    assert report["success"] is False
+
+
+def test_the_installed_collection_runs_its_playbook(tmp_path):
+    """ansible-galaxy collection build + install, then ansible-playbook
+    klp.livepatch.livepatch from elsewhere, without the checkout: it validates its inputs,
+    reads the (dead) fleet and writes the report in the current directory."""
+    bindir = Path(sys.executable).parent
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="False",
+               ANSIBLE_COLLECTIONS_PATH=str(tmp_path / "installed"))
+    built = subprocess.run([str(bindir / "ansible-galaxy"), "collection", "build", str(REPO),
+                            "--output-path", str(tmp_path / "dist")],
+                           capture_output=True, text=True, check=False, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    [tarball] = (tmp_path / "dist").glob("klp-livepatch-*.tar.gz")
+    installed = subprocess.run([str(bindir / "ansible-galaxy"), "collection", "install",
+                                str(tarball), "-p", str(tmp_path / "installed")],
+                               capture_output=True, text=True, check=False, timeout=300, env=env)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "fix.patch").write_text("--- a/f.c\n+++ b/f.c\n")
+    (work / "hosts.yml").write_text(
+        "all:\n  hosts:\n    dead1: {ansible_host: 127.0.0.1, ansible_port: 1}\n")
+    proc = subprocess.run([str(bindir / "ansible-playbook"), "-i", "hosts.yml",
+                           "klp.livepatch.livepatch", "-e", "livepatch_name=fix",
+                           "-e", "livepatch_patches=fix.patch"],
+                          capture_output=True, text=True, check=False, cwd=work, timeout=300,
+                          env=env)
+    assert proc.returncode == 4, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((work / "livepatch-report" / "latest" / "report.json").read_text())
+    assert [(h["host"], h["status"]) for h in report["hosts"]] == [("dead1", "unreachable")]
+    assert str(REPO) not in proc.stdout  # nothing came from the checkout

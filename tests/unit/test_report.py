@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -106,7 +107,8 @@ def test_junit(report):
     assert cases["db3"].find("skipped") is not None
     assert list(cases["web1"]) == []
     assert cases["web1"].get("time") == "1.250"
-    assert cases["web1"].get("classname") == "klp.livepatch.cve_2026_1234.6.1.0-56-amd64"
+    assert cases["web1"].get("classname") == "klp_livepatch/cve_2026_1234/6_1_0-56-amd64"
+    assert all("." not in case.get("classname") for case in cases.values())
 
 
 def test_html(report):
@@ -149,6 +151,16 @@ def test_write_atomic(tmp_path):
     rp.write_atomic(str(path), "two")
     assert path.read_text() == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_each_run_has_its_directory_and_latest_names_the_newest(tmp_path):
+    for run in ("20261201T040000Z-fix-enabled", "20261201T050000Z-fix-absent"):
+        (tmp_path / run).mkdir()
+        rp.point_latest(str(tmp_path), run)
+    latest = tmp_path / rp.LATEST
+    assert latest.is_symlink() and os.readlink(latest) == "20261201T050000Z-fix-absent"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "20261201T040000Z-fix-enabled", "20261201T050000Z-fix-absent", "latest"]
 
 
 def test_kernel_without_livepatch_support():

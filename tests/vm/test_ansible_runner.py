@@ -106,7 +106,7 @@ def test_rollout_through_ansible_runner(job):
     for release in job["hosts"].values():
         assert (job["artifacts"] / release / f"{NAME}.ko").is_file(), release
 
-    report = json.loads((job["reports"] / "rollout" / "report.json").read_text())
+    report = json.loads((job["reports"] / "rollout" / "latest" / "report.json").read_text())
     assert report["success"] is True and report["summary"]["ok"] == len(job["hosts"])
 
 

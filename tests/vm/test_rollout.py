@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 ANSIBLE = Path(sys.executable).parent / "ansible"
 PATCH = REPO / "examples" / "patches" / "cmdline-example.patch"
+# Changes sound/core/init.c: built (as snd.ko) by the amd64 configuration, not by cloud.
+SOUND_PATCH = REPO / "tests" / "vm" / "patches" / "sound-card-example.patch"
 PROBE = "grep -q klp.example=1 /proc/cmdline"
 NAME = "klp_rollout_example"
 
@@ -93,7 +95,7 @@ def batches(proc: subprocess.CompletedProcess) -> list[list[str]]:
 
 
 def hosts_of(report_dir: Path) -> dict[str, dict]:
-    report = json.loads((report_dir / "report.json").read_text())
+    report = json.loads((report_dir / "latest" / "report.json").read_text())
     return {entry["host"]: entry for entry in report["hosts"]}
 
 
@@ -110,7 +112,7 @@ def test_rollout_patches_every_host(fleet):
     proc, report_dir = livepatch(fleet, "apply", livepatch_probes=[PROBE])
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
 
-    report = json.loads((report_dir / "report.json").read_text())
+    report = json.loads((report_dir / "latest" / "report.json").read_text())
     assert report["success"] is True
     assert report["summary"]["ok"] == len(fleet["hosts"])
     assert sorted(report["build"]["built"]) == sorted(fleet["hosts"].values())  # one each
@@ -127,12 +129,12 @@ def test_rollout_patches_every_host(fleet):
         assert "K" in entry["taint"]
         assert probe(fleet, host) == 0
 
-    suite = ET.parse(report_dir / "report.xml").getroot().find("testsuite")
+    suite = ET.parse(report_dir / "latest" / "report.xml").getroot().find("testsuite")
     cases = {case.get("name"): case for case in suite.findall("testcase")}
     assert set(cases) == set(fleet["hosts"])
     assert all(list(case) == [] for case in cases.values())  # no failure, error or skip
 
-    page = (report_dir / "report.html").read_text()
+    page = (report_dir / "latest" / "report.html").read_text()
     assert all(f"<td>{host}</td>" in page for host in fleet["hosts"])
     assert "all hosts OK" in page
 
@@ -141,7 +143,7 @@ def test_rerun_changes_nothing(fleet):
     proc, report_dir = livepatch(fleet, "rerun", livepatch_probes=[PROBE],
                                  livepatch_report_query="hosts[?changed].host")
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    report = json.loads((report_dir / "report.json").read_text())
+    report = json.loads((report_dir / "latest" / "report.json").read_text())
     assert report["build"]["built"] == []
     assert sorted(report["build"]["skipped"]) == sorted(set(fleet["hosts"].values()))
     assert report["summary"]["ok"] == len(fleet["hosts"])
@@ -170,7 +172,7 @@ def test_failed_gate_halts_and_rolls_back(fleet):
     for untouched in by_status["not_attempted"]:
         assert probe(fleet, untouched) == 0  # never touched: still patched
 
-    suite = ET.parse(report_dir / "report.xml").getroot().find("testsuite")
+    suite = ET.parse(report_dir / "latest" / "report.xml").getroot().find("testsuite")
     cases = {case.get("name"): case for case in suite.findall("testcase")}
     assert cases[failed_host].find("failure").get("message").startswith("probes: ")
     assert all(cases[host].find("skipped") is not None for host in by_status["not_attempted"])
@@ -235,5 +237,36 @@ def test_unreachable_host_is_reported(fleet):
     ghost_entry = hosts["klp-ghost"]
     assert (ghost_entry["status"], ghost_entry["gate"]) == ("unreachable", "reachable")
     assert all(hosts[host]["status"] == "ok" for host in fleet["hosts"])
-    suite = ET.parse(report_dir / "report.xml").getroot().find("testsuite")
+    suite = ET.parse(report_dir / "latest" / "report.xml").getroot().find("testsuite")
     assert suite.get("errors") == "1"
+
+
+def test_a_kernel_whose_build_fails_fails_only_its_hosts(fleet):
+    """The example patch plus a change to a sound file, which the cloud configuration does
+    not build: the two other kernels are built (side by side) and patched, the cloud host
+    fails gate build with the builder's reason, and the report lists all three."""
+    cloud = [host for host, release in fleet["hosts"].items() if "cloud" in release]
+    assert len(cloud) == 1 and len(fleet["hosts"]) == 3
+    name = "klp_rollout_partial"
+    proc, report_dir = livepatch(fleet, "partial", livepatch_name=name,
+                                 livepatch_patches=[str(PATCH), str(SOUND_PATCH)],
+                                 livepatch_batches=["100%"], livepatch_max_fail_percentage=50,
+                                 livepatch_probes=[PROBE])
+    assert proc.returncode == 2, proc.stdout[-6000:]  # ansible-playbook: a host failed
+    report = json.loads((report_dir / "latest" / "report.json").read_text())
+    hosts = {entry["host"]: entry for entry in report["hosts"]}
+    failed = hosts[cloud[0]]
+    assert (failed["status"], failed["gate"], failed["rolled_back"]) == ("failed", "build", False)
+    assert f"for {fleet['hosts'][cloud[0]]} failed" in failed["reason"]
+    assert "sound/core/init.c is not built in this configuration" in failed["reason"]
+    assert list(report["build"]["failed_kernels"]) == [fleet["hosts"][cloud[0]]]
+    assert probe(fleet, cloud[0]) != 0  # nothing loaded there
+    others = [host for host in fleet["hosts"] if host != cloud[0]]
+    for host in others:
+        assert (hosts[host]["status"], hosts[host]["patch_state"]) == ("ok", "enabled"), host
+        assert probe(fleet, host) == 0
+
+    proc, report_dir = livepatch(fleet, "partial-rollback", livepatch_name=name,
+                                 livepatch_state="absent", livepatch_patches=[])
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert all(probe(fleet, host) != 0 for host in fleet["hosts"])

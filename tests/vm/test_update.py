@@ -93,14 +93,14 @@ def test_update_brings_each_host_to_the_newest_upload(fleet):
         assert not missing, f"{host}: not live: {missing}"
     # the host two uploads behind gets every fix the host one behind gets
     assert units[one_behind] <= units[two_behind]
-    page = (report_dir / "report.html").read_text()
+    page = (report_dir / "latest" / "report.html").read_text()
     assert f"already runs {target}" in page
 
 
 def test_update_rerun_changes_nothing(fleet):
     proc, report_dir = update(fleet, "rerun")
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    report = json.loads((report_dir / "report.json").read_text())
+    report = json.loads((report_dir / "latest" / "report.json").read_text())
     assert report["build"]["built"] == []
     counters = recap(proc)
     assert all(counters[host]["changed"] == 0 for host in fleet["hosts"]), counters

@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --name {args.name!r}: use letters, digits, '-' and '_' only",
               file=sys.stderr)
         return 2
+    signing = [f for f in (args.sign_key, args.sign_cert) if f is not None]
+    if signing and (len(signing) != 2 or not all(Path(f).is_file() for f in signing)):
+        print(f"error: --sign-key and --sign-cert go together and must be existing files "
+              f"(got {args.sign_key}, {args.sign_cert})", file=sys.stderr)
+        return 2
     if args.command == "update":
         try:
             return run_update(args)

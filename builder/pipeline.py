@@ -51,7 +51,10 @@ class BuildRequest:
                 "patch_sha256": self.patch_sha256(), "builder_version": __version__,
                 "replace": self.replace, "signed": bool(self.sign_key),
                 "consistency": self.consistency, "name": self.name,
-                **({"skip_init_changes": True} if self.skip_init_changes else {})}
+                **({"skip_init_changes": True} if self.skip_init_changes else {}),
+                # Another signing certificate is another module.
+                **({"sign_cert_sha256": hashlib.sha256(Path(self.sign_cert).read_bytes())
+                    .hexdigest()} if self.sign_key and self.sign_cert else {})}
 
 
 @dataclass

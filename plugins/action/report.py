@@ -200,6 +200,8 @@ def render_html(report: dict) -> str:
         problem = ""
         if e["status"] not in ("ok", "current"):
             problem = f"<b>{esc(str(e['gate'] or ''))}</b> {esc(str(e['reason'] or ''))}"
+        elif e["reason"] and report.get("check_mode"):
+            problem = esc(str(e["reason"]))  # what the dry run predicts
         if e.get("update"):
             problem = f"{_update_cell(e['update'])}<br>{problem}" if problem else \
                 _update_cell(e["update"])
@@ -225,6 +227,8 @@ def render_html(report: dict) -> str:
         if build.get("failed_kernels"):
             built += f" &middot; build failed: {esc(', '.join(build['failed_kernels']))}"
     verdict = "all hosts OK" if report["success"] else "attention needed"
+    if report.get("check_mode"):
+        verdict = f"dry run (check mode), {verdict}"
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -321,13 +325,16 @@ class ActionModule(ActionBase):
         build = {k: v for k, v in _plain(args["build"]).items()
                  if k in ("built", "skipped", "failed_kernels")}
         report = build_report(entries, args["name"], args["state"], build)
+        report["check_mode"] = bool(self._task.check_mode)
         root = self._loader.path_dwim(args["dest"])
         run = args["run"]
         if run and (os.sep in run or run in (".", "..", LATEST)):
             raise AnsibleActionFail(f"run {run!r} must be a plain directory name")
         dest = os.path.join(root, run) if run else root
         files = {}
-        if not self._task.check_mode:
+        # A dry run's report is its prediction: written when it has a directory of its own,
+        # where it overwrites nothing.
+        if run or not self._task.check_mode:
             try:
                 os.makedirs(dest, exist_ok=True)
                 for fmt in args["formats"]:

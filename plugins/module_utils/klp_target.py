@@ -24,6 +24,8 @@ import struct
 import time
 
 DEFAULT_STORE = "/var/lib/klp-livepatch/modules"
+# UEFI's global variable: 4 bytes of attributes, then 1 when Secure Boot is on.
+SECURE_BOOT_VARIABLE = "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 
 # /proc/sys/kernel/tainted bits (include/linux/panic.h, kernel/panic.c on 6.1).
 TAINT_FLAGS = [
@@ -354,6 +356,33 @@ class Target:
         value = (self.read("sys/module/module/parameters/sig_enforce") or "").strip()
         return {"Y": True, "N": False}.get(value)
 
+    def lockdown(self):
+        """Active lockdown mode (none, integrity, confidentiality), or None when unknown."""
+        text = self.read("sys/kernel/security/lockdown")
+        if text is None:
+            return None
+        m = re.search(r"\[(\w+)\]", text)
+        return m.group(1) if m else text.strip()
+
+    def secure_boot(self):
+        """True/False from the SecureBoot EFI variable (its last byte), None without it."""
+        try:
+            with open(self.path(SECURE_BOOT_VARIABLE), "rb") as f:
+                data = f.read()
+        except OSError:
+            return None
+        return bool(data[-1]) if data else None
+
+    def unsigned_refused_because(self):
+        """Why this kernel will refuse an unsigned module, or None when it will load one."""
+        if self.signatures_enforced():
+            return "enforces module signatures (module.sig_enforce)"
+        mode = self.lockdown()
+        if mode in ("integrity", "confidentiality"):
+            why = " (UEFI Secure Boot is on)" if self.secure_boot() else ""
+            return f"is locked down ({mode}){why}, so only signed modules load"
+        return None
+
     def taint(self):
         return decode_taint(self.read_int("proc/sys/kernel/tainted") or 0)
 
@@ -648,12 +677,13 @@ class Target:
             raise KlpError(
                 f"{host}: /sys/kernel/livepatch does not exist: kernel {self.release} has "
                 "no livepatch support (CONFIG_LIVEPATCH)")
-        if self.signatures_enforced() and not info.get("signed"):
+        refused = None if info.get("signed") else self.unsigned_refused_because()
+        if refused:
             raise KlpError(
-                "{} enforces module signatures (module.sig_enforce) and {} is unsigned: "
-                "build it with klp.livepatch.build sign_key/sign_cert, using a key the "
-                "kernel trusts (an enrolled MOK or the built-in keyring)".format(
-                    host, info["path"]))
+                "{} {} and {} is unsigned: build it with klp.livepatch.build "
+                "sign_key/sign_cert (livepatch.yml: livepatch_sign_key, livepatch_sign_cert), "
+                "using a key the kernel trusts - an enrolled MOK or the built-in keyring; "
+                "see docs/SIGNING.md".format(host, refused, info["path"]))
 
     def check_manifest(self, info, manifest, host="target"):
         """Cross-check a builder manifest (NAME.json) with the file and this kernel."""

@@ -139,6 +139,14 @@ lockdown:
   returned: always
   type: str
   sample: none
+secure_boot:
+  description:
+    - Whether UEFI Secure Boot is on (the C(SecureBoot) EFI variable), or null when the
+      host did not boot with UEFI or does not say. Debian's kernels then lock down to
+      V(integrity), so only signed modules load.
+  returned: always
+  type: bool
+  sample: false
 sig_enforce:
   description: Whether the kernel only loads signed modules, or null if unknown.
   returned: always
@@ -193,14 +201,6 @@ def config_value(target, option):
     return m.group(1).strip('"') if m else "n"
 
 
-def lockdown_mode(target):
-    text = target.read("sys/kernel/security/lockdown")
-    if text is None:
-        return None
-    m = re.search(r"\[(\w+)\]", text)
-    return m.group(1) if m else text.strip()
-
-
 def stored(target):
     store = target.store_dir()
     persisted = Persistence(target).persisted()
@@ -226,7 +226,8 @@ def main():
         patches=target.patches(),
         livepatch_modules=target.livepatch_modules(),
         taint=target.taint(),
-        lockdown=lockdown_mode(target),
+        lockdown=target.lockdown(),
+        secure_boot=target.secure_boot(),
         sig_enforce=target.signatures_enforced(),
         stored_patches=stored(target),
         boot=dict(Persistence(target).guard(), installed=Persistence(target).installed()),

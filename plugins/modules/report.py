@@ -80,7 +80,10 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Builds the report and answers the query without writing any file.
+    description: >-
+      Builds the report and answers the query. Without O(run) no file is written; with
+      O(run) the run's own directory is written all the same (it overwrites no other
+      report), marked C(check_mode) - a dry run's report is its prediction.
   diff_mode:
     support: none
     description: A report has no before and after.

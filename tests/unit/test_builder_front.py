@@ -212,3 +212,23 @@ def test_an_outer_make_does_not_leak_into_kbuild():
     environ = {"MAKEFLAGS": "w -- ", "MAKELEVEL": "1", "MFLAGS": "-w", "PATH": "/usr/bin"}
     forget_outer_make(environ)
     assert environ == {"PATH": "/usr/bin"}
+
+
+def test_signing_needs_both_files_before_anything_is_done(tmp_path, capsys):
+    from builder.__main__ import main
+    from builder.pipeline import BuildRequest
+
+    key = tmp_path / "k.pem"
+    key.write_text("key")
+    common = ["build", "--kernel", "6.1.0-56-amd64", "--patch", str(key), "--name", "x",
+              "--output", str(tmp_path)]
+    assert main([*common, "--sign-key", str(key)]) == 2
+    assert main([*common, "--sign-key", str(key), "--sign-cert", str(tmp_path / "no")]) == 2
+    assert "--sign-key and --sign-cert go together" in capsys.readouterr().err
+    cert_a, cert_b = tmp_path / "a.pem", tmp_path / "b.pem"
+    cert_a.write_text("a")
+    cert_b.write_text("b")
+    keys = [BuildRequest(kernel="r", package_version="v", patches=[key], name="x",
+                         output=tmp_path, sign_key=key, sign_cert=cert).key()
+            for cert in (cert_a, cert_b)]
+    assert keys[0] != keys[1]  # another certificate is another build

@@ -512,6 +512,33 @@ def test_check_loadable_compares_full_vermagic(target, kernel, ko, tmp_path):
         target.check_loadable(ko(vermagic=f"{RELEASE} SMP mod_unload "), "host1")
 
 
+@pytest.mark.parametrize(("sig_enforce", "lockdown", "secure_boot", "message"), [
+    ("Y", None, None, r"enforces module signatures \(module.sig_enforce\)"),
+    ("N", "none [integrity] confidentiality", b"\x06\x00\x00\x00\x01",
+     r"is locked down \(integrity\) \(UEFI Secure Boot is on\)"),
+    ("N", "none integrity [confidentiality]", None, r"is locked down \(confidentiality\),"),
+    ("N", "[none] integrity confidentiality", b"\x06\x00\x00\x00\x00", None),
+])
+def test_an_unsigned_module_is_refused_where_the_kernel_would(
+        target, kernel, ko, sig_enforce, lockdown, secure_boot, message):
+    (kernel.root / "sys/module/module/parameters").mkdir(parents=True)
+    (kernel.root / "sys/module/module/parameters/sig_enforce").write_text(sig_enforce + "\n")
+    if lockdown:
+        (kernel.root / "sys/kernel/security").mkdir(parents=True)
+        (kernel.root / "sys/kernel/security/lockdown").write_text(lockdown + "\n")
+    if secure_boot is not None:
+        variable = kernel.root / kt.SECURE_BOOT_VARIABLE
+        variable.parent.mkdir(parents=True)
+        variable.write_bytes(secure_boot)
+    if message is None:
+        target.check_loadable(ko(), "host1")
+        assert target.secure_boot() is False and target.lockdown() == "none"
+        return
+    with pytest.raises(kt.KlpError, match=message) as refused:
+        target.check_loadable(ko(), "host1")
+    assert "livepatch_sign_key" in str(refused.value) and "docs/SIGNING.md" in str(refused.value)
+
+
 @pytest.mark.parametrize(("key", "value"), [
     ("module_sha256", "0" * 64),
     ("kernel_release", "6.1.0-50-amd64"),

@@ -148,3 +148,11 @@ def test_the_installed_collection_runs_its_playbook(tmp_path):
     report = json.loads((work / "livepatch-report" / "latest" / "report.json").read_text())
     assert [(h["host"], h["status"]) for h in report["hosts"]] == [("dead1", "unreachable")]
     assert str(REPO) not in proc.stdout  # nothing came from the checkout
+
+
+def test_signing_inputs_need_each_other_and_existing_files(playbook):
+    proc = playbook(livepatch_patches=str(playbook.patch), livepatch_sign_key="missing.pem")
+    assert proc.returncode != 0
+    assert "livepatch_sign_key with livepatch_sign_cert as existing files or neither " \
+        "(got 'missing.pem', '')" in proc.stdout
+    assert "Build the livepatch" not in proc.stdout

@@ -191,3 +191,17 @@ def test_an_update_shows_versions_units_reboot_debt_and_cves():
     assert "6.1.192-1 &rarr; 6.1.192-3: 2 unit(s) live, 1 need a reboot (mm)" in page
     assert "CVE-2026-99362" in page and "already runs 6.1.192-3" in page
     assert 'skipped="1"' in rp.render_junit(report)
+
+
+def test_a_dry_run_report_says_so_and_shows_the_prediction():
+    entry = rp.host_entry("web1", {
+        "build_kernel": KERNEL,
+        "rollout_result": {
+            "status": "ok", "state": "enabled", "changed": True,
+            "reason": "check mode: fix.ko would be built for this kernel, then loaded"},
+        "verify_result": {"ok": True, "reachable": True, "state": "absent"}})
+    report = rp.build_report([entry], "fix")
+    report["check_mode"] = True
+    page = rp.render_html(report)
+    assert "dry run (check mode)" in page
+    assert "would be built for this kernel, then loaded" in page

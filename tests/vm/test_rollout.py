@@ -60,7 +60,8 @@ def env(fleet: dict) -> dict:
                 ANSIBLE_STDOUT_CALLBACK="default")
 
 
-def livepatch(fleet: dict, step: str, inventory: Path | None = None, **extra
+def livepatch(fleet: dict, step: str, inventory: Path | None = None,
+              options: tuple[str, ...] = (), **extra
               ) -> tuple[subprocess.CompletedProcess, Path]:
     """ansible-playbook livepatch.yml on the fleet; returns the run and its report dir."""
     report = fleet["base"] / step
@@ -69,7 +70,7 @@ def livepatch(fleet: dict, step: str, inventory: Path | None = None, **extra
                  "livepatch_artifact_dir": str(fleet["artifacts"]),
                  "livepatch_report_dir": str(report), **extra}
     proc = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(inventory or fleet["inventory"]),
-                           str(REPO / "livepatch.yml"), "-e", json.dumps(variables)],
+                           str(REPO / "livepatch.yml"), *options, "-e", json.dumps(variables)],
                           capture_output=True, text=True, env=env(fleet), check=False,
                           cwd=REPO, timeout=3600)
     (fleet["base"] / f"{step}.log").write_text(proc.stdout + proc.stderr)
@@ -106,6 +107,23 @@ def probe(fleet: dict, host: str) -> int:
                           capture_output=True, text=True, env=env(fleet), check=False,
                           timeout=300)
     return proc.returncode
+
+
+def test_dry_run_of_a_patch_not_built_yet_predicts_and_changes_nothing(fleet):
+    """--check before anything is built: no build, nothing loaded, and the run's report
+    (its own directory, marked check mode) predicts a build and a load on every host."""
+    proc, report_dir = livepatch(fleet, "dry-run", options=("--check",),
+                                 livepatch_probes=[PROBE])
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert not list(fleet["artifacts"].glob(f"*/{NAME}.ko"))  # nothing built
+    assert os.readlink(report_dir / "latest").endswith(f"-{NAME}-enabled-check")
+    report = json.loads((report_dir / "latest" / "report.json").read_text())
+    assert report["check_mode"] is True and report["success"] is True
+    for host in fleet["hosts"]:
+        entry = hosts_of(report_dir)[host]
+        assert (entry["status"], entry["changed"]) == ("ok", True), entry
+        assert "would be built for this kernel, then loaded" in entry["reason"]
+        assert probe(fleet, host) != 0  # nothing loaded
 
 
 def test_rollout_patches_every_host(fleet):

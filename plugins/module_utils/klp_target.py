@@ -16,6 +16,7 @@ signature.
 """
 
 import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -744,6 +745,55 @@ class Target:
 
 
 # --------------------------------------------------------------------------- orchestration
+
+CHANGE_LOCK = "run/klp-livepatch.lock"
+
+
+class ChangeLock:
+    """One livepatch change at a time on a host (two playbook runs, or AWX slices that
+    overlap): an exclusive flock on CHANGE_LOCK, waited for up to `timeout` seconds.
+    The file holds the holder's pid and start time for the message of whoever waits."""
+
+    def __init__(self, target, host, timeout):
+        self.t = target
+        self.host = host
+        self.timeout = timeout
+        self.fd = None
+
+    def __enter__(self):
+        path = self.t.path(CHANGE_LOCK)
+        if not os.path.isdir(os.path.dirname(path)):
+            os.makedirs(os.path.dirname(path))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = self.t.clock() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+            if self.t.clock() >= deadline:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise KlpError(
+                    f"{self.host}: another klp.livepatch change is running ({holder}) and "
+                    f"still held {path} after {self.timeout} s; nothing was changed - wait "
+                    "for it to finish, then run again")
+            self.t.sleep(0.5)
+        os.ftruncate(fd, 0)
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        os.pwrite(fd, f"pid {os.getpid()} since {since}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc_info):
+        os.ftruncate(self.fd, 0)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        return False
+
 
 class KlpFailure(KlpError):
     """A failed state change, with the partial result (stalled tasks, timings) to return."""

@@ -96,6 +96,14 @@ options:
     description: Extra seconds to wait with O(on_stall=wait).
     type: int
     default: 300
+  lock_timeout:
+    description:
+      - Seconds to wait for another klp.livepatch change on the same host to finish
+        (two playbook runs at once, overlapping AWX slices). Changes take an exclusive
+        lock on C(/run/klp-livepatch.lock). When it is still held after this time, the
+        task fails naming the holder's pid and start time, and nothing is changed.
+    type: int
+    default: 600
   consistency:
     description:
       - V(freeze) asks the module's hook to freeze user space during the transition.
@@ -352,10 +360,12 @@ release:
 
 import os
 import platform
+from contextlib import nullcontext
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.klp.livepatch.plugins.module_utils.klp_target import (
+    ChangeLock,
     KlpError,
     KlpFailure,
     PatchRunner,
@@ -383,6 +393,7 @@ ARGUMENT_SPEC = {
     "persist": {"type": "bool"},
     "preflight": {"type": "str", "choices": ["off", "warn", "skip"], "default": "warn"},
     "probes": {"type": "list", "elements": "str", "default": []},
+    "lock_timeout": {"type": "int", "default": 600},
 }
 
 
@@ -430,51 +441,55 @@ def main():
     taint_before = target.taint()
     log_mark = None if module.check_mode else target.kernel_log_mark()
     try:
-        validate_park_kthreads(p["park_kthreads"])
-        if p["state"] == "enabled":
-            path = p["src"]
-            if not path:
-                name = module_name(p["name"])
-                path = target.stored_path(name)
-                if not os.path.exists(path):
+        # One change at a time per host; a dry run only reads.
+        lock = nullcontext() if module.check_mode else ChangeLock(target, host,
+                                                                  p["lock_timeout"])
+        with lock:
+            validate_park_kthreads(p["park_kthreads"])
+            if p["state"] == "enabled":
+                path = p["src"]
+                if not path:
+                    name = module_name(p["name"])
+                    path = target.stored_path(name)
+                    if not os.path.exists(path):
+                        module.fail_json(
+                            msg=f"{host}: no stored copy of livepatch {name} at {path}; pass "
+                                "src (the .ko on the controller) to load it",
+                            missing_module=True, **common)
+                info = inspect_module(path)
+                if p["sha256"] and info["sha256"] != p["sha256"].lower():
+                    if not p["src"]:
+                        module.fail_json(
+                            msg=f"{host}: stored copy {path} has sha256 {info['sha256']}, not "
+                                f"{p['sha256']}; pass src to replace it",
+                            missing_module=True, **common)
                     module.fail_json(
-                        msg=f"{host}: no stored copy of livepatch {name} at {path}; pass "
-                            "src (the .ko on the controller) to load it",
-                        missing_module=True, **common)
-            info = inspect_module(path)
-            if p["sha256"] and info["sha256"] != p["sha256"].lower():
-                if not p["src"]:
+                        msg=f"{host}: {path} has sha256 {info['sha256']} but {p['sha256']} was "
+                            "expected: the copy is corrupt or not the module you meant; "
+                            "nothing was loaded", **common)
+                if p["name"] and module_name(p["name"]) != info["name"]:
                     module.fail_json(
-                        msg=f"{host}: stored copy {path} has sha256 {info['sha256']}, not "
-                            f"{p['sha256']}; pass src to replace it",
-                        missing_module=True, **common)
-                module.fail_json(
-                    msg=f"{host}: {path} has sha256 {info['sha256']} but {p['sha256']} was "
-                        "expected: the copy is corrupt or not the module you meant; "
-                        "nothing was loaded", **common)
-            if p["name"] and module_name(p["name"]) != info["name"]:
-                module.fail_json(
-                    msg=f"{host}: {path} is module {info['name']!r}, not {p['name']!r}",
-                    **common)
-            target.check_loadable(info, host)
-            target.check_manifest(info, p["manifest"], host)
-            result = runner.enable(info, hook_parameters(module, info, p["manifest"], host))
-            persist = p["persist"]
-        else:
-            name = module_name(p["name"]) if p["name"] else inspect_module(p["src"])["name"]
-            result = runner.remove(name, keep_stored=p["state"] == "disabled")
-            persist = False
-        boot = Persistence(target)
-        if persist is not None or result.get("replaced"):
-            if module.check_mode:
-                changed = persist is not None and boot.plan(result["name"], persist)
+                        msg=f"{host}: {path} is module {info['name']!r}, not {p['name']!r}",
+                        **common)
+                target.check_loadable(info, host)
+                target.check_manifest(info, p["manifest"], host)
+                result = runner.enable(info, hook_parameters(module, info, p["manifest"], host))
+                persist = p["persist"]
             else:
-                changed = boot.apply(result["name"], persist if persist is not None else
-                                     result["name"] in boot.persisted(),
-                                     drop=result.get("replaced", []))
-            result["changed"] = result["changed"] or changed
-        result["persisted"] = result["name"] in boot.persisted() if not module.check_mode \
-            else bool(persist) if persist is not None else result["name"] in boot.persisted()
+                name = module_name(p["name"]) if p["name"] else inspect_module(p["src"])["name"]
+                result = runner.remove(name, keep_stored=p["state"] == "disabled")
+                persist = False
+            boot = Persistence(target)
+            if persist is not None or result.get("replaced"):
+                if module.check_mode:
+                    changed = persist is not None and boot.plan(result["name"], persist)
+                else:
+                    changed = boot.apply(result["name"], persist if persist is not None else
+                                         result["name"] in boot.persisted(),
+                                         drop=result.get("replaced", []))
+                result["changed"] = result["changed"] or changed
+            result["persisted"] = result["name"] in boot.persisted() if not module.check_mode \
+                else bool(persist) if persist is not None else result["name"] in boot.persisted()
     except KlpFailure as exc:
         result = exc.result
         result.pop("diff", None)

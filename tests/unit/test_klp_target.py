@@ -694,3 +694,16 @@ def test_boot_script_records_failed_loads(tmp_path):
     (store / "klp_b.persist").write_text("r\n")
     run_boot_script(tmp_path, "load", insmod_rc=1)
     assert (tmp_path / "state" / "failed").read_text().split() == ["klp_b"]
+
+
+def test_one_change_at_a_time_per_host(target, kernel):
+    """A second change waits for the lock, then gives up naming the holder, having
+    changed nothing; once the first is done the lock is free again."""
+    with kt.ChangeLock(target, "host1", timeout=2):
+        with pytest.raises(kt.KlpError, match=r"host1: another klp.livepatch change is "
+                                              r"running \(pid \d+ since .*\) and still held"):
+            with kt.ChangeLock(target, "host1", timeout=2):
+                pass  # pragma: no cover - never entered
+        assert kernel.now >= 2  # it waited (on the fake clock) before giving up
+    with kt.ChangeLock(target, "host1", timeout=0):
+        pass

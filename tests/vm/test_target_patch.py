@@ -144,6 +144,13 @@ def test_refusals_load_nothing(klp_inventory, amd64_host, collections_path, kmod
                            park_kthreads=["kworker/*"]), ignore_errors=True),
         task("freeze", patch(src=str(kmods / "klp_test_cmdline.ko"), consistency="freeze"),
              ignore_errors=True),
+        # Another change holds the host's lock (as a second playbook run would).
+        {"name": "hold the change lock", "changed_when": False,
+         "ansible.builtin.shell": "(flock /run/klp-livepatch.lock sleep 37 &) ; sleep 1"},
+        task("locked", patch(src=str(kmods / "klp_test_cmdline.ko"), lock_timeout=3),
+             ignore_errors=True),
+        {"name": "release the change lock", "changed_when": False,
+         "ansible.builtin.command": "pkill -f 'sleep 37'"},
         task("after", loaded_klp_modules()),
         task("log", {"ansible.builtin.command": "dmesg"}, changed_when=False),
     ]
@@ -154,7 +161,9 @@ def test_refusals_load_nothing(klp_inventory, amd64_host, collections_path, kmod
                        ("bad_callback", ["failed to enable patch 'klp_test_badcb'"]),
                        ("not_livepatch", ["not a livepatch module"]),
                        ("park", ["cannot be parked"]),
-                       ("freeze", ["not supported by this module build"])]:
+                       ("freeze", ["not supported by this module build"]),
+                       ("locked", ["another klp.livepatch change is running",
+                                   "still held /run/klp-livepatch.lock after 3 s"])]:
         assert r[key]["failed"] is True, key
         for text in texts:
             assert text in r[key]["msg"], (key, text, r[key]["msg"])

@@ -12,6 +12,7 @@ Host facts read (all optional; see roles/rollout and roles/verify):
   build_update     {from, to, state, live, needs_reboot, cves_live, ...}  with an update
   rollout_result   {status, state, gate, reason, transition_seconds, changed, ...}
   verify_result    {ok, reachable, state, transition, reason}
+  status_result    {patches, stored, taint}  read-only fleet view (playbooks/status.yml)
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ ARGUMENT_SPEC = {
     "query": {"type": "str"},
 }
 
-HOST_FACTS = ("build_kernel", "build_update", "rollout_result", "verify_result")
+HOST_FACTS = ("build_kernel", "build_update", "rollout_result", "verify_result",
+              "status_result")
 
 
 def _plain(value):
@@ -87,6 +89,20 @@ def host_entry(host: str, facts: dict) -> dict:
             "needs_reboot": [u["name"] for u in update.get("needs_reboot", [])],
             "cves_live": update.get("cves_live", []),
             "cves_not_live": update.get("cves_not_live", [])}
+    status = facts.get("status_result")
+    if status is not None and kernel:
+        # The fleet view: what each host has, with nothing asked of it.
+        entry["patches"] = [{"name": p["name"], "state": _patch_state(p),
+                             "functions": sum(len(o.get("functions", []))
+                                              for o in (p.get("objects") or {}).values())}
+                            for p in status.get("patches", [])]
+        entry["stored"] = [{"name": p["name"], "persist": bool(p.get("persist"))}
+                           for p in status.get("stored", [])]
+        entry["taint"] = status.get("taint")
+        entry["patch_state"] = ", ".join(
+            f"{p['name']} {p['state']}" for p in entry["patches"]) or "none"
+        entry["verified"] = True
+        return entry
     if not kernel or verify.get("reachable") is False:
         reason = verify.get("reason") if kernel else (
             "did not answer when the fleet's kernels were read")
@@ -105,6 +121,13 @@ def host_entry(host: str, facts: dict) -> dict:
     elif verify and not verify.get("ok", False):
         entry.update(status="failed", gate="verify", reason=verify.get("reason"))
     return entry
+
+
+def _patch_state(patch: dict) -> str:
+    """enabled | transition | unpatching | disabled, from /sys/kernel/livepatch/NAME."""
+    if patch.get("transition"):
+        return "transition" if patch.get("enabled") else "unpatching"
+    return "enabled" if patch.get("enabled") else "disabled"
 
 
 def build_report(entries: list[dict], name: str, state: str = "enabled",
@@ -207,6 +230,9 @@ def render_html(report: dict) -> str:
                 _update_cell(e["update"])
         if e["rolled_back"]:
             problem += " (rolled back)"
+        if e.get("stored"):
+            problem += "stored: " + esc(", ".join(
+                p["name"] + (" (at boot)" if p["persist"] else "") for p in e["stored"]))
         status = esc(e["status"])
         rows.append(
             "<tr>"

@@ -699,11 +699,11 @@ def test_boot_script_records_failed_loads(tmp_path):
 def test_one_change_at_a_time_per_host(target, kernel):
     """A second change waits for the lock, then gives up naming the holder, having
     changed nothing; once the first is done the lock is free again."""
+    busy = r"host1: another klp.livepatch change is running \(pid \d+ since .*\) and still held"
     with kt.ChangeLock(target, "host1", timeout=2):
-        with pytest.raises(kt.KlpError, match=r"host1: another klp.livepatch change is "
-                                              r"running \(pid \d+ since .*\) and still held"):
-            with kt.ChangeLock(target, "host1", timeout=2):
-                pass  # pragma: no cover - never entered
+        second = kt.ChangeLock(target, "host1", timeout=2)
+        with pytest.raises(kt.KlpError, match=busy):
+            second.__enter__()
         assert kernel.now >= 2  # it waited (on the fake clock) before giving up
     with kt.ChangeLock(target, "host1", timeout=0):
         pass

@@ -149,6 +149,14 @@ def test_the_installed_collection_runs_its_playbook(tmp_path):
     assert [(h["host"], h["status"]) for h in report["hosts"]] == [("dead1", "unreachable")]
     assert str(REPO) not in proc.stdout  # nothing came from the checkout
 
+    status = subprocess.run([str(bindir / "ansible-playbook"), "-i", "hosts.yml",
+                             "klp.livepatch.status"], capture_output=True, text=True,
+                            check=False, cwd=work, timeout=300, env=env)
+    assert status.returncode == 4, status.stdout[-3000:] + status.stderr[-3000:]
+    [run] = [p for p in (work / "livepatch-report").iterdir() if p.name.endswith("-status")]
+    report = json.loads((run / "report.json").read_text())
+    assert [(h["host"], h["status"]) for h in report["hosts"]] == [("dead1", "unreachable")]
+
 
 def test_signing_inputs_need_each_other_and_existing_files(playbook):
     proc = playbook(livepatch_patches=str(playbook.patch), livepatch_sign_key="missing.pem")

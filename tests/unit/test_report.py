@@ -205,3 +205,18 @@ def test_a_dry_run_report_says_so_and_shows_the_prediction():
     page = rp.render_html(report)
     assert "dry run (check mode)" in page
     assert "would be built for this kernel, then loaded" in page
+
+
+def test_the_fleet_status_lists_loaded_and_stored_patches():
+    entry = rp.host_entry("web1", {
+        "build_kernel": KERNEL,
+        "status_result": {
+            "patches": [{"name": "cve_fix", "enabled": True, "transition": False,
+                         "objects": {"vmlinux": {"functions": [{"name": "f"}, {"name": "g"}]}}},
+                        {"name": "old", "enabled": False, "transition": True}],
+            "stored": [{"name": "cve_fix", "persist": True}], "taint": "K"}})
+    assert entry["status"] == "ok"
+    assert entry["patch_state"] == "cve_fix enabled, old unpatching"
+    assert entry["patches"][0]["functions"] == 2
+    page = rp.render_html(rp.build_report([entry], "fleet-status"))
+    assert "stored: cve_fix (at boot)" in page

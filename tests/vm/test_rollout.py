@@ -171,6 +171,27 @@ def test_rerun_changes_nothing(fleet):
     assert '"verify_report.query_result": []' in proc.stdout
 
 
+def test_fleet_status_shows_the_patch_everywhere(fleet):
+    """klp.livepatch.status (read only) on the patched fleet: every host has the patch
+    enabled, its functions counted; nothing changed."""
+    report_dir = fleet["base"] / "status"
+    proc = subprocess.run(
+        [str(ANSIBLE_PLAYBOOK), "-i", str(fleet["inventory"]),
+         str(REPO / "playbooks" / "status.yml"),
+         "-e", json.dumps({"livepatch_hosts": ":".join(fleet["hosts"]),
+                           "livepatch_become": False, "livepatch_report_dir": str(report_dir)})],
+        capture_output=True, text=True, env=env(fleet), check=False, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert all(c["changed"] == 0 for c in recap(proc).values())
+    [run] = [p for p in report_dir.iterdir() if p.name.endswith("-status")]
+    report = json.loads((run / "report.json").read_text())
+    assert {h["host"] for h in report["hosts"]} == set(fleet["hosts"])
+    for entry in report["hosts"]:
+        assert entry["kernel_release"] == fleet["hosts"][entry["host"]]
+        [loaded] = [p for p in entry["patches"] if p["name"] == NAME]
+        assert loaded["state"] == "enabled" and loaded["functions"] >= 1
+
+
 def test_failed_gate_halts_and_rolls_back(fleet):
     proc, report_dir = livepatch(fleet, "gate", livepatch_batches=[1, "100%"],
                                  livepatch_probes=[PROBE, "test -e /klp-no-such-file"],

@@ -63,7 +63,37 @@ def parser() -> argparse.ArgumentParser:
                    help="work directory; unit results kept there make a rerun resume")
     u.add_argument("--check", action="store_true",
                    help="only resolve the versions and say what would be done")
+    c = sub.add_parser("cache", help="list the controller cache or prune it to a size")
+    c.add_argument("action", choices=("list", "prune"))
+    c.add_argument("--max-size", metavar="SIZE",
+                   help="prune: remove least recently used entries until the cache is at "
+                        "most SIZE (e.g. 20G)")
+    c.add_argument("--dry-run", action="store_true", help="prune: only say what would go")
     return top
+
+
+def run_cache(args) -> int:
+    from builder import cache
+    from builder.providers import cache_dir
+
+    root = cache_dir()
+    if args.action == "list":
+        print(cache.render(cache.entries(root), root))
+        return 0
+    if not args.max_size:
+        print("error: cache prune needs --max-size (e.g. 20G)", file=sys.stderr)
+        return 2
+    try:
+        budget = cache.parse_size(args.max_size)
+    except ValueError as err:
+        print(f"error: --max-size: {err}", file=sys.stderr)
+        return 2
+    removed, left = cache.prune(root, budget, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for entry in removed:
+        print(f"{verb} {cache.human(entry.size):>8}  {entry.path.relative_to(root)}")
+    print(f"{cache.human(left)} left in {root} (budget {cache.human(budget)})")
+    return 0
 
 
 def run_update(args) -> int:
@@ -114,6 +144,8 @@ def forget_outer_make(environ: dict[str, str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     forget_outer_make(os.environ)
+    if args.command == "cache":
+        return run_cache(args)
     if not all(c.isalnum() or c in "-_" for c in args.name):
         print(f"error: --name {args.name!r}: use letters, digits, '-' and '_' only",
               file=sys.stderr)

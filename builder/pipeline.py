@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder import __version__
+from builder.cache import mark_used
 from builder.elf import ElfObject
 from builder.errors import BuildError
 from builder.patchset import PatchSet
@@ -117,6 +118,7 @@ def build(request: BuildRequest, progress: Progress | None = None) -> dict:
     packages = progress.stage("acquire", f"{kernel.release} ({kernel.package_version})",
                               provider.acquire, kernel)
     tree = progress.stage("prepare", "kernel tree", prepare_stage.prepare, packages)
+    mark_used(kernel_dir(cache_dir(), packages.kernel), tree.source_dir.parent, work)
     compiled = progress.stage("compile", ", ".join(patches.sources),
                               compile_stage.compile_units, tree, patches, work,
                               progress=progress.note)

@@ -67,6 +67,30 @@ def download(debs: Path, package: str, version: str) -> Path:
     return debs / fetched.name
 
 
+class BadPackage(BuildError):
+    """A cached .deb that dpkg-deb cannot read (truncated by a full disk, corrupted)."""
+
+    def __init__(self, deb: Path, detail: str):
+        super().__init__(stage=STAGE, file=str(deb), message=f"dpkg-deb -x failed: {detail}",
+                         hint=f"delete {deb} so it is downloaded again")
+        self.deb = deb
+
+
+def extract_packages(debs_dir: Path, specs: list[tuple[str, str]], dest: Path,
+                     finish: Callable[[Path], None] | None = None) -> Path:
+    """Download (package, version) pairs and extract them into dest. A cached .deb that
+    turns out unreadable is deleted and downloaded once more before giving up."""
+    for attempt in (1, 2):
+        debs = [download(debs_dir, package, version) for package, version in specs]
+        try:
+            return extract_atomically(debs, dest, finish)
+        except BadPackage as err:
+            if attempt == 2:
+                raise
+            err.deb.unlink(missing_ok=True)
+    raise AssertionError("unreachable")
+
+
 def extract_atomically(debs: list[Path], dest: Path,
                        finish: Callable[[Path], None] | None = None) -> Path:
     """dpkg-deb -x every deb into one fresh root, `finish` it, then rename it to dest.
@@ -84,9 +108,7 @@ def extract_atomically(debs: list[Path], dest: Path,
             proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)],
                                   capture_output=True, text=True, check=False)
             if proc.returncode != 0:
-                raise BuildError(stage=STAGE, file=str(deb),
-                                 message=f"dpkg-deb -x failed: {proc.stderr.strip()}",
-                                 hint=f"delete {deb} so it is downloaded again")
+                raise BadPackage(deb, proc.stderr.strip())
         repoint_symlinks(tmp, dest)
         if finish:
             finish(tmp)
@@ -154,14 +176,15 @@ def acquire_packages(kernel: KernelId, names: dict[str, str], cache: Path) -> Ke
     """Download and extract everything; return where each piece is."""
     debs_dir = cache / "debs"
     version = kernel.package_version
-    kernel_debs = [download(debs_dir, names[role], version) for role in KERNEL_ROLES]
-    source_deb = download(debs_dir, names["source"], version)
     root = kernel_dir(cache, kernel) / "pkgs"
     if not root.is_dir():
-        extract_atomically(kernel_debs, root, finish=lambda tmp: fix_headers_makefile(
-            tmp / "usr" / "src" / names["headers"], root))
+        extract_packages(debs_dir, [(names[role], version) for role in KERNEL_ROLES], root,
+                         finish=lambda tmp: fix_headers_makefile(
+                             tmp / "usr" / "src" / names["headers"], root))
     fix_headers_makefile(root / "usr" / "src" / names["headers"], root)  # older caches
-    src = extract_atomically([source_deb], source_root(cache, version) / "deb")
+    src = source_root(cache, version) / "deb"
+    if not src.is_dir():
+        extract_packages(debs_dir, [(names["source"], version)], src)
     return packages_from_roots(kernel, names, root, src)
 
 
@@ -194,5 +217,6 @@ def packages_from_roots(kernel: KernelId, names: dict[str, str], root: Path,
         sign_file=headers / "scripts" / "sign-file" if signs else None)
 
 
-__all__ = ["acquire_packages", "download", "extract_atomically", "kernel_dir",
+__all__ = ["acquire_packages", "download", "extract_atomically", "extract_packages",
+           "kernel_dir", "BadPackage",
            "rename_into_place", "repoint_symlinks", "KERNEL_ROLES"]

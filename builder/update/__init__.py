@@ -41,7 +41,7 @@ from builder.errors import BuildError
 from builder.pipeline import BuildRequest, Progress, build, manifest_matches
 from builder.providers import cache_dir, get_provider
 from builder.providers.debian import madison_versions, parse_release, version_newer
-from builder.stages.acquire import download, extract_atomically, source_root
+from builder.stages.acquire import extract_packages, source_root
 from builder.stages.compile import pristine
 from builder.stages.prepare import extract_source, prepare
 from builder.update.changelog import items_between, read_changelog, tie
@@ -68,8 +68,9 @@ class UpdateRequest:
 def source_tree(version: str, series: str) -> tuple[Path, Path]:
     """(tree, changelog.Debian.gz) of linux-source-SERIES at `version`, cached."""
     cache = cache_dir()
-    deb = download(cache / "debs", f"linux-source-{series}", version)
-    root = extract_atomically([deb], source_root(cache, version) / "deb")
+    root = source_root(cache, version) / "deb"
+    if not root.is_dir():
+        extract_packages(cache / "debs", [(f"linux-source-{series}", version)], root)
     tarball = sorted((root / "usr" / "src").glob(f"linux-source-{series}.tar.*"))[0]
     changelog = root / "usr" / "share" / "doc" / f"linux-source-{series}" / "changelog.Debian.gz"
     return extract_source(tarball, source_root(cache, version)), changelog

@@ -232,3 +232,40 @@ def test_signing_needs_both_files_before_anything_is_done(tmp_path, capsys):
                          output=tmp_path, sign_key=key, sign_cert=cert).key()
             for cert in (cert_a, cert_b)]
     assert keys[0] != keys[1]  # another certificate is another build
+
+
+def test_a_truncated_cached_package_is_fetched_again(tmp_path, monkeypatch):
+    """A .deb cut short in the cache (a full disk, a killed copy) is not trusted: the
+    extraction fails, the file is deleted and downloaded once more."""
+    import subprocess
+
+    from builder.stages import acquire
+
+    pkg = tmp_path / "pkg"
+    (pkg / "DEBIAN").mkdir(parents=True)
+    (pkg / "DEBIAN" / "control").write_text(
+        "Package: klp-dummy\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\n"
+        "Description: test\n")
+    (pkg / "usr" / "share").mkdir(parents=True)
+    (pkg / "usr" / "share" / "payload").write_bytes(os.urandom(200_000))
+    good = tmp_path / "good.deb"
+    subprocess.run(["dpkg-deb", "-Zxz", "--build", str(pkg), str(good)], check=True,
+                   capture_output=True)
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    cached = debs / "klp-dummy_1.0_all.deb"
+    cached.write_bytes(good.read_bytes()[:50_000])  # truncated
+    fetched = []
+
+    def fake_download(directory, package, version):
+        found = acquire.deb_path(directory, package, version)
+        if found is None:
+            fetched.append(package)
+            cached.write_bytes(good.read_bytes())
+            found = cached
+        return found
+
+    monkeypatch.setattr(acquire, "download", fake_download)
+    dest = acquire.extract_packages(debs, [("klp-dummy", "1.0")], tmp_path / "root")
+    assert fetched == ["klp-dummy"]
+    assert (dest / "usr" / "share" / "payload").stat().st_size == 200_000

@@ -104,8 +104,9 @@ sanity: setup
 units: setup
 	$(call pytest_tier,tests/unit)
 
+# The slowest VM tests are listed at the end: the tier's time budget is watched there.
 test-vm: setup
-	$(call pytest_tier,tests/vm)
+	$(call pytest_tier,tests/vm --durations=15)
 
 lab-up: setup
 	$(PY) -m lab up $(KERNELS)

@@ -29,7 +29,7 @@ define pytest_tier
 	@if [ -z "$$(find $(1) -name 'test_*.py' -print -quit 2>/dev/null)" ]; then \
 		echo "NOTICE: $(1) has no test files yet; tier skipped, 0 tests run"; \
 	else \
-		$(BIN)/pytest $(1) $(PYTEST_ARGS); \
+		$(BIN)/pytest $(1) $(PYTEST_ARGS) $(2); \
 	fi
 endef
 
@@ -106,7 +106,7 @@ units: setup
 
 # The slowest VM tests are listed at the end: the tier's time budget is watched there.
 test-vm: setup
-	$(call pytest_tier,tests/vm --durations=15)
+	$(call pytest_tier,tests/vm,--durations=15)
 
 lab-up: setup
 	$(PY) -m lab up $(KERNELS)

@@ -11,11 +11,14 @@ import argparse
 import json
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from builder import __version__
+from builder.cache import exclusive, work_dir
 from builder.errors import BuildError
 from builder.pipeline import BuildRequest, build, manifest_matches, resolve_version
+from builder.providers import cache_dir
 
 
 def parser() -> argparse.ArgumentParser:
@@ -74,7 +77,6 @@ def parser() -> argparse.ArgumentParser:
 
 def run_cache(args) -> int:
     from builder import cache
-    from builder.providers import cache_dir
 
     root = cache_dir()
     if args.action == "list":
@@ -168,16 +170,20 @@ def main(argv: list[str] | None = None) -> int:
                            consistency=args.consistency,
                            skip_init_changes=args.skip_init_changes)
     module = args.output / f"{args.name}.ko"
+    work = args.work or work_dir(cache_dir(), args.name, args.kernel)
     try:
-        if args.if_changed or args.check:
-            resolve_version(request)
-            if manifest_matches(args.output / f"{args.name}.json", request):
-                print(json.dumps({"module": str(module), "built": False, "changed": False}))
-                return 0
-            if args.check:
-                print(json.dumps({"module": str(module), "built": False, "changed": True}))
-                return 0
-        manifest = build(request)
+        with nullcontext() if args.check else exclusive(work):
+            if args.if_changed or args.check:
+                resolve_version(request)
+                if manifest_matches(args.output / f"{args.name}.json", request):
+                    print(json.dumps({"module": str(module), "built": False,
+                                      "changed": False}))
+                    return 0
+                if args.check:
+                    print(json.dumps({"module": str(module), "built": False,
+                                      "changed": True}))
+                    return 0
+            manifest = build(request)
     except BuildError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -40,6 +40,25 @@ class Entry:
     last_used: float
 
 
+def work_dir(root: Path, name: str, release: str) -> Path:
+    """Where a build of module NAME for kernel RELEASE keeps its compiled objects."""
+    return root / "work" / f"{name}-{release}"
+
+
+@contextlib.contextmanager
+def exclusive(work: Path):
+    """One build at a time per work directory: two runs of the same build (AWX slices,
+    two playbooks) take turns, so the second finds the first's result instead of
+    compiling into the same directory at the same time."""
+    work.parent.mkdir(parents=True, exist_ok=True)
+    with open(work.with_name(f".{work.name}.lock"), "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def mark_used(*paths: Path) -> None:
     """Record that a build used these cache entries now (for prune's order)."""
     for path in paths:

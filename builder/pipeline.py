@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder import __version__
-from builder.cache import mark_used
+from builder.cache import mark_used, work_dir
 from builder.elf import ElfObject
 from builder.errors import BuildError
 from builder.patchset import PatchSet
@@ -112,7 +112,7 @@ def build(request: BuildRequest, progress: Progress | None = None) -> dict:
 
     provider = get_provider(request.distribution)
     kernel = resolve_version(request)
-    work = request.work or cache_dir() / "work" / f"{request.name}-{kernel.release}"
+    work = request.work or work_dir(cache_dir(), request.name, kernel.release)
     work.mkdir(parents=True, exist_ok=True)
 
     packages = progress.stage("acquire", f"{kernel.release} ({kernel.package_version})",

@@ -7,6 +7,7 @@ with the slow tier.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ import sys
 import yaml
 
 from lab.kernels import resolve
-from tests.vm.corpus import CORPUS
+from tests.vm.corpus import CORPUS, REPO
 from tests.vm.playbook import ANSIBLE_PLAYBOOK
 
 PATCH = CORPUS / "debian-12" / "cmdline-suffix.patch"
@@ -55,3 +56,24 @@ def test_builds_once_per_kernel_and_skips_up_to_date_artifacts(tmp_path, collect
     again = run_build(tmp_path, collections_path, kernels)
     assert not again["changed"] and again["skipped"] == [release] and again["built"] == []
     assert again["manifests"][release]["module_sha256"] == manifest["module_sha256"]
+
+
+def test_two_runs_of_the_same_build_at_once_take_turns(tmp_path):
+    """Two builder processes for the same kernel, name and output at the same moment (two
+    AWX slices, two playbooks): the second waits for the first, then reuses its module;
+    the module is whole and checks out."""
+    release = resolve("newest-6.1-amd64")
+    argv = [sys.executable, "-m", "builder", "build", "--kernel", release, "--patch",
+            str(PATCH), "--name", "klp_twice", "--output", str(tmp_path / "out"),
+            "--if-changed"]
+    runs = [subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    outcomes = []
+    for run in runs:
+        stdout, stderr = run.communicate(timeout=1800)
+        assert run.returncode == 0, stderr[-3000:]
+        outcomes.append(json.loads(stdout.strip().splitlines()[-1]))
+    assert sorted(o["changed"] for o in outcomes) == [False, True], outcomes
+    module = tmp_path / "out" / "klp_twice.ko"
+    manifest = json.loads((tmp_path / "out" / "klp_twice.json").read_text())
+    assert hashlib.sha256(module.read_bytes()).hexdigest() == manifest["module_sha256"]

@@ -18,7 +18,7 @@ export KLP_CACHE ?= $(HOME)/.cache/klp-livepatch
 DEB_PACKAGES := qemu-system-x86 qemu-utils debootstrap e2fsprogs cpio rsync openssh-client \
 	gcc-12 libc6-dev make bc bison flex libelf-dev libssl-dev openssl dwarves \
 	kmod patch xz-utils zstd \
-	git python3-venv ca-certificates shellcheck
+	git python3-venv ca-certificates shellcheck chromium
 
 KERNELS ?=
 PYTEST_ARGS ?= -q

@@ -80,6 +80,12 @@ def host_entry(host: str, facts: dict) -> dict:
         "verified": bool(verify.get("ok", False)),
         "taint": result.get("taint"),
     }
+    # What the gates saw, for the page's per-host details (absent keys stay out).
+    evidence = {"taint_before": result.get("taint_before"), "taint_after": result.get("taint"),
+                "probes": result.get("probes") or [],
+                "kernel_log": result.get("kernel_log") or [],
+                "stalled_tasks": result.get("stalled_tasks") or []}
+    entry["evidence"] = {k: v for k, v in evidence.items() if v}
     update = facts.get("build_update") or {}
     if update:
         # Running version, live-patched-to version, units live and the reboot debt.
@@ -121,6 +127,16 @@ def host_entry(host: str, facts: dict) -> dict:
     elif verify and not verify.get("ok", False):
         entry.update(status="failed", gate="verify", reason=verify.get("reason"))
     return entry
+
+
+def kernel_summaries(manifests: dict) -> dict:
+    """Per kernel release: the patched functions and the hashes that identify the build."""
+    return {release: {
+        "functions": [f"{obj}:{fn['name']}" for obj, fns in (m.get("objects") or {}).items()
+                      for fn in fns],
+        "module_sha256": m.get("module_sha256"), "patch_sha256": m.get("patch_sha256"),
+        "builder_version": m.get("builder_version"), "signed": bool(m.get("signed"))}
+        for release, m in sorted(manifests.items())}
 
 
 def _patch_state(patch: dict) -> str:
@@ -207,6 +223,10 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .unreachable { background: #fde7c2; color: #7a4b00; }
 .skipped, .not_attempted { background: #e4e4ee; color: #444; }
 .current { background: #dcefe2; color: #234; }
+h2 { font-size: 1.1em; margin-top: 1.5em; }
+#filter { width: 28em; max-width: 100%; padding: .4em; margin: 0 .5em .8em 0; }
+details summary { cursor: pointer; color: #555; }
+pre { white-space: pre-wrap; margin: .2em 0; font-size: .85em; background: #f7f7f7; }
 """
 
 
@@ -233,9 +253,10 @@ def render_html(report: dict) -> str:
         if e.get("stored"):
             problem += "stored: " + esc(", ".join(
                 p["name"] + (" (at boot)" if p["persist"] else "") for p in e["stored"]))
+        problem += _evidence(e.get("evidence") or {})
         status = esc(e["status"])
         rows.append(
-            "<tr>"
+            f'<tr class="{status}-row">'
             f"<td>{esc(e['host'])}</td>"
             f"<td>{esc(e['kernel_release'] or '?')}"
             f"<br><small>{esc(e['package_version'] or '')}</small></td>"
@@ -252,6 +273,7 @@ def render_html(report: dict) -> str:
                  f" &middot; reused: {esc(', '.join(build.get('skipped', [])) or 'none')}")
         if build.get("failed_kernels"):
             built += f" &middot; build failed: {esc(', '.join(build['failed_kernels']))}"
+    kernels = _kernels_table(build.get("kernels") or {})
     verdict = "all hosts OK" if report["success"] else "attention needed"
     if report.get("check_mode"):
         verdict = f"dry run (check mode), {verdict}"
@@ -267,16 +289,84 @@ def render_html(report: dict) -> str:
 <div class="meta">Generated {esc(report['generated'])}
  &middot; {summary['hosts']} hosts{built}</div>
 <div class="cards">{cards}</div>
-<table>
+<input id="filter" type="search" placeholder="Filter hosts: name, kernel, status, gate, text"
+ aria-label="Filter hosts" oninput="filterRows(this.value)">
+<span id="shown"></span>
+<table id="hosts">
 <thead><tr><th>Host</th><th>Kernel</th><th>Status</th><th>Patch state</th>
 <th>Transition (s)</th><th>Changed</th><th>Failure</th></tr></thead>
 <tbody>
 {chr(10).join(rows)}
 </tbody>
 </table>
+{kernels}
+<script>{SCRIPT}</script>
 </body>
 </html>
 """
+
+
+# Rows are in the report's order (worst status first); the box keeps those whose text
+# contains every word typed, so 500 hosts stay searchable without a server.
+SCRIPT = """
+function filterRows(text) {
+  const words = text.toLowerCase().split(/\\s+/).filter(Boolean);
+  let shown = 0;
+  for (const row of document.querySelectorAll('#hosts tbody tr')) {
+    const hit = words.every(w => row.textContent.toLowerCase().includes(w));
+    row.hidden = !hit;
+    if (hit) shown++;
+  }
+  document.getElementById('shown').textContent = words.length ? shown + ' shown' : '';
+}
+// report.html#filter=failed opens the page filtered (a link to share, a test to run).
+const wanted = new URLSearchParams(location.hash.slice(1)).get('filter');
+if (wanted) {
+  document.getElementById('filter').value = wanted;
+  filterRows(wanted);
+}
+"""
+
+
+def _evidence(evidence: dict) -> str:
+    """What the gates saw on a host, folded: taint, probes, kernel log, stalled tasks."""
+    if not evidence:
+        return ""
+    esc = html.escape
+    parts = []
+    if "taint_before" in evidence or "taint_after" in evidence:
+        parts.append(f"taint {esc(str(evidence.get('taint_before') or '-'))} &rarr; "
+                     f"{esc(str(evidence.get('taint_after') or '-'))}")
+    for probe in evidence.get("probes", []):
+        output = (probe.get("stderr") or probe.get("stdout") or "").strip()[-300:]
+        parts.append(f"probe <code>{esc(probe.get('command', ''))}</code>: exit "
+                     f"{esc(str(probe.get('rc')))}" + (f" <pre>{esc(output)}</pre>"
+                                                        if output else ""))
+    if evidence.get("kernel_log"):
+        lines = "\n".join(str(line) for line in evidence["kernel_log"][-20:])
+        parts.append(f"kernel log during the change:<pre>{esc(lines)}</pre>")
+    for task in evidence.get("stalled_tasks", []):
+        stack = "\n".join(task.get("stack") or [])
+        parts.append(f"stalled: {esc(str(task.get('comm')))} (pid {esc(str(task.get('pid')))})"
+                     f"<pre>{esc(stack)}</pre>")
+    items = "".join(f"<li>{part}</li>" for part in parts)
+    return f"<details><summary>evidence</summary><ul>{items}</ul></details>"
+
+
+def _kernels_table(kernels: dict) -> str:
+    """Per kernel: the functions the module patches and the hashes of what was built."""
+    if not kernels:
+        return ""
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(release)}</td><td>{esc(', '.join(k['functions']) or '-')}</td>"
+        f"<td><code>{esc(str(k['module_sha256'] or '')[:16])}</code></td>"
+        f"<td><code>{esc(str(k['patch_sha256'] or '')[:16])}</code></td>"
+        f"<td>{esc(str(k['builder_version'] or ''))}{' signed' if k['signed'] else ''}</td></tr>"
+        for release, k in kernels.items())
+    return ("<h2>Modules per kernel</h2><table><thead><tr><th>Kernel</th><th>Patched "
+            "functions</th><th>Module sha256</th><th>Patch sha256</th><th>Builder</th></tr>"
+            f"</thead><tbody>{rows}</tbody></table>")
 
 
 def _update_cell(update: dict) -> str:
@@ -350,6 +440,7 @@ class ActionModule(ActionBase):
         entries = [host_entry(host, facts or {}) for host, facts in _plain(records).items()]
         build = {k: v for k, v in _plain(args["build"]).items()
                  if k in ("built", "skipped", "failed_kernels")}
+        build["kernels"] = kernel_summaries(_plain(args["build"]).get("manifests") or {})
         report = build_report(entries, args["name"], args["state"], build)
         report["check_mode"] = bool(self._task.check_mode)
         root = self._loader.path_dwim(args["dest"])

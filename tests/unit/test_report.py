@@ -127,7 +127,27 @@ def test_html_escapes():
     entries = [rp.host_entry("<b>x</b>", {"build_kernel": KERNEL, "rollout_result": {
         "status": "failed", "gate": "probe", "reason": "<script>alert(1)</script>"}})]
     page = rp.render_html(rp.build_report(entries, "p"))
-    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
+    assert page.count("<script>") == 1  # the page's own filter script only
+
+
+def test_the_page_shows_each_hosts_evidence_and_each_kernels_build():
+    entry = rp.host_entry("web1", {"build_kernel": KERNEL, "rollout_result": {
+        "status": "failed", "gate": "transition", "reason": "stalled", "taint": "K",
+        "taint_before": "", "kernel_log": ["livepatch: enabling patch 'fix'"],
+        "probes": [{"command": "true", "rc": 0, "stdout": "", "stderr": ""}],
+        "stalled_tasks": [{"comm": "cat", "pid": 42, "stack": ["[<0>] pipe_read+0x1/0x2"]}]}})
+    report = rp.build_report([entry], "fix", build={
+        "kernels": rp.kernel_summaries({"6.1.0-56-amd64": {
+            "objects": {"vmlinux": [{"name": "cmdline_proc_show"}]},
+            "module_sha256": "ab" * 32, "patch_sha256": "cd" * 32,
+            "builder_version": "0.1.0", "signed": False}})})
+    page = rp.render_html(report)
+    for text in ("taint - &rarr; K", "probe <code>true</code>: exit 0",
+                 "livepatch: enabling patch &#x27;fix&#x27;", "stalled: cat (pid 42)",
+                 "pipe_read+0x1/0x2", "vmlinux:cmdline_proc_show", "abababababababab",
+                 'id="filter"'):
+        assert text in page, text
 
 
 @pytest.mark.parametrize(("query", "answer"), [

@@ -155,6 +155,12 @@ def test_rollout_patches_every_host(fleet):
     page = (report_dir / "latest" / "report.html").read_text()
     assert all(f"<td>{host}</td>" in page for host in fleet["hosts"])
     assert "all hosts OK" in page
+    # What the gates saw, per host, and what was built, per kernel.
+    assert page.count("<details><summary>evidence</summary>") == len(fleet["hosts"])
+    assert f"probe <code>{PROBE}</code>: exit 0" in page
+    assert "livepatch: enabling patch" in page  # the kernel's own line, captured
+    assert all(f"<tr><td>{release}</td><td>vmlinux:cmdline_proc_show</td>" in page
+               for release in fleet["hosts"].values())
 
 
 def test_rerun_changes_nothing(fleet):

@@ -339,9 +339,9 @@ def _evidence(evidence: dict) -> str:
                      f"{esc(str(evidence.get('taint_after') or '-'))}")
     for probe in evidence.get("probes", []):
         output = (probe.get("stderr") or probe.get("stdout") or "").strip()[-300:]
+        shown = f" <pre>{esc(output)}</pre>" if output else ""
         parts.append(f"probe <code>{esc(probe.get('command', ''))}</code>: exit "
-                     f"{esc(str(probe.get('rc')))}" + (f" <pre>{esc(output)}</pre>"
-                                                        if output else ""))
+                     f"{esc(str(probe.get('rc')))}{shown}")
     if evidence.get("kernel_log"):
         lines = "\n".join(str(line) for line in evidence["kernel_log"][-20:])
         parts.append(f"kernel log during the change:<pre>{esc(lines)}</pre>")

@@ -67,7 +67,7 @@ def test_two_runs_of_the_same_build_at_once_take_turns(tmp_path):
             str(PATCH), "--name", "klp_twice", "--output", str(tmp_path / "out"),
             "--if-changed"]
     runs = [subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for _ in range(2)]
+                             text=True) for _twice in range(2)]
     outcomes = []
     for run in runs:
         stdout, stderr = run.communicate(timeout=1800)

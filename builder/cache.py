@@ -6,6 +6,7 @@ packages, so a controller that follows the archive fills its disk. `python3 -m b
 cache list` shows each entry with its size and when a build last used it; `cache prune
 --max-size 20G` deletes the least recently used entries until the rest fits.
 
+This module owns the layout: every stage asks it where things go.
 Entries (the lab's images and the artifact store are not builder cache and are left):
   debs/<file>.deb              downloaded packages
   kernels/<release>_<version>  a kernel's extracted packages, vmlinux, kallsyms, layout
@@ -38,6 +39,21 @@ class Entry:
     area: str
     size: int
     last_used: float
+
+
+def cache_dir() -> Path:
+    """$KLP_CACHE, default ~/.cache/klp-livepatch (never in git)."""
+    return Path(os.environ.get("KLP_CACHE") or Path.home() / ".cache" / "klp-livepatch")
+
+
+def kernel_dir(root: Path, kernel) -> Path:
+    """A kernel's packages (pkgs/), build dir, kbuild tools, vmlinux and symbols."""
+    return root / "kernels" / f"{kernel.release}_{kernel.package_version}"
+
+
+def source_root(root: Path, source_version: str) -> Path:
+    """A Debian source version: its linux-source package (deb/) and prepared tree."""
+    return root / "src" / source_version
 
 
 def work_dir(root: Path, name: str, release: str) -> Path:

@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder import __version__
-from builder.cache import mark_used, work_dir
+from builder.cache import kernel_dir, mark_used, work_dir
 from builder.elf import ElfObject
 from builder.errors import BuildError
 from builder.patchset import PatchSet
 from builder.providers import cache_dir, get_provider
-from builder.stages.acquire import kernel_dir
 
 
 @dataclass

@@ -8,16 +8,11 @@ and versions, so everything downstream is built from what the target really runs
 from __future__ import annotations
 
 import abc
-import os
 from pathlib import Path
 
 from builder.artifacts import KernelId, KernelPackages
+from builder.cache import cache_dir
 from builder.errors import BuildError
-
-
-def cache_dir() -> Path:
-    """$KLP_CACHE, default ~/.cache/klp-livepatch (never in git)."""
-    return Path(os.environ.get("KLP_CACHE") or Path.home() / ".cache" / "klp-livepatch")
 
 
 class Provider(abc.ABC):

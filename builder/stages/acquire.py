@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from builder.artifacts import KernelId, KernelPackages
+from builder.cache import kernel_dir, source_root
 from builder.errors import BuildError
 from builder.stages.prepare import read_config
 
@@ -161,14 +162,6 @@ def fix_headers_makefile(headers_dir: Path, root: Path) -> None:
         makefile.write_text(fixed)
 
 
-def kernel_dir(cache: Path, kernel: KernelId) -> Path:
-    return cache / "kernels" / f"{kernel.release}_{kernel.package_version}"
-
-
-def source_root(cache: Path, source_version: str) -> Path:
-    return cache / "src" / source_version
-
-
 KERNEL_ROLES = ("image", "headers", "common")  # extracted together into pkgs/
 
 
@@ -218,5 +211,5 @@ def packages_from_roots(kernel: KernelId, names: dict[str, str], root: Path,
 
 
 __all__ = ["acquire_packages", "download", "extract_atomically", "extract_packages",
-           "kernel_dir", "BadPackage",
+           "BadPackage",
            "rename_into_place", "repoint_symlinks", "KERNEL_ROLES"]

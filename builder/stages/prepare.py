@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from builder.artifacts import KernelPackages, PreparedTree
+from builder.cache import cache_dir, kernel_dir, source_root
 from builder.errors import BuildError
 
 STAGE = "prepare"
@@ -160,15 +161,12 @@ def config_drift(shipped: dict[str, str], built: dict[str, str]) -> list[str]:
 
 def prepare(packages: KernelPackages, cache: Path | None = None) -> PreparedTree:
     """Configure and modules_prepare the tree once per kernel (stamped); wire the tools."""
-    from builder.providers import cache_dir
-    from builder.stages.acquire import kernel_dir
-
     cache = cache or cache_dir()
     kernel = packages.kernel
     config = read_config(packages.config)
     cc = check_compiler(config)
-    source_root = cache / "src" / kernel.package_version
-    source = source_root / packages.source_tarball.name.split(".tar")[0]
+    src_root = source_root(cache, kernel.package_version)
+    source = src_root / packages.source_tarball.name.split(".tar")[0]
     build = kernel_dir(cache, kernel) / "build"
     tools = kernel_dir(cache, kernel) / "kbuild"
     args = make_args(source, build, cc, kernel.release)
@@ -183,9 +181,9 @@ def prepare(packages: KernelPackages, cache: Path | None = None) -> PreparedTree
         return tree  # warm: no lock, no make
     from builder.stages.compile import locked, restore_files
 
-    source_root.mkdir(parents=True, exist_ok=True)
+    src_root.mkdir(parents=True, exist_ok=True)
     with locked(tree):  # the source tree is shared by flavours (see compile.locked)
-        extract_source(packages.source_tarball, source_root)
+        extract_source(packages.source_tarball, src_root)
         restore_files(tree)  # an interrupted compile may have left the tree patched
         if not _stamped(stamp, wanted):
             _prepare_tree(tree, packages, config, stamp, wanted)

@@ -37,11 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder import __version__
+from builder.cache import source_root
 from builder.errors import BuildError
 from builder.pipeline import BuildRequest, Progress, build, manifest_matches
 from builder.providers import cache_dir, get_provider
 from builder.providers.debian import madison_versions, parse_release, version_newer
-from builder.stages.acquire import extract_packages, source_root
+from builder.stages.acquire import extract_packages
 from builder.stages.compile import pristine
 from builder.stages.prepare import extract_source, prepare
 from builder.update.changelog import items_between, read_changelog, tie

@@ -31,6 +31,7 @@ ARGUMENT_SPEC = {
     "consistency": {"type": "str", "choices": ["default", "freeze"], "default": "default"},
     "sign_key": {"type": "path"},
     "sign_cert": {"type": "path"},
+    "fail_on_build_error": {"type": "bool", "default": True},
 }
 
 
@@ -95,7 +96,7 @@ class ActionModule(ActionBase):
                 result["updates"][release] = self._update_summary(
                     outcome, result["manifests"].get(release, {}))
         result["changed"] = bool(result["built"])
-        if result["failed_kernels"]:
+        if result["failed_kernels"] and args["fail_on_build_error"]:
             result["failed"] = True
             result["msg"] = "\n".join(result["failed_kernels"].values())
         return result

@@ -19,8 +19,9 @@ description:
     patch sha256, builder version, options) is already in O(output_dir) is skipped,
     so reruns and AWX job slices never build twice.
   - Kernels are built side by side (two at a time). A kernel whose build fails does not
-    stop the others; the task then fails with every failing kernel's reason and still
-    returns the modules that were built (see RV(failed_kernels)).
+    stop the others; the task then fails with every failing kernel's reason (unless
+    O(fail_on_build_error=false)) and still returns the modules that were built (see
+    RV(failed_kernels)).
   - This is an action plugin; it always runs on the controller.
 author:
   - klp.livepatch developers (@klp-livepatch)
@@ -60,6 +61,13 @@ options:
     description: Artifact directory; each kernel's module goes to C(output_dir/RELEASE/).
     type: path
     required: true
+  fail_on_build_error:
+    description:
+      - V(false) reports kernels whose build failed in RV(failed_kernels) without failing
+        the task, so that the caller fails only those kernels' hosts (the build role does
+        this).
+    type: bool
+    default: true
   replace:
     description: Build an atomic-replace (cumulative) patch.
     type: bool
@@ -171,8 +179,8 @@ skipped:
 failed_kernels:
   description:
     - Releases whose build failed, each with the builder's error message (what to change
-      is in it). The task fails when this is not empty; the other kernels' results are
-      returned all the same.
+      is in it). The task fails when this is not empty (unless
+      O(fail_on_build_error=false)); the other kernels' results are returned all the same.
   returned: always
   type: dict
   sample: {"6.1.0-56-cloud-amd64": "building fix for 6.1.0-56-cloud-amd64 failed: error: ..."}

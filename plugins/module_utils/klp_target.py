@@ -340,6 +340,22 @@ class Target:
     def stored_path(self, name):
         return os.path.join(self.store_dir(), name + ".ko")
 
+    def stale_stores(self):
+        """{release: [file names]} of stored copies for kernels no longer installed here
+        (no /lib/modules/RELEASE): nothing can ever load them again."""
+        try:
+            releases = sorted(os.listdir(self.store_base))
+        except OSError:
+            return {}
+        stale = {}
+        for release in releases:
+            directory = os.path.join(self.store_base, release)
+            if (release == self.release or not os.path.isdir(directory)
+                    or os.path.isdir(self.path("lib/modules", release))):
+                continue
+            stale[release] = sorted(os.listdir(directory))
+        return stale
+
     # ---- kernel facts
     def kernel_build_id(self):
         """GNU build-id of the running kernel, from /sys/kernel/notes."""

@@ -707,3 +707,13 @@ def test_one_change_at_a_time_per_host(target, kernel):
         assert kernel.now >= 2  # it waited (on the fake clock) before giving up
     with kt.ChangeLock(target, "host1", timeout=0):
         pass
+
+
+def test_stale_stores_are_those_of_kernels_no_longer_installed(target, kernel, tmp_path):
+    store = tmp_path / "store"
+    for release in (RELEASE, "6.1.0-50-amd64", "6.1.0-40-amd64"):
+        (store / release).mkdir(parents=True)
+        (store / release / "fix.ko").write_bytes(b"x")
+    (store / "6.1.0-40-amd64" / "fix.persist").write_text("")
+    (kernel.root / "lib/modules/6.1.0-50-amd64").mkdir(parents=True)  # still installed
+    assert target.stale_stores() == {"6.1.0-40-amd64": ["fix.ko", "fix.persist"]}

@@ -126,6 +126,32 @@ def test_lifecycle_idempotent_with_check_and_replace(
     assert not [line for line in r["log"]["stdout_lines"] if any(b in line for b in BAD_LOG)]
 
 
+def test_prune_deletes_only_stores_of_removed_kernels(
+        klp_inventory, amd64_host, collections_path, vm_release, tmp_path):
+    """A store left by a kernel that is no longer installed goes; the running kernel's
+    stays. Check mode only says so."""
+    gone = "/var/lib/klp-livepatch/modules/0.0.0-removed-klp-test"
+    mine = f"/var/lib/klp-livepatch/modules/{vm_release}"
+    r = playbook(klp_inventory, amd64_host, collections_path, tmp_path, [
+        {"name": "leave stores behind", "ansible.builtin.shell":
+            f"mkdir -p {gone} {mine} && touch {gone}/old.ko {gone}/old.persist {mine}/keep.ko",
+         "changed_when": True},
+        task("predicted", {"klp.livepatch.prune": {}}, check_mode=True),
+        task("pruned", {"klp.livepatch.prune": {}}),
+        task("left", {
+            "ansible.builtin.shell": f"test -e {mine}/keep.ko && echo kept; "
+                                     f"test -e {gone} || echo gone",
+            "changed_when": False}),
+        {"name": "clean up",
+         "ansible.builtin.file": {"path": f"{mine}/keep.ko", "state": "absent"}},
+    ], {"keep": ["predicted", "pruned", "left"]})
+    removed = {"0.0.0-removed-klp-test": ["old.ko", "old.persist"]}
+    assert (r["predicted"]["changed"], r["predicted"]["removed"]) == (True, removed)
+    assert (r["pruned"]["changed"], r["pruned"]["removed"]) == (True, removed)
+    assert vm_release in r["pruned"]["kept"]
+    assert r["left"]["stdout_lines"] == ["kept", "gone"]
+
+
 def test_refusals_load_nothing(klp_inventory, amd64_host, collections_path, kmods,
                                cloud_kmods, vm_release, cloud_release, tmp_path):
     corrupt = tmp_path / "klp_test_corrupt.ko"

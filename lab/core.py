@@ -17,7 +17,7 @@ from lab.progress import step, tail
 from lab.specs import Spec, default_name, parse_spec
 
 # Boot to SSH is ~20-40 s under TCG, much longer when other VMs share the host's cores.
-SSH_TIMEOUT = float(os.environ.get("KLP_LAB_SSH_TIMEOUT", "300"))
+SSH_TIMEOUT = float(os.environ.get("KLP_LAB_SSH_TIMEOUT", "600"))
 
 
 @dataclass

@@ -34,7 +34,8 @@ def job(lab_vms, lab_inventory, tmp_path_factory) -> dict:
     private = base / "private"
     project = private / "project"
     (project / PATCH).parent.mkdir(parents=True)
-    shutil.copy(REPO / "livepatch.yml", project)
+    shutil.copy(REPO / "livepatch.yml", project)  # imports playbooks/livepatch.yml
+    shutil.copytree(REPO / "playbooks", project / "playbooks")
     shutil.copy(REPO / PATCH, project / PATCH)
     # AWX installs the collections a project requires under requirements_collections/
     # and puts it on ANSIBLE_COLLECTIONS_PATH; here it holds a link to the checkout.

@@ -171,12 +171,23 @@ def test_refusals_load_nothing(klp_inventory, amd64_host, collections_path, kmod
         task("freeze", patch(src=str(kmods / "klp_test_cmdline.ko"), consistency="freeze"),
              ignore_errors=True),
         # Another change holds the host's lock (as a second playbook run would).
+        # In a session of its own (the task's end must not take it down), and held
+        # before the next task starts.
         {"name": "hold the change lock", "changed_when": False,
-         "ansible.builtin.shell": "(flock /run/klp-livepatch.lock sleep 37 &) ; sleep 1"},
+         "ansible.builtin.shell":
+             "setsid -f flock /run/klp-livepatch.lock sleep 37 </dev/null >/dev/null 2>&1; "
+             "for i in $(seq 50); do flock -n /run/klp-livepatch.lock true || exit 0; "
+             "sleep 0.2; done; echo 'lock not taken' >&2; exit 1"},
         task("locked", patch(src=str(kmods / "klp_test_cmdline.ko"), lock_timeout=3),
              ignore_errors=True),
         {"name": "release the change lock", "changed_when": False,
-         "ansible.builtin.command": "pkill -f 'sleep 37'"},
+         # [3]7: the pattern must not match this very shell's command line.
+         "ansible.builtin.shell": "pkill -f 'sleep [3]7' || true"},
+        # Should the lock not have held, leave nothing loaded for the next tests.
+        {"name": "unload what a wrong load left", "ansible.builtin.shell":
+             "! test -d /sys/kernel/livepatch/klp_test_cmdline || "
+             "{ echo 0 > /sys/kernel/livepatch/klp_test_cmdline/enabled; sleep 5; "
+             "rmmod klp_test_cmdline; }", "changed_when": False},
         task("after", loaded_klp_modules()),
         task("log", {"ansible.builtin.command": "dmesg"}, changed_when=False),
     ]

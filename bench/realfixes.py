@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import shutil
@@ -221,7 +220,7 @@ def modules_that_load(vm, modules: list[str]) -> dict[str, str]:
 
 def prove_on_vm(vm, inventory: Path, root: Path, recs: list[dict]) -> dict[str, str]:
     """Run the units' modules on the VM with run_cases.sh; module name -> result lines."""
-    from tests.vm.corpus import ANSIBLE_PLAYBOOK, PLAYBOOK
+    from tests.vm.corpus import play_cases
 
     staged = root / "stage"
     shutil.rmtree(staged, ignore_errors=True)
@@ -233,17 +232,8 @@ def prove_on_vm(vm, inventory: Path, root: Path, recs: list[dict]) -> dict[str, 
         modprobes = "\n".join(f"modprobe {m}" for m in sorted(rec["objects"])
                               if m != "vmlinux")
         (target / "setup").write_text(SETUP.format(modprobes=modprobes))
-        for script in ("check", "setup"):
-            (target / script).chmod(0o755)
-    play = subprocess.run(
-        [ANSIBLE_PLAYBOOK, "-i", str(inventory), "--limit", vm.name, str(PLAYBOOK),
-         "-e", json.dumps({"corpus_dir": str(staged),
-                           "corpus_cases": [f"{r['module']}:build" for r in recs]})],
-        capture_output=True, text=True, timeout=3600, check=False,
-        env={**os.environ, "ANSIBLE_PIPELINING": "1"})
-    results: dict[str, str] = {}
-    for name, text in re.findall(r'"CASE (\S+) ([^"]*)"', play.stdout):
-        results[name] = results.get(name, "") + text + "\n"
+    play, results = play_cases(vm, inventory, staged,
+                               [f"{r['module']}:build" for r in recs], timeout=3600)
     if play.returncode != 0 or not results:  # e.g. the guest died: no case has a result
         tail = (play.stdout[-3000:] + play.stderr[-1000:]).strip()
         for rec in recs:

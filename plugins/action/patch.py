@@ -21,8 +21,8 @@ from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.klp.livepatch.plugins.module_utils.klp_target import (
-    KlpError,
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_errors import KlpError
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_modfile import (
     inspect_module,
     module_name,
 )

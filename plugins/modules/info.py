@@ -185,12 +185,12 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.klp.livepatch.plugins.module_utils.klp_target import (
-    Persistence,
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_kernel import (
     Target,
     parse_proc_version,
-    sha256_file,
 )
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_modfile import sha256_file
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_persist import Persistence
 
 
 def config_value(target, option):

@@ -364,17 +364,21 @@ from contextlib import nullcontext
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.klp.livepatch.plugins.module_utils.klp_target import (
-    ChangeLock,
-    KlpError,
-    KlpFailure,
-    PatchRunner,
-    Persistence,
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_errors import KlpError
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_kernel import (
     Target,
+    validate_park_kthreads,
+)
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_modfile import (
     inspect_module,
     manifest_functions,
     module_name,
-    validate_park_kthreads,
+)
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_persist import Persistence
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_transition import (
+    ChangeLock,
+    KlpFailure,
+    PatchRunner,
 )
 
 ARGUMENT_SPEC = {

@@ -121,10 +121,8 @@ import json
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.klp.livepatch.plugins.module_utils.klp_target import (
-    Target,
-    manifest_functions,
-)
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_kernel import Target
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_modfile import manifest_functions
 
 
 def main():

@@ -67,7 +67,7 @@ import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.klp.livepatch.plugins.module_utils.klp_target import Target
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_kernel import Target
 
 
 def main():

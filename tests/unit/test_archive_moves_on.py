@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.klp.livepatch.plugins.module_utils import klp_target as kt
+from ansible_collections.klp.livepatch.plugins.module_utils import klp_errors, klp_kernel
 from lab import kernels
 from lab.errors import LabError
 from lab.inventory import Host, render
@@ -159,10 +159,10 @@ def test_vm_expectations_follow_the_booted_release(archive, tmp_path):
     assert [k for k in two["klp_lab_kernels"] if k != newest] == ["6.1.0-57-amd64"]
 
     # ... and the texts are what the target side writes when it refuses that module.
-    target = kt.Target(root=str(tmp_path), release=vm_release)
+    target = klp_kernel.Target(root=str(tmp_path), release=vm_release)
     info = {"path": "/tmp/klp_test_cmdline.ko", "livepatch": True,
             "vermagic": f"{wrong} SMP preempt mod_unload modversions "}
-    with pytest.raises(kt.KlpError) as refused:
+    with pytest.raises(klp_errors.KlpError) as refused:
         target.check_loadable(info, amd64_host)
     for text in texts:
         assert text in str(refused.value), (text, str(refused.value))

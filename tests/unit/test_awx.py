@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.klp.livepatch.plugins.module_utils.klp_target import (
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_kernel import (
     validate_park_kthreads,
 )
 

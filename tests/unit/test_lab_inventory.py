@@ -23,7 +23,7 @@ def test_inventory_is_yaml_ansible_understands():
     assert lab_hosts["vm-a"] == {
         "ansible_host": "127.0.0.1", "ansible_port": 2200, "ansible_user": "root",
         "ansible_ssh_private_key_file": "/k/id_ed25519", "ansible_ssh_common_args": SSH_ARGS,
-        "ansible_python_interpreter": "/usr/bin/python3",
+        "ansible_python_interpreter": "/usr/bin/python3", "ansible_pipelining": True,
         "klp_lab_kernel_release": "6.1.0-56-amd64",
         "klp_lab_kernels": ["6.1.0-56-amd64", "6.1.0-55-amd64"],
     }

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,16 +81,32 @@ def run_on_vm(vm, inventory: Path, root: Path, live: list[Case]
             if case.setup:
                 shutil.copy(case.setup, target / "setup")
     ready = [c for c in live if builds[c.name].returncode == 0]
-    results: dict[str, str] = {}
-    if ready:
-        play = subprocess.run(
-            [ANSIBLE_PLAYBOOK, "-i", str(inventory), "--limit", vm.name, str(PLAYBOOK),
-             "-e", json.dumps({"corpus_dir": str(staged), "corpus_cases": [
-                 f"{c.module_name}:{c.kind}" for c in ready]})],
-            capture_output=True, text=True, timeout=1800, check=False,
-            env={**os.environ, "ANSIBLE_PIPELINING": "1"})
-        if play.returncode != 0:
-            raise AssertionError(play.stdout[-4000:] + play.stderr[-2000:])
-        for name, text in re.findall(r'"CASE (\S+) ([^"]*)"', play.stdout):
-            results[name] = results.get(name, "") + text + "\n"
+    if not ready:
+        return builds, {}
+    play, results = play_cases(vm, inventory, staged, [f"{c.module_name}:{c.kind}" for c in ready])
+    if play.returncode != 0:
+        raise AssertionError(play.stdout[-4000:] + play.stderr[-2000:])
     return builds, results
+
+
+def _executable(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    member.mode = 0o700
+    return member
+
+
+def play_cases(vm, inventory: Path, staged: Path, specs: list[str], timeout: float = 1800
+               ) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+    """Run run_cases.sh on the VM over STAGED (a directory per module: patch.ko, check,
+    setup) for SPECS ("module:kind"); returns the play and each module's result lines."""
+    archive = staged.with_suffix(".tar")
+    with tarfile.open(archive, "w") as tar:
+        tar.add(staged, arcname=".", filter=_executable)
+    play = subprocess.run(
+        [ANSIBLE_PLAYBOOK, "-i", str(inventory), "--limit", vm.name, str(PLAYBOOK),
+         "-e", json.dumps({"corpus_archive": str(archive), "corpus_cases": specs})],
+        capture_output=True, text=True, timeout=timeout, check=False,
+        env={**os.environ, "ANSIBLE_PIPELINING": "1"})
+    results: dict[str, str] = {}
+    for name, text in re.findall(r'"CASE (\S+) ([^"]*)"', play.stdout):
+        results[name] = results.get(name, "") + text + "\n"
+    return play, results

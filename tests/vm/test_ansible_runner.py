@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """livepatch.yml through ansible-runner's Python API, from a private data directory laid
-out as AWX lays one out for a job, on the session's lab VMs: the rollout, then the
-rollback that leaves the hosts clean.
+out as AWX lays one out for a job, on one of the session's lab VMs: the rollout, then
+the rollback that leaves the host clean.
 
 AWX gives ansible-runner a directory with project/ (the synced project: the playbook and
 the patches it names relative to the project root), inventory/hosts, env/extravars (the
@@ -43,7 +43,9 @@ def job(lab_vms, lab_inventory, tmp_path_factory) -> dict:
     collections.mkdir(parents=True)
     (collections / "livepatch").symlink_to(REPO)
 
-    hosts = {vm.name: vm.release for vm in lab_vms}
+    # One host: what is proven here is the AWX way of running the playbook; the fleet
+    # itself (batches, several kernels) is tests/vm/test_rollout.py's.
+    hosts = {vm.name: vm.release for vm in lab_vms[:1]}
     lab = yaml.safe_load(Path(lab_inventory).read_text())["all"]["children"]["lab"]["hosts"]
     (private / "inventory").mkdir()
     (private / "inventory" / "hosts").write_text(yaml.safe_dump(

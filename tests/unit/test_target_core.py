@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.klp.livepatch.plugins.module_utils import klp_target as kt
+from ansible_collections.klp.livepatch.plugins.module_utils import (
+    klp_errors,
+    klp_kernel,
+    klp_modfile,
+    klp_persist,
+    klp_transition,
+)
 
 RELEASE = "6.1.0-56-amd64"
 VERMAGIC = f"{RELEASE} SMP preempt mod_unload modversions "
@@ -30,7 +36,7 @@ VERMAGIC = f"{RELEASE} SMP preempt mod_unload modversions "
     ("mod.ko.zst", "mod"),
 ])
 def test_module_name(given, expected):
-    assert kt.module_name(given) == expected
+    assert klp_modfile.module_name(given) == expected
 
 
 @pytest.mark.parametrize(("value", "letters"), [
@@ -43,7 +49,7 @@ def test_module_name(given, expected):
     (1 << 30, "?"),
 ])
 def test_decode_taint(value, letters):
-    decoded = kt.decode_taint(value)
+    decoded = klp_kernel.decode_taint(value)
     assert decoded["value"] == value
     assert decoded["letters"] == letters
     assert len(decoded["flags"]) == len(letters)
@@ -60,10 +66,10 @@ def test_decode_taint(value, letters):
 ])
 def test_park_kthreads_validation(patterns, ok):
     if ok:
-        assert kt.validate_park_kthreads(patterns) == patterns
+        assert klp_kernel.validate_park_kthreads(patterns) == patterns
     else:
-        with pytest.raises(kt.KlpError, match="cannot be parked"):
-            kt.validate_park_kthreads(patterns)
+        with pytest.raises(klp_errors.KlpError, match="cannot be parked"):
+            klp_kernel.validate_park_kthreads(patterns)
 
 
 @pytest.mark.parametrize(("text", "release", "version"), [
@@ -75,7 +81,7 @@ def test_park_kthreads_validation(patterns, ok):
     ("Linux version 6.8.0 (me@host) #1 SMP", "6.8.0", None),
 ])
 def test_parse_proc_version(text, release, version):
-    assert kt.parse_proc_version(text) == {"release": release, "package_version": version}
+    assert klp_kernel.parse_proc_version(text) == {"release": release, "package_version": version}
 
 
 # --------------------------------------------------------------------------- ELF
@@ -132,7 +138,7 @@ def test_inspect_synthetic_module(tmp_path):
     data = livepatch_ko(extra=b"parmtype=park_kthreads:charp\0")
     path = tmp_path / "klp-demo.ko"
     path.write_bytes(data)
-    info = kt.inspect_module(str(path))
+    info = klp_modfile.inspect_module(str(path))
     assert info["name"] == "klp_demo"
     assert info["livepatch"] is True
     assert info["vermagic"] == VERMAGIC
@@ -155,22 +161,22 @@ CORRUPTIONS = [
 def test_inspect_refuses_corrupt_files(tmp_path, label, corrupt, message):
     path = tmp_path / "bad.ko"
     path.write_bytes(corrupt(livepatch_ko()))
-    with pytest.raises(kt.KlpError, match=message):
-        kt.inspect_module(str(path))
+    with pytest.raises(klp_errors.KlpError, match=message):
+        klp_modfile.inspect_module(str(path))
 
 
 def test_inspect_refuses_elf_without_modinfo(tmp_path):
     path = tmp_path / "plain.o"
     path.write_bytes(make_elf({".text": b"\xc3"}))
-    with pytest.raises(kt.KlpError, match="not a kernel module"):
-        kt.inspect_module(str(path))
+    with pytest.raises(klp_errors.KlpError, match="not a kernel module"):
+        klp_modfile.inspect_module(str(path))
 
 
 def test_notes_and_build_id():
     blob = note(b"Linux", 6, b"6.1\0") + note(b"GNU", 3, bytes(range(20)))
-    assert kt.parse_notes(blob)[0] == ("Linux", 6, b"6.1\0")
-    assert kt.gnu_build_id(blob) == bytes(range(20)).hex()
-    assert kt.gnu_build_id(note(b"Xen", 3, b"abcd")) is None
+    assert klp_modfile.parse_notes(blob)[0] == ("Linux", 6, b"6.1\0")
+    assert klp_modfile.gnu_build_id(blob) == bytes(range(20)).hex()
+    assert klp_modfile.gnu_build_id(note(b"Xen", 3, b"abcd")) is None
 
 
 REAL_KO = sorted(Path("/tmp/study").glob(
@@ -179,7 +185,7 @@ REAL_KO = sorted(Path("/tmp/study").glob(
 
 @pytest.mark.skipif(not REAL_KO, reason="needs an extracted Debian linux-image package")
 def test_inspect_real_debian_module():
-    info = kt.inspect_module(str(REAL_KO[0]))
+    info = klp_modfile.inspect_module(str(REAL_KO[0]))
     assert info["name"] == "af_key"
     assert info["livepatch"] is False
     assert info["vermagic"].split()[0].startswith("6.1.0-")
@@ -233,7 +239,7 @@ class FakeKernel:
 
     def taint(self, letters):
         value = int((self.root / "proc/sys/kernel/tainted").read_text())
-        for bit, letter, _d in kt.TAINT_FLAGS:
+        for bit, letter, _d in klp_kernel.TAINT_FLAGS:
             if letter in letters:
                 value |= 1 << bit
         (self.root / "proc/sys/kernel/tainted").write_text(f"{value}\n")
@@ -246,7 +252,7 @@ class FakeKernel:
             if self.insmod_error:
                 return 1, "", f"insmod: ERROR: could not insert module {argv[1]}: " \
                               f"{self.insmod_error}"
-            info = kt.inspect_module(argv[1])
+            info = klp_modfile.inspect_module(argv[1])
             name = info["name"]
             if name in self.modules:
                 return 1, "", "insmod: ERROR: could not insert module: File exists"
@@ -313,7 +319,7 @@ class FakeKernel:
                             shutil.rmtree(other)
 
 
-class FakeTarget(kt.Target):
+class FakeTarget(klp_kernel.Target):
     """Target whose sysfs writes start transitions in the fake kernel."""
 
     def __init__(self, kernel: FakeKernel, store: Path):
@@ -350,14 +356,14 @@ def ko(tmp_path):
         path = tmp_path / "src" / f"{name}.ko"
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(livepatch_ko(name=name, **kw))
-        return kt.inspect_module(str(path))
+        return klp_modfile.inspect_module(str(path))
     return make
 
 
 def runner(target, **kw):
     warnings = []
     kw.setdefault("transition_timeout", 5)
-    r = kt.PatchRunner(target, "host1", warn=warnings.append, **kw)
+    r = klp_transition.PatchRunner(target, "host1", warn=warnings.append, **kw)
     r.warnings = warnings
     return r
 
@@ -375,7 +381,7 @@ def test_enable_then_idempotent(target, kernel, ko):
                              "after": "patch klp_demo: enabled (transition complete)\n"}
     stored = Path(target.stored_path("klp_demo"))
     assert stored.exists() and oct(stored.parent.stat().st_mode & 0o777) == "0o700"
-    second = runner(target).enable(kt.inspect_module(str(stored)))
+    second = runner(target).enable(klp_modfile.inspect_module(str(stored)))
     assert second["changed"] is False
     assert [c[0] for c in kernel.commands].count("insmod") == 1
 
@@ -399,7 +405,7 @@ def test_disable_enable_absent_cycle(target, kernel, ko):
     assert not kernel.lp("klp_demo").exists()
     assert runner(target).remove("klp_demo", keep_stored=True)["changed"] is False
     # enable again from the stored copy
-    res = runner(target).enable(kt.inspect_module(target.stored_path("klp_demo")))
+    res = runner(target).enable(klp_modfile.inspect_module(target.stored_path("klp_demo")))
     assert res["changed"] is True and res["state"] == "enabled"
     # check mode absent predicts without touching
     n = len(kernel.commands)
@@ -426,7 +432,7 @@ def test_stall_reverts_and_names_the_task(target, kernel, ko):
 
     target.run_command = insmod_and_stick
     r = runner(target, transition_timeout=2)
-    with pytest.raises(kt.KlpFailure) as exc:
+    with pytest.raises(klp_transition.KlpFailure) as exc:
         r.enable(ko())
     message = str(exc.value)
     assert "pid 4242" in message and "klp_sleeper" in message
@@ -456,7 +462,7 @@ def test_stall_wait_then_succeeds(target, kernel, ko):
 
 def test_failed_insmod_leaves_nothing(target, kernel, ko):
     kernel.insmod_error = "Invalid argument"
-    with pytest.raises(kt.KlpError, match="Invalid argument"):
+    with pytest.raises(klp_errors.KlpError, match="Invalid argument"):
         runner(target).enable(ko())
     assert target.status("klp_demo") == "absent"
 
@@ -465,7 +471,7 @@ def test_refuses_other_transition(target, kernel, ko):
     kernel.stuck.add("other")
     kernel.ticks = 1000
     kernel.run_command(["insmod", ko(name="other")["path"]])
-    with pytest.raises(kt.KlpError, match="other is still in transition"):
+    with pytest.raises(klp_errors.KlpError, match="other is still in transition"):
         runner(target).enable(ko())
 
 
@@ -493,13 +499,13 @@ def test_replaced_patches_are_unloaded(target, kernel, ko):
     (VERMAGIC, False, "not a livepatch module"),
 ])
 def test_check_loadable_refusals(target, ko, vermagic, livepatch, message):
-    with pytest.raises(kt.KlpError, match=message):
+    with pytest.raises(klp_errors.KlpError, match=message):
         target.check_loadable(ko(vermagic=vermagic, livepatch=livepatch), "host1")
 
 
 def test_check_loadable_needs_livepatch_sysfs(target, kernel, ko):
     shutil.rmtree(kernel.root / "sys/kernel/livepatch")
-    with pytest.raises(kt.KlpError, match="no livepatch support"):
+    with pytest.raises(klp_errors.KlpError, match="no livepatch support"):
         target.check_loadable(ko(), "host1")
 
 
@@ -508,7 +514,7 @@ def test_check_loadable_compares_full_vermagic(target, kernel, ko, tmp_path):
     ref.mkdir(parents=True)
     (ref / "ref.ko").write_bytes(livepatch_ko(name="ref", livepatch=False))
     target.check_loadable(ko(), "host1")  # same vermagic: fine
-    with pytest.raises(kt.KlpError, match="different build options"):
+    with pytest.raises(klp_errors.KlpError, match="different build options"):
         target.check_loadable(ko(vermagic=f"{RELEASE} SMP mod_unload "), "host1")
 
 
@@ -527,14 +533,14 @@ def test_an_unsigned_module_is_refused_where_the_kernel_would(
         (kernel.root / "sys/kernel/security").mkdir(parents=True)
         (kernel.root / "sys/kernel/security/lockdown").write_text(lockdown + "\n")
     if secure_boot is not None:
-        variable = kernel.root / kt.SECURE_BOOT_VARIABLE
+        variable = kernel.root / klp_kernel.SECURE_BOOT_VARIABLE
         variable.parent.mkdir(parents=True)
         variable.write_bytes(secure_boot)
     if message is None:
         target.check_loadable(ko(), "host1")
         assert target.secure_boot() is False and target.lockdown() == "none"
         return
-    with pytest.raises(kt.KlpError, match=message) as refused:
+    with pytest.raises(klp_errors.KlpError, match=message) as refused:
         target.check_loadable(ko(), "host1")
     assert "livepatch_sign_key" in str(refused.value) and "docs/SIGNING.md" in str(refused.value)
 
@@ -545,7 +551,7 @@ def test_an_unsigned_module_is_refused_where_the_kernel_would(
     ("module_name", "someone_else"),
 ])
 def test_manifest_mismatch_refused(target, ko, key, value):
-    with pytest.raises(kt.KlpError, match=key):
+    with pytest.raises(klp_errors.KlpError, match=key):
         target.check_manifest(ko(), {key: value}, "host1")
 
 
@@ -589,11 +595,11 @@ def test_preflight_does_not_hold_back_a_loaded_patch(target, kernel, ko):
 
 
 def test_manifest_functions_reads_both_layouts():
-    assert kt.manifest_functions({"objects": {"vmlinux": [{"name": "b"}, {"name": "a"}],
+    assert klp_modfile.manifest_functions({"objects": {"vmlinux": [{"name": "b"}, {"name": "a"}],
                                               "ext4": ["c"]}}) == ["a", "b", "c"]
-    assert kt.manifest_functions({"patched": {"vmlinux": {"functions": [{"name": "x"}]}}}) \
-        == ["x"]
-    assert kt.manifest_functions(None) == []
+    patched = {"patched": {"vmlinux": {"functions": [{"name": "x"}]}}}
+    assert klp_modfile.manifest_functions(patched) == ["x"]
+    assert klp_modfile.manifest_functions(None) == []
 
 
 def test_kernel_log_since_returns_only_new_records(tmp_path):
@@ -602,14 +608,14 @@ def test_kernel_log_since_returns_only_new_records(tmp_path):
     os.set_blocking(read_end, False)
     os.write(write_end, b"6,1201,9000,-;livepatch: enabling patch 'x'\n"
                         b" SUBSYSTEM=module\n4,1202,9100,-;WARNING: CPU: 0 PID: 1 at x\n")
-    assert kt.Target.kernel_log_since(read_end) == [
+    assert klp_kernel.Target.kernel_log_since(read_end) == [
         "livepatch: enabling patch 'x'", "WARNING: CPU: 0 PID: 1 at x"]
     os.close(write_end)
-    assert kt.Target.kernel_log_since(None) == []
+    assert klp_kernel.Target.kernel_log_since(None) == []
     (tmp_path / "dev").mkdir()
     (tmp_path / "dev/kmsg").write_text("6,1,1,-;old record before the mark\n")
-    mark = kt.Target(root=str(tmp_path)).kernel_log_mark()
-    assert kt.Target.kernel_log_since(mark) == []
+    mark = klp_kernel.Target(root=str(tmp_path)).kernel_log_mark()
+    assert klp_kernel.Target.kernel_log_since(mark) == []
 
 
 def test_run_probes_reports_each_command(target, kernel):
@@ -630,17 +636,17 @@ def test_persistence_apply_and_guard(target, kernel, ko, tmp_path):
     runner(target).enable(ko())
     calls = []
     target.run_command = lambda argv: (calls.append(argv[1:]) or (0, "", ""))
-    boot = kt.Persistence(target)  # the units go under the fake root
+    boot = klp_persist.Persistence(target)  # the units go under the fake root
     assert boot.plan("klp_demo", True) is True
     assert boot.apply("klp_demo", True) is True
     assert calls == [["daemon-reload"],
                      ["enable", "klp-livepatch.service", "klp-livepatch-ok.timer"]]
     assert boot.persisted() == ["klp_demo"] and boot.installed()
-    script = Path(target.path(kt.BOOT_SCRIPT))
+    script = Path(target.path(klp_persist.BOOT_SCRIPT))
     assert script.stat().st_mode & 0o111
     wants = kernel.root / "etc/systemd/system/sysinit.target.wants"
     wants.mkdir(parents=True)
-    (wants / "klp-livepatch.service").symlink_to(kt.BOOT_UNIT)
+    (wants / "klp-livepatch.service").symlink_to(klp_persist.BOOT_UNIT)
     assert boot.plan("klp_demo", True) is False
     assert boot.apply("klp_demo", True) is False
     assert boot.apply("klp_demo", False) is True and boot.persisted() == []
@@ -654,7 +660,7 @@ def run_boot_script(tmp_path, *args, insmod_rc=0):
                                    f"exit {insmod_rc}\n")
     (bindir / "insmod").chmod(0o755)
     script = tmp_path / "boot.sh"
-    script.write_text(kt.BOOT_SCRIPT_TEXT % {"state": tmp_path / "state",
+    script.write_text(klp_persist.BOOT_SCRIPT_TEXT % {"state": tmp_path / "state",
                                              "store": tmp_path / "store", "ok": 120,
                                              "script": script})
     env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
@@ -700,12 +706,12 @@ def test_one_change_at_a_time_per_host(target, kernel):
     """A second change waits for the lock, then gives up naming the holder, having
     changed nothing; once the first is done the lock is free again."""
     busy = r"host1: another klp.livepatch change is running \(pid \d+ since .*\) and still held"
-    with kt.ChangeLock(target, "host1", timeout=2):
-        second = kt.ChangeLock(target, "host1", timeout=2)
-        with pytest.raises(kt.KlpError, match=busy):
+    with klp_transition.ChangeLock(target, "host1", timeout=2):
+        second = klp_transition.ChangeLock(target, "host1", timeout=2)
+        with pytest.raises(klp_errors.KlpError, match=busy):
             second.__enter__()
         assert kernel.now >= 2  # it waited (on the fake clock) before giving up
-    with kt.ChangeLock(target, "host1", timeout=0):
+    with klp_transition.ChangeLock(target, "host1", timeout=0):
         pass
 
 

@@ -20,6 +20,7 @@ from builder import __version__
 from builder.cache import kernel_dir, mark_used, work_dir
 from builder.elf import ElfObject
 from builder.errors import BuildError
+from builder.manifest import SCHEMA_VERSION
 from builder.patchset import PatchSet
 from builder.providers import cache_dir, get_provider
 
@@ -255,6 +256,7 @@ def _manifest(request, kernel, diffs, units, linked, ko: Path, seconds, images,
                 {"name": fn.old_name, "sympos": fn.sympos, "source": fn.source,
                  "reason": fn.reason})
     return {
+        "schema_version": SCHEMA_VERSION,  # builder/manifest.schema.json describes every key
         "name": request.name,
         "module_name": linked.module_name,
         "kernel_release": kernel.release,

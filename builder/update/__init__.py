@@ -39,6 +39,7 @@ from pathlib import Path
 from builder import __version__
 from builder.cache import source_root
 from builder.errors import BuildError
+from builder.manifest import SCHEMA_VERSION
 from builder.pipeline import BuildRequest, Progress, build, manifest_matches
 from builder.providers import cache_dir, get_provider
 from builder.providers.debian import madison_versions, parse_release, version_newer
@@ -193,6 +194,8 @@ def update(request: UpdateRequest, progress: Progress | None = None) -> dict:
                              hint="report this update pair to the developers; each unit's "
                                   f"manifest is under {work / 'units'}") from err
     manifest = json.loads(manifest_path.read_text())
+    # A module reused from before schema_version existed is version 1 all the same.
+    manifest.setdefault("schema_version", SCHEMA_VERSION)
     manifest["update"] = {**info, "state": "update"}
     return _write(manifest_path, manifest)
 
@@ -227,7 +230,7 @@ def module_name(name: str, version: str) -> str:
 
 def _current(name: str, kernel, info: dict, state: str = "current") -> dict:
     """A manifest without a module: the host is current, or nothing could be made live."""
-    return {"name": name, "kernel_release": kernel.release,
+    return {"schema_version": SCHEMA_VERSION, "name": name, "kernel_release": kernel.release,
             "package_version": kernel.package_version, "distribution": kernel.distribution,
             "builder_version": __version__, "module_sha256": None,
             "update": {**info, "state": state}}

@@ -15,6 +15,11 @@ from pathlib import Path
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.klp.livepatch.plugins.plugin_utils.manifest import (
+    ManifestError,
+    read_manifest,
+)
+
 # The collection root: the builder package lives there (python3 -m builder).
 COLLECTION_ROOT = Path(__file__).resolve().parents[2]
 # Builds of distinct kernels run side by side, at most this many at once: each builder
@@ -86,12 +91,18 @@ class ActionModule(ActionBase):
                 result["failed_kernels"][release] = _failure(args["name"], release, proc)
                 continue
             outcome = json.loads(proc.stdout.strip().splitlines()[-1])
+            name = outcome.get("name", args["name"])
+            try:
+                # NAME.json beside NAME.ko, also when an update made no module
+                manifest = read_manifest(out / f"{name}.ko")
+            except ManifestError as exc:
+                result["failed_kernels"][release] = f"building {name} for {release}: {exc}"
+                continue
             result["modules"][release] = outcome["module"] or ""
-            result["names"][release] = outcome.get("name", args["name"])
+            result["names"][release] = name
             (result["built"] if outcome["changed"] else result["skipped"]).append(release)
-            manifest = Path(outcome.get("manifest") or out / f"{args['name']}.json")
-            if manifest.is_file():
-                result["manifests"][release] = json.loads(manifest.read_text())
+            if manifest is not None:
+                result["manifests"][release] = manifest
             if args["update_to"]:
                 result["updates"][release] = self._update_summary(
                     outcome, result["manifests"].get(release, {}))

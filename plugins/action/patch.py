@@ -4,7 +4,8 @@
 """Action plugin for klp.livepatch.patch: check the module on the controller, then run.
 
 1. On the controller: find O(src), read its ELF .modinfo (name, vermagic, livepatch
-   flag) and sha256, and the manifest NAME.json beside it if there is one.
+   flag) and sha256, and the manifest NAME.json beside it if there is one (validated by
+   plugin_utils/manifest.py, cross-checked with the file by module_utils/klp_manifest.py).
 2. Copy the .ko into the remote temporary directory and run the module once with src
    pointing at it. The module stores it under /var/lib/klp-livepatch/modules/RELEASE/
    only when the stored copy differs, so a rerun changes nothing. Copying a module of a
@@ -14,35 +15,19 @@ The remote temporary directory is always removed.
 
 from __future__ import annotations
 
-import json
-import os
-
 from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.klp.livepatch.plugins.module_utils.klp_errors import KlpError
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_manifest import check_module_file
 from ansible_collections.klp.livepatch.plugins.module_utils.klp_modfile import (
     inspect_module,
     module_name,
 )
+from ansible_collections.klp.livepatch.plugins.plugin_utils.manifest import read_manifest
 
 MODULE = "klp.livepatch.patch"
-
-
-def read_manifest(ko_path: str) -> dict | None:
-    """The builder manifest NAME.json beside NAME.ko, or None."""
-    path = os.path.splitext(ko_path)[0] + ".json"
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise AnsibleActionFail(f"cannot read the manifest {path}: {exc}") from exc
-    if not isinstance(manifest, dict):
-        raise AnsibleActionFail(f"manifest {path} is not a JSON object")
-    return manifest
 
 
 class ActionModule(ActionBase):
@@ -89,13 +74,9 @@ class ActionModule(ActionBase):
         if wanted and wanted.lower() != info["sha256"]:
             raise AnsibleActionFail(f"{path} has sha256 {info['sha256']}, not {wanted}")
         extra = {"name": info["name"], "sha256": info["sha256"]}
-        manifest = read_manifest(path)
+        manifest = read_manifest(path)  # validated against the schema, or None
         if manifest is not None:
-            if manifest.get("module_sha256") and manifest["module_sha256"] != info["sha256"]:
-                raise AnsibleActionFail(
-                    f"{path} has sha256 {info['sha256']} but its manifest says "
-                    f"{manifest['module_sha256']}: the module was changed or corrupted "
-                    "after the build")
+            check_module_file(manifest, info)
             extra["manifest"] = manifest
         self._klp_src = path
         return extra

@@ -6,4 +6,3 @@
 
 class KlpError(Exception):
     """A target-side failure with a message fit for a user."""
-

@@ -18,6 +18,9 @@ import shlex
 import time
 
 from ansible_collections.klp.livepatch.plugins.module_utils.klp_errors import KlpError
+from ansible_collections.klp.livepatch.plugins.module_utils.klp_manifest import (
+    check_module_file,
+)
 from ansible_collections.klp.livepatch.plugins.module_utils.klp_modfile import (
     gnu_build_id,
     inspect_module,
@@ -59,7 +62,6 @@ PARKABLE_KTHREAD_PREFIXES = ("ksoftirqd/", "cpuhp/", "rcuc/")
 KLP_UNDEFINED = -1
 KLP_UNPATCHED = 0
 KLP_PATCHED = 1
-
 
 
 # --------------------------------------------------------------------------- taint
@@ -536,12 +538,8 @@ class Target:
         """Cross-check a builder manifest (NAME.json) with the file and this kernel."""
         if not manifest:
             return
-        checks = [
-            ("module_sha256", info["sha256"], "the module file's sha256"),
-            ("module_name", info["name"], "the module's name"),
-            ("vermagic", info["vermagic"], "the module's vermagic"),
-            ("kernel_release", self.release, f"{host}'s running kernel"),
-        ]
+        check_module_file(manifest, info)  # the same check the action plugin makes
+        checks = [("kernel_release", self.release, f"{host}'s running kernel")]
         build_id = self.kernel_build_id()
         if build_id:
             checks.append(("kernel_build_id", build_id, f"{host}'s running kernel build-id"))

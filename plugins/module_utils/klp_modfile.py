@@ -11,7 +11,6 @@ import struct
 
 from ansible_collections.klp.livepatch.plugins.module_utils.klp_errors import KlpError
 
-# --------------------------------------------------------------------------- names
 
 def module_name(path_or_name):
     """Kernel module name of a file or name: ``/x/foo-bar.ko`` -> ``foo_bar``."""
@@ -21,7 +20,6 @@ def module_name(path_or_name):
             base = base[: -len(suffix)]
             break
     return base.replace("-", "_")
-
 
 
 # --------------------------------------------------------------------------- ELF

@@ -85,20 +85,19 @@ options:
   sign_cert:
     description: X.509 certificate matching O(sign_key).
     type: path
+extends_documentation_fragment:
+  - klp.livepatch.attributes
+  - klp.livepatch.attributes.action
+  - klp.livepatch.attributes.controller
 attributes:
   check_mode:
     support: full
-    description: Reports which kernels would be built, without building.
+    details: Reports which kernels would be built, without building.
   diff_mode:
     support: none
-    description: Builds have no before/after state to show.
+    details: Builds have no before/after state to show.
   platform:
-    support: full
-    platforms: posix
-    description: Runs on the controller; needs Debian's apt and the kernel build tools.
-  action:
-    support: full
-    description: Runs on the controller through the action plugin of the same name.
+    details: Runs on the controller; needs Debian's apt and the kernel build tools.
 notes:
   - The first build for a kernel downloads its packages and prepares a source tree in
     C(~/.cache/klp-livepatch) (about a minute); later builds take seconds.

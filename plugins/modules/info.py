@@ -18,17 +18,10 @@ description:
 author:
   - klp.livepatch developers (@klp-livepatch)
 options: {}
-attributes:
-  check_mode:
-    support: full
-    description: The module never changes anything; it runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing changes, so there is no difference to show.
-  platform:
-    support: full
-    platforms: posix
-    description: Linux targets; tested on Debian 12 kernels.
+extends_documentation_fragment:
+  - klp.livepatch.attributes
+  - klp.livepatch.attributes.read_only
+  - klp.livepatch.attributes.target
 notes:
   - Run it with C(become=true) for complete answers; some files are root-only.
 seealso:

@@ -167,25 +167,28 @@ options:
         up, so a persistent patch must be safe to apply that early. A patch that
         changes C(/proc/cmdline) would, for example, hide C(net.ifnames=0) from udev.
     type: bool
+extends_documentation_fragment:
+  - klp.livepatch.attributes
+  - klp.livepatch.attributes.action
+  - klp.livepatch.attributes.target
 attributes:
   action:
     support: full
-    description: The action plugin of the same name copies the module from the controller.
+    details: The action plugin of the same name copies the module from the controller.
   async:
+    description: Supports being used with the C(async) keyword.
     support: none
-    description: Transitions are waited for within the task.
+    details: Transitions are waited for within the task.
   check_mode:
     support: full
-    description: >-
+    details: >-
       Predicts the change from the module file and the kernel's sysfs without loading,
       unloading or storing anything.
   diff_mode:
     support: full
-    description: Shows the patch's state before and after as one line each.
+    details: Shows the patch's state before and after as one line each.
   platform:
-    support: full
-    platforms: posix
-    description: Linux targets with C(CONFIG_LIVEPATCH); tested on Debian 12 kernels.
+    details: Linux targets with C(CONFIG_LIVEPATCH); tested on Debian 12 kernels.
 notes:
   - Needs root on the target (C(become=true)).
   - Loading an unsigned module taints the kernel (C(E)); livepatching always taints it

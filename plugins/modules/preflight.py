@@ -33,17 +33,10 @@ options:
       - Contents of a builder manifest, for example read with
         P(ansible.builtin.file#lookup) on the controller.
     type: dict
-attributes:
-  check_mode:
-    support: full
-    description: The module never changes anything; it runs the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing changes, so there is no difference to show.
-  platform:
-    support: full
-    platforms: posix
-    description: Linux targets; reading kernel stacks needs root.
+extends_documentation_fragment:
+  - klp.livepatch.attributes
+  - klp.livepatch.attributes.read_only
+  - klp.livepatch.attributes.target
 notes:
   - Run it with C(become=true); only root can read other tasks' kernel stacks.
 seealso:

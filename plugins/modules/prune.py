@@ -21,17 +21,18 @@ options:
     description: Where the patches are stored (as M(klp.livepatch.patch) stores them).
     type: path
     default: /var/lib/klp-livepatch/modules
+extends_documentation_fragment:
+  - klp.livepatch.attributes
+  - klp.livepatch.attributes.target
 attributes:
   check_mode:
     support: full
-    description: Lists what would be deleted and deletes nothing.
+    details: Lists what would be deleted and deletes nothing.
   diff_mode:
     support: full
-    description: Shows the kernel releases whose copies go.
-  platform:
-    support: full
-    platforms: posix
-    description: Linux targets; run as root.
+    details: Shows the kernel releases whose copies go.
+notes:
+  - Needs root on the target (C(become=true)).
 seealso:
   - module: klp.livepatch.patch
   - module: klp.livepatch.info

@@ -77,23 +77,20 @@ options:
   query:
     description: A JMESPath expression applied to the report; the answer is RV(query_result).
     type: str
+extends_documentation_fragment:
+  - klp.livepatch.attributes
+  - klp.livepatch.attributes.action
+  - klp.livepatch.attributes.controller
 attributes:
   check_mode:
     support: full
-    description: >-
+    details: >-
       Builds the report and answers the query. Without O(run) no file is written; with
       O(run) the run's own directory is written all the same (it overwrites no other
       report), marked C(check_mode) - a dry run's report is its prediction.
   diff_mode:
     support: none
-    description: A report has no before and after.
-  platform:
-    support: full
-    platforms: posix
-    description: Runs on the controller.
-  action:
-    support: full
-    description: Runs on the controller through the action plugin of the same name.
+    details: A report has no before and after.
 notes:
   - Writing the report is not a change to the fleet, so the task never reports C(changed).
 seealso:

@@ -595,8 +595,8 @@ def test_preflight_does_not_hold_back_a_loaded_patch(target, kernel, ko):
 
 
 def test_manifest_functions_reads_both_layouts():
-    assert klp_modfile.manifest_functions({"objects": {"vmlinux": [{"name": "b"}, {"name": "a"}],
-                                              "ext4": ["c"]}}) == ["a", "b", "c"]
+    objects = {"objects": {"vmlinux": [{"name": "b"}, {"name": "a"}], "ext4": ["c"]}}
+    assert klp_modfile.manifest_functions(objects) == ["a", "b", "c"]
     patched = {"patched": {"vmlinux": {"functions": [{"name": "x"}]}}}
     assert klp_modfile.manifest_functions(patched) == ["x"]
     assert klp_modfile.manifest_functions(None) == []
@@ -660,9 +660,8 @@ def run_boot_script(tmp_path, *args, insmod_rc=0):
                                    f"exit {insmod_rc}\n")
     (bindir / "insmod").chmod(0o755)
     script = tmp_path / "boot.sh"
-    script.write_text(klp_persist.BOOT_SCRIPT_TEXT % {"state": tmp_path / "state",
-                                             "store": tmp_path / "store", "ok": 120,
-                                             "script": script})
+    script.write_text(klp_persist.BOOT_SCRIPT_TEXT % {
+        "state": tmp_path / "state", "store": tmp_path / "store", "ok": 120, "script": script})
     env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
     return subprocess.run(["sh", str(script), *args], env=env, check=True,
                           capture_output=True, text=True)

@@ -5,15 +5,6 @@
 
 from __future__ import annotations
 
-from ansible.errors import AnsibleLookupError
-from ansible.plugins.lookup import LookupBase
-
-from ansible_collections.klp.livepatch.plugins.plugin_utils.manifest import (
-    ManifestError,
-    manifest_path,
-    read_manifest,
-)
-
 DOCUMENTATION = r"""
 name: manifest
 version_added: 0.1.0
@@ -51,6 +42,16 @@ _raw:
   type: list
   elements: dict
 """
+
+
+from ansible.errors import AnsibleLookupError
+from ansible.plugins.lookup import LookupBase
+
+from ansible_collections.klp.livepatch.plugins.plugin_utils.manifest import (
+    ManifestError,
+    manifest_path,
+    read_manifest,
+)
 
 
 class LookupModule(LookupBase):

@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from builder.providers import cache_dir, get_provider  # noqa: E402
+from builder.providers import cache_dir, provider_for  # noqa: E402
 
 PATCH = REPO.parent / "shared" / "klp-corpus" / "debian-12" / "cmdline-suffix.patch"
 
@@ -51,7 +51,7 @@ def run_build(release: str, out: Path) -> tuple[float, int]:
 
 
 def prepared_tree(release: str) -> Path:
-    kernel = get_provider().resolve(release)
+    kernel = provider_for(release).resolve(release)
     return cache_dir() / "kernels" / f"{kernel.release}_{kernel.package_version}" / "build"
 
 

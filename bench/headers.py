@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from builder.providers import cache_dir, get_provider  # noqa: E402
+from builder.providers import cache_dir, provider_for  # noqa: E402
 from lab.kernels import resolve  # noqa: E402
 
 CASES = {
@@ -56,7 +56,7 @@ def build(release: str, patch: Path, out: Path) -> tuple[float, dict]:
 
 
 def originals_dir(release: str) -> Path:
-    kernel = get_provider().resolve(release)
+    kernel = provider_for(release).resolve(release)
     return cache_dir() / "kernels" / f"{kernel.release}_{kernel.package_version}" / "build" / \
         ".klp-orig"
 

@@ -42,8 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from builder.errors import BuildError  # noqa: E402
-from builder.providers import get_provider  # noqa: E402
-from builder.providers.debian import madison_versions  # noqa: E402
+from builder.providers import provider_for  # noqa: E402
+from builder.providers.archive import Archive  # noqa: E402
 from builder.stages.compile import pristine  # noqa: E402
 from builder.stages.prepare import prepare  # noqa: E402
 from builder.update import source_tree  # noqa: E402
@@ -95,8 +95,9 @@ def older_release(version: str, flavour: str) -> str:
     for release in archive_releases():
         if release_series(release) != series or release_flavour(release) != flavour:
             continue
-        if version in madison_versions(f"linux-image-{release}") or \
-                version in madison_versions(f"linux-image-{release}-unsigned"):
+        image = f"linux-image-{release}"
+        offered = Archive.for_kernel(release).madison(image, f"{image}-unsigned")
+        if any(version in versions for versions in offered.values()):
             return release
     raise SystemExit(f"the archive has no {flavour} kernel image of version {version}")
 
@@ -296,7 +297,7 @@ def run_pair(args, old_version: str, new_version: str, root: Path) -> dict:
     result: dict = {"from": old_version, "to": new_version, "release": release,
                     "builder_tree": head}
     say(f"== {old_version} -> {new_version}: older kernel {release}")
-    provider = get_provider()
+    provider = provider_for(release)
     try:
         kernel = provider.resolve(release, old_version)
         tree = prepare(provider.acquire(kernel))
@@ -305,7 +306,8 @@ def run_pair(args, old_version: str, new_version: str, root: Path) -> dict:
             str(err).splitlines()[0]
         say(result["skipped"])
         return result
-    new, _changelog = source_tree(new_version, ".".join(new_version.split(".")[:2]))
+    new, _changelog = source_tree(new_version, ".".join(new_version.split(".")[:2]),
+                                  provider.archive)
     with pristine(tree.source_dir, new):  # no build may have either patched now
         diff = tree_diff(tree.source_dir, new)
         units, left_out = cut_units(diff, tree.source_dir, new, tree.build_dir,

@@ -12,6 +12,8 @@ Entries (the lab's images and the artifact store are not builder cache and are l
   kernels/<release>_<version>  a kernel's extracted packages, vmlinux, kallsyms, layout
   src/<source-version>         a prepared source tree (shared by flavours, locked in use)
   work/<name>-<release>        a build's compiled objects
+  apt/<suite>                  package lists of a suite the controller's apt does not
+                               follow (small, kept)
 Builds mark what they use (USED_MARK); an entry never marked counts from its mtime. A
 source tree another build holds (its lock is taken) is never removed.
 """
@@ -49,6 +51,11 @@ def cache_dir() -> Path:
 def kernel_dir(root: Path, kernel) -> Path:
     """A kernel's packages (pkgs/), build dir, kbuild tools, vmlinux and symbols."""
     return root / "kernels" / f"{kernel.release}_{kernel.package_version}"
+
+
+def apt_root(root: Path, suite: str) -> Path:
+    """A private apt root for a suite the controller's apt does not follow."""
+    return root / "apt" / suite
 
 
 def source_root(root: Path, source_version: str) -> Path:

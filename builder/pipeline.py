@@ -22,7 +22,7 @@ from builder.elf import ElfObject
 from builder.errors import BuildError
 from builder.manifest import SCHEMA_VERSION
 from builder.patchset import PatchSet
-from builder.providers import cache_dir, get_provider
+from builder.providers import cache_dir, distribution_of, get_provider
 
 
 @dataclass
@@ -36,9 +36,13 @@ class BuildRequest:
     sign_key: Path | None = None
     sign_cert: Path | None = None
     work: Path | None = None
-    distribution: str = "debian-12"
     consistency: str = "default"
     skip_init_changes: bool = False  # leave changed __init code out instead of refusing
+
+    @property
+    def distribution(self) -> str:
+        """debian-12 or debian-13, from the kernel release."""
+        return distribution_of(self.kernel)
 
     def patch_sha256(self) -> str:
         digest = hashlib.sha256()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-import subprocess
 
 from lab.errors import LabError
 
@@ -52,7 +51,7 @@ def parse_search(text: str) -> list[str]:
 def parse_madison(text: str) -> dict[str, list[str]]:
     """Package -> versions (newest first) from `apt-cache madison` output: the builder's
     parser, so the lab and the builder read the archive the same way."""
-    from builder.providers.debian import parse_madison as builder_parse
+    from builder.providers.archive import parse_madison as builder_parse
 
     return builder_parse(text)
 
@@ -94,12 +93,15 @@ def builder_packages(release: str) -> list[str]:
     return [names[role] for role in ARCHIVE_ROLES if role != "image"]
 
 
-def _apt_cache(*args: str) -> str:
+def _apt_cache(*args: str, suite: str = "bookworm") -> str:
+    """apt-cache against one suite of Debian's archive, as the builder reads it."""
+    from builder.errors import BuildError
+    from builder.providers.archive import Archive
+
     try:
-        proc = subprocess.run(["apt-cache", *args], capture_output=True, text=True, check=False)
-    except FileNotFoundError as e:
-        raise LabError("apt-cache not found: the lab needs a Debian host") from e
-    return proc.stdout
+        return Archive(suite).run("apt-cache", *args).stdout
+    except BuildError as e:
+        raise LabError(f"{e}: the lab needs a Debian host with apt") from e
 
 
 @functools.cache

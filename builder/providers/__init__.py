@@ -34,14 +34,27 @@ class Provider(abc.ABC):
 
 
 def get_provider(name: str = "debian-12") -> Provider:
-    """The provider for a distribution name such as 'debian-12'."""
+    """The provider for a distribution name such as 'debian-12' or 'debian-13'."""
+    from builder.providers.archive import SUITES
     from builder.providers.debian import DebianProvider
 
-    registry: dict[str, type[Provider]] = {"debian-12": DebianProvider}
-    if name not in registry:
+    supported = [f"debian-{number}" for number in SUITES]
+    if name not in supported:
         raise BuildError(stage="acquire", message=f"unknown distribution {name!r}",
-                         hint="supported: " + ", ".join(sorted(registry)))
-    return registry[name]()
+                         hint="supported: " + ", ".join(supported))
+    return DebianProvider(name.removeprefix("debian-"))
 
 
-__all__ = ["Provider", "get_provider", "cache_dir"]
+def distribution_of(release: str) -> str:
+    """The distribution a kernel release belongs to: '6.12.57+deb13-amd64' -> 'debian-13'."""
+    from builder.providers.archive import debian_release_of
+
+    return f"debian-{debian_release_of(release)}"
+
+
+def provider_for(release: str) -> Provider:
+    """The provider of the distribution a kernel release belongs to."""
+    return get_provider(distribution_of(release))
+
+
+__all__ = ["Provider", "get_provider", "provider_for", "distribution_of", "cache_dir"]

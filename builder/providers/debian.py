@@ -1,9 +1,12 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Debian 12 (bookworm) kernels: release names, package names, archive versions.
+"""Debian kernels: release names, package names, archive versions. One provider,
+parameterised by Debian release (12 bookworm, 13 trixie); the archive of each suite is
+read through builder/providers/archive.py.
 
-Two naming schemes live side by side in bookworm:
-  6.1 (the release's own kernel):  6.1.0-56-amd64        ABI 6.1.0-56
-  6.12 (backported via security):  6.12.57+deb12-amd64   ABI 6.12.57+deb12
+Two naming schemes live side by side:
+  6.1 (Debian 12's own kernel):    6.1.0-56-amd64        ABI 6.1.0-56
+  6.12 (Debian 12 via security):   6.12.57+deb12-amd64   ABI 6.12.57+deb12
+  6.12 (Debian 13's own kernel):   6.12.57+deb13-amd64   ABI 6.12.57+deb13
 They differ in how the kbuild package is named (per series vs per ABI).
 
 The archive keeps the ABI-named packages of older uploads (image, headers, common
@@ -15,13 +18,18 @@ the kbuild tools from that exact source (builder/stages/prepare.py).
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.artifacts import KernelId, KernelPackages
 from builder.errors import BuildError
 from builder.providers import Provider, cache_dir
+from builder.providers.archive import (
+    SUITES,
+    Archive,
+    debian_release_of,
+    sorted_versions,
+)
 
 FLAVOURS = ("amd64", "cloud-amd64", "rt-amd64")
 # What the builder downloads, at the kernel's exact version. Not "kbuild": its tools are
@@ -52,9 +60,14 @@ def parse_release(release: str) -> DebianRelease:
     match = _RELEASE.match(release.strip())
     if not match or match["flavour"] not in FLAVOURS:
         raise BuildError(
-            stage="resolve", message=f"{release!r} is not a Debian 12 kernel release",
-            hint="use the target's `uname -r`, e.g. 6.1.0-56-amd64, 6.1.0-56-cloud-amd64 "
-                 f"or 6.12.57+deb12-amd64 (flavours: {', '.join(FLAVOURS)})")
+            stage="resolve", message=f"{release!r} is not a Debian 12 or 13 kernel release",
+            hint="use the target's `uname -r`, e.g. 6.1.0-56-amd64, 6.1.0-56-cloud-amd64, "
+                 f"6.12.57+deb12-amd64 or 6.12.57+deb13-amd64 (flavours: {', '.join(FLAVOURS)})")
+    if debian_release_of(release) not in SUITES:
+        raise BuildError(
+            stage="resolve", message=f"{release!r} is a kernel of a Debian release the "
+                                     "builder does not know",
+            hint="supported: " + ", ".join(f"Debian {n} ({s})" for n, s in SUITES.items()))
     return DebianRelease(release=release.strip(), abi=match["abi"], series=match["series"],
                          flavour=match["flavour"])
 
@@ -73,39 +86,9 @@ def package_names_for(rel: DebianRelease) -> dict[str, str]:
     }
 
 
-def _run(cmd: list[str], stage: str = "resolve") -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    except FileNotFoundError as err:
-        raise BuildError(stage=stage, message=f"{cmd[0]} is not installed",
-                         hint="the builder needs Debian's apt tools (run on Debian 12)") from err
-    if proc.returncode != 0:
-        raise BuildError(stage=stage, message=f"`{' '.join(cmd)}` failed: "
-                         f"{proc.stderr.strip()[-800:]}",
-                         hint="check `apt-get update` has run and the archive is reachable")
-    return proc.stdout
-
-
-def madison_versions(package: str) -> list[str]:
+def madison_versions(package: str, archive: Archive) -> list[str]:
     """Versions of a package the archive offers, newest first (apt's own order)."""
-    return parse_madison(_run(["apt-cache", "madison", package])).get(package, [])
-
-
-def archive_versions(packages: list[str]) -> dict[str, list[str]]:
-    """Package -> versions the archive offers (newest first), one apt-cache call for all."""
-    return parse_madison(_run(["apt-cache", "madison", *packages], stage="acquire"))
-
-
-def parse_madison(text: str) -> dict[str, list[str]]:
-    """`apt-cache madison` output -> package -> versions (deduplicated, newest first)."""
-    versions: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        parts = [p.strip() for p in line.split("|")]
-        if len(parts) >= 2 and parts[0] and parts[1]:
-            seen = versions.setdefault(parts[0], [])
-            if parts[1] not in seen:
-                seen.append(parts[1])
-    return {name: sorted_versions(found) for name, found in versions.items()}
+    return archive.madison(package).get(package, [])
 
 
 def missing_packages(names: dict[str, str], version: str,
@@ -131,24 +114,9 @@ def missing_message(release: str, version: str, missing: list[str],
              "$KLP_CACHE/debs (default ~/.cache/klp-livepatch/debs)")
 
 
-def version_newer(a: str, b: str) -> bool:
-    """Debian version comparison, by dpkg itself (epochs, tildes...)."""
-    return subprocess.run(["dpkg", "--compare-versions", a, "gt", b],
-                          check=False).returncode == 0
-
-
-def sorted_versions(versions: list[str]) -> list[str]:
-    """Newest first."""
-    import functools
-
-    def cmp(a: str, b: str) -> int:
-        return 0 if a == b else (-1 if version_newer(a, b) else 1)
-    return sorted(versions, key=functools.cmp_to_key(cmp))
-
-
-def available_releases() -> list[str]:
+def available_releases(archive: Archive) -> list[str]:
     """Releases of the supported flavours the archive knows (for error messages)."""
-    out = _run(["apt-cache", "pkgnames", "linux-image-"])
+    out = archive.query("apt-cache", "pkgnames", "linux-image-")
     releases = set()
     for name in out.split():
         rel = name.removeprefix("linux-image-").removesuffix("-unsigned")
@@ -160,24 +128,34 @@ def available_releases() -> list[str]:
 
 
 class DebianProvider(Provider):
-    """Debian 12 kernels from the configured apt archive."""
+    """One Debian release's kernels, from that suite of Debian's archive."""
 
-    name = "debian-12"
+    def __init__(self, debian: str = "12"):
+        self.debian = debian
+        self.name = f"debian-{debian}"
+        self.archive = Archive(SUITES[debian])
 
     def resolve(self, release: str, package_version: str | None = None) -> KernelId:
         rel = parse_release(release)
+        if debian_release_of(release) != self.debian:
+            raise BuildError(stage="resolve",
+                             message=f"{release} is a Debian {debian_release_of(release)} "
+                                     f"kernel, not one of {self.name}",
+                             hint="let the builder pick the provider from the release")
         names = package_names_for(rel)
-        versions = madison_versions(names["image"]) or madison_versions(names["image_signed"])
+        versions = (madison_versions(names["image"], self.archive)
+                    or madison_versions(names["image_signed"], self.archive))
         if not versions:
-            known = available_releases()
+            known = available_releases(self.archive)
             raise BuildError(
-                stage="resolve", message=f"the archive has no kernel {release}",
+                stage="resolve",
+                message=f"Debian's {self.archive.suite} archive has no kernel {release}",
                 hint="available releases: " + (", ".join(known) if known else
-                                               "none (run apt-get update)"))
+                                               "none; " + self.archive.update_hint()))
         if package_version is None:
             package_version = versions[0]
         else:
-            signed = madison_versions(names["image_signed"])
+            signed = madison_versions(names["image_signed"], self.archive)
             if package_version not in versions + signed:
                 raise BuildError(
                     stage="resolve",
@@ -190,7 +168,7 @@ class DebianProvider(Provider):
     def package_names(self, kernel: KernelId) -> dict[str, str]:
         """Exact names for this version: the unsigned image when that version has one."""
         names = package_names_for(parse_release(kernel.release))
-        if kernel.package_version not in madison_versions(names["image"]):
+        if kernel.package_version not in madison_versions(names["image"], self.archive):
             names["image"] = names["image_signed"]
         del names["image_signed"]
         return names
@@ -205,14 +183,13 @@ class DebianProvider(Provider):
         wanted = {names[role]: None for role in ARCHIVE_ROLES
                   if deb_path(cache / "debs", names[role], kernel.package_version) is None}
         if wanted:
-            offered = archive_versions(list(wanted))
+            offered = self.archive.madison(*wanted, stage="acquire")
             offered = {name: offered.get(name, []) for name in wanted}
             missing = missing_packages(names, kernel.package_version, offered)
             if missing:
                 raise missing_message(kernel.release, kernel.package_version, missing, offered)
-        return acquire_packages(kernel, names, cache)
+        return acquire_packages(kernel, names, cache, self.archive)
 
 
 __all__ = ["DebianProvider", "DebianRelease", "parse_release", "package_names_for",
-           "available_releases", "madison_versions", "archive_versions", "parse_madison",
-           "missing_packages", "ARCHIVE_ROLES"]
+           "available_releases", "madison_versions", "missing_packages", "ARCHIVE_ROLES"]

@@ -27,6 +27,7 @@ from pathlib import Path
 from builder.artifacts import KernelId, KernelPackages
 from builder.cache import kernel_dir, source_root
 from builder.errors import BuildError
+from builder.providers.archive import Archive
 from builder.stages.prepare import read_config
 
 STAGE = "acquire"
@@ -39,7 +40,7 @@ def deb_path(debs: Path, package: str, version: str) -> Path | None:
     return found[0] if found else None
 
 
-def download(debs: Path, package: str, version: str) -> Path:
+def download(debs: Path, package: str, version: str, archive: Archive) -> Path:
     """`apt-get download package=version` into debs/ unless it is already there.
 
     apt writes into a directory of this process, and the finished .deb is renamed into
@@ -53,14 +54,13 @@ def download(debs: Path, package: str, version: str) -> Path:
     try:
         # As root apt drops privileges to _apt, which may not write to the cache:
         # keep root for this download (a plain file fetch into our own directory).
-        proc = subprocess.run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
-                               f"{package}={version}"], cwd=partial, capture_output=True,
-                              text=True, check=False)
+        proc = archive.run("apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
+                           f"{package}={version}", stage=STAGE, cwd=partial)
         fetched = deb_path(partial, package, version)
         if proc.returncode != 0 or fetched is None:
             raise BuildError(stage=STAGE, message=f"cannot download {package}={version}: "
                              f"{proc.stderr.strip()[-600:]}",
-                             hint="run `apt-get update`; check the version with "
+                             hint=f"{archive.update_hint()}; check the version with "
                                   f"`apt-cache madison {package}`")
         os.replace(fetched, debs / fetched.name)
     finally:
@@ -78,11 +78,11 @@ class BadPackage(BuildError):
 
 
 def extract_packages(debs_dir: Path, specs: list[tuple[str, str]], dest: Path,
-                     finish: Callable[[Path], None] | None = None) -> Path:
+                     archive: Archive, finish: Callable[[Path], None] | None = None) -> Path:
     """Download (package, version) pairs and extract them into dest. A cached .deb that
     turns out unreadable is deleted and downloaded once more before giving up."""
     for attempt in (1, 2):
-        debs = [download(debs_dir, package, version) for package, version in specs]
+        debs = [download(debs_dir, package, version, archive) for package, version in specs]
         try:
             return extract_atomically(debs, dest, finish)
         except BadPackage as err:
@@ -165,19 +165,20 @@ def fix_headers_makefile(headers_dir: Path, root: Path) -> None:
 KERNEL_ROLES = ("image", "headers", "common")  # extracted together into pkgs/
 
 
-def acquire_packages(kernel: KernelId, names: dict[str, str], cache: Path) -> KernelPackages:
+def acquire_packages(kernel: KernelId, names: dict[str, str], cache: Path,
+                     archive: Archive) -> KernelPackages:
     """Download and extract everything; return where each piece is."""
     debs_dir = cache / "debs"
     version = kernel.package_version
     root = kernel_dir(cache, kernel) / "pkgs"
     if not root.is_dir():
         extract_packages(debs_dir, [(names[role], version) for role in KERNEL_ROLES], root,
-                         finish=lambda tmp: fix_headers_makefile(
+                         archive, finish=lambda tmp: fix_headers_makefile(
                              tmp / "usr" / "src" / names["headers"], root))
     fix_headers_makefile(root / "usr" / "src" / names["headers"], root)  # older caches
     src = source_root(cache, version) / "deb"
     if not src.is_dir():
-        extract_packages(debs_dir, [(names["source"], version)], src)
+        extract_packages(debs_dir, [(names["source"], version)], src, archive)
     return packages_from_roots(kernel, names, root, src)
 
 

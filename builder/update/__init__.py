@@ -41,8 +41,9 @@ from builder.cache import source_root
 from builder.errors import BuildError
 from builder.manifest import SCHEMA_VERSION
 from builder.pipeline import BuildRequest, Progress, build, manifest_matches
-from builder.providers import cache_dir, get_provider
-from builder.providers.debian import madison_versions, parse_release, version_newer
+from builder.providers import cache_dir, provider_for
+from builder.providers.archive import Archive, version_newer
+from builder.providers.debian import madison_versions, parse_release
 from builder.stages.acquire import extract_packages
 from builder.stages.compile import pristine
 from builder.stages.prepare import extract_source, prepare
@@ -67,25 +68,25 @@ class UpdateRequest:
     consistency: str = "default"
 
 
-def source_tree(version: str, series: str) -> tuple[Path, Path]:
+def source_tree(version: str, series: str, archive: Archive) -> tuple[Path, Path]:
     """(tree, changelog.Debian.gz) of linux-source-SERIES at `version`, cached."""
     cache = cache_dir()
     root = source_root(cache, version) / "deb"
     if not root.is_dir():
-        extract_packages(cache / "debs", [(f"linux-source-{series}", version)], root)
+        extract_packages(cache / "debs", [(f"linux-source-{series}", version)], root, archive)
     tarball = sorted((root / "usr" / "src").glob(f"linux-source-{series}.tar.*"))[0]
     changelog = root / "usr" / "share" / "doc" / f"linux-source-{series}" / "changelog.Debian.gz"
     return extract_source(tarball, source_root(cache, version)), changelog
 
 
-def target_version(series: str, to: str, running: str) -> str:
+def target_version(series: str, to: str, running: str, archive: Archive) -> str:
     """The package version `to` names in the kernel's line."""
-    offered = madison_versions(f"linux-source-{series}")
+    offered = madison_versions(f"linux-source-{series}", archive)
     if to == "latest":
         if not offered:
-            raise BuildError(stage=STAGE, message=f"the archive offers no linux-source-{series}",
-                             hint="run apt-get update; check the sources list has the "
-                                  "security suite")
+            raise BuildError(stage=STAGE, message=f"Debian's {archive.suite} archive offers no "
+                                                  f"linux-source-{series}",
+                             hint=archive.update_hint())
         return offered[0]
     if to not in offered and to != running:
         raise BuildError(stage=STAGE, message=f"linux-source-{series} has no version {to}",
@@ -132,12 +133,12 @@ def _unit_result(request: UpdateRequest, kernel, unit: Unit, patch: Path, work: 
 def update(request: UpdateRequest, progress: Progress | None = None) -> dict:
     """Build the update module (or say the host is current); returns the manifest."""
     progress = progress or Progress()
-    provider = get_provider()
+    provider = provider_for(request.kernel)
     kernel = provider.resolve(request.kernel, request.package_version)
     series = parse_release(kernel.release).series
     newer = progress.stage("resolve", f"{kernel.release} runs {kernel.package_version}, "
                            f"update to {request.to}", target_version, series, request.to,
-                           kernel.package_version)
+                           kernel.package_version, provider.archive)
     request.output.mkdir(parents=True, exist_ok=True)
     name = module_name(request.name, newer)
     manifest_path = request.output / f"{name}.json"
@@ -150,7 +151,7 @@ def update(request: UpdateRequest, progress: Progress | None = None) -> dict:
     (work / "patches").mkdir(parents=True, exist_ok=True)
     tree = progress.stage("prepare", "kernel tree", lambda: prepare(provider.acquire(kernel)))
     new_tree, changelog = progress.stage("acquire", f"linux-source-{series} {newer}",
-                                         source_tree, newer, series)
+                                         source_tree, newer, series, provider.archive)
     units, left_out, patches = progress.stage(
         "units", "difference cut into fix units", _cut, tree, new_tree, work)
     records = []
@@ -245,9 +246,10 @@ def _write(path: Path, manifest: dict) -> dict:
 
 def plan(request: UpdateRequest) -> dict:
     """What `update` would do, without fetching sources or building (check mode)."""
-    kernel = get_provider().resolve(request.kernel, request.package_version)
+    provider = provider_for(request.kernel)
+    kernel = provider.resolve(request.kernel, request.package_version)
     newer = target_version(parse_release(kernel.release).series, request.to,
-                           kernel.package_version)
+                           kernel.package_version, provider.archive)
     name = module_name(request.name, newer)
     current = not version_newer(newer, kernel.package_version)
     manifest_path = request.output / f"{name}.json"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from debian.changelog import Changelog
 
-from builder.providers.debian import version_newer
+from builder.providers.archive import version_newer
 
 CVE = re.compile(r"CVE-\d{4}-\d{4,}")
 _ITEM = re.compile(r"^\s{2,}[*-] ")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ import pytest
 from builder.artifacts import KernelId, PreparedTree
 from builder.errors import BuildError
 from builder.patchset import PatchFile, PatchSet
-from builder.providers import get_provider
+from builder.providers import archive as archive_mod
+from builder.providers import distribution_of, get_provider, provider_for
+from builder.providers.archive import Archive
 from builder.providers.debian import package_names_for, parse_release
 from builder.stages.acquire import fix_headers_makefile, repoint_symlinks
 from builder.stages.compile import (
@@ -38,6 +41,10 @@ from builder.stages.prepare import config_drift, objtool_at_link, read_config
      "linux-headers-6.12.57+deb12-common", "linux-kbuild-6.12.57+deb12"),
     ("6.1.0-56-rt-amd64", "6.1.0-56", "6.1", "rt-amd64",
      "linux-headers-6.1.0-56-common-rt", "linux-kbuild-6.1"),
+    ("6.12.118+deb13-amd64", "6.12.118+deb13", "6.12", "amd64",
+     "linux-headers-6.12.118+deb13-common", "linux-kbuild-6.12.118+deb13"),
+    ("6.12.118+deb13-cloud-amd64", "6.12.118+deb13", "6.12", "cloud-amd64",
+     "linux-headers-6.12.118+deb13-common", "linux-kbuild-6.12.118+deb13"),
 ])
 def test_release_names(release, abi, series, flavour, common, kbuild):
     rel = parse_release(release)
@@ -56,13 +63,53 @@ def test_release_names(release, abi, series, flavour, common, kbuild):
 def test_bad_release_names_are_refused_clearly(bad):
     with pytest.raises(BuildError) as err:
         parse_release(bad)
-    assert "not a Debian 12 kernel release" in str(err.value)
+    assert "not a Debian 12 or 13 kernel release" in str(err.value)
     assert "uname -r" in str(err.value)
 
 
 def test_unknown_distribution():
     with pytest.raises(BuildError, match="unknown distribution"):
         get_provider("fedora-40")
+
+
+@pytest.mark.parametrize(("release", "distribution", "suite"), [
+    ("6.1.0-56-amd64", "debian-12", "bookworm"),
+    ("6.12.57+deb12-cloud-amd64", "debian-12", "bookworm"),
+    ("6.12.118+deb13-amd64", "debian-13", "trixie"),
+])
+def test_the_release_names_its_distribution_and_suite(release, distribution, suite):
+    provider = provider_for(release)
+    assert provider.name == distribution_of(release) == distribution
+    assert provider.archive == Archive.for_kernel(release) == Archive(suite)
+
+
+def test_a_kernel_of_a_debian_release_the_builder_does_not_know_is_refused():
+    with pytest.raises(BuildError, match="Debian release the builder does not know"):
+        parse_release("6.18.3+deb14-amd64")
+    with pytest.raises(BuildError, match="a Debian 13 kernel, not one of debian-12"):
+        get_provider("debian-12").resolve("6.12.118+deb13-amd64")
+
+
+def test_another_suite_is_read_through_a_private_apt_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("KLP_CACHE", str(tmp_path))
+    monkeypatch.setattr(archive_mod, "host_suite", lambda: "bookworm")
+    assert Archive("bookworm").env().get("APT_CONFIG") == os.environ.get("APT_CONFIG")
+    calls = []
+
+    def fake_apt(argv, env, **_kwargs):
+        calls.append((argv, env["APT_CONFIG"]))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+    monkeypatch.setattr(archive_mod.subprocess, "run", fake_apt)
+    trixie = Archive("trixie")
+    env = trixie.env()
+    root = tmp_path / "apt" / "trixie"
+    assert env["APT_CONFIG"] == str(root / "apt.conf")
+    sources = (root / "etc/apt/sources.list.d/debian.sources").read_text()
+    assert "Suites: trixie trixie-updates" in sources and "Suites: trixie-security" in sources
+    assert f'Dir "{root}/"' in (root / "apt.conf").read_text()
+    assert calls == [(["apt-get", "update", "-q"], str(root / "apt.conf"))]
+    trixie.env()  # fresh lists are not read again
+    assert len(calls) == 1
 
 
 # ---------------------------------------------------------------- acquire helpers
@@ -257,7 +304,7 @@ def test_a_truncated_cached_package_is_fetched_again(tmp_path, monkeypatch):
     cached.write_bytes(good.read_bytes()[:50_000])  # truncated
     fetched = []
 
-    def fake_download(directory, package, version):
+    def fake_download(directory, package, version, _archive):
         found = acquire.deb_path(directory, package, version)
         if found is None:
             fetched.append(package)
@@ -266,6 +313,7 @@ def test_a_truncated_cached_package_is_fetched_again(tmp_path, monkeypatch):
         return found
 
     monkeypatch.setattr(acquire, "download", fake_download)
-    dest = acquire.extract_packages(debs, [("klp-dummy", "1.0")], tmp_path / "root")
+    dest = acquire.extract_packages(debs, [("klp-dummy", "1.0")], tmp_path / "root",
+                                    Archive("bookworm"))
     assert fetched == ["klp-dummy"]
     assert (dest / "usr" / "share" / "payload").stat().st_size == 200_000

@@ -19,7 +19,7 @@ import pytest
 
 from builder.artifacts import KernelId, KernelPackages
 from builder.errors import BuildError
-from builder.providers import debian
+from builder.providers import archive, debian
 from builder.stages import acquire
 from builder.stages import compile as compile_stage
 from builder.stages import prepare as prepare_stage
@@ -47,13 +47,13 @@ CONFIG_61 = {"CONFIG_MODULES": "y", "CONFIG_MODVERSIONS": "y", "CONFIG_MODULE_SI
 
 # ---------------------------------------------------------------- what the archive has
 def test_madison_is_parsed_per_package_newest_first():
-    offered = debian.parse_madison(MADISON)
+    offered = archive.parse_madison(MADISON)
     assert offered["linux-source-6.1"] == ["6.1.192-3", "6.1.192-2", "6.1.176-1"]
     assert offered["linux-kbuild-6.1"] == ["6.1.192-3", "6.1.176-1"]
 
 
 def test_kbuild_is_not_needed_headers_and_source_are():
-    offered = debian.parse_madison(MADISON)
+    offered = archive.parse_madison(MADISON)
     names = debian.package_names_for(debian.parse_release("6.1.0-56-amd64"))
     wanted = {names[role]: offered.get(names[role], []) for role in debian.ARCHIVE_ROLES}
     assert "kbuild" not in debian.ARCHIVE_ROLES
@@ -67,12 +67,12 @@ def test_kbuild_is_not_needed_headers_and_source_are():
 
 
 def _fake_archive(monkeypatch, calls: list[list[str]]):
-    def run(cmd, stage="resolve"):
-        calls.append(cmd)
-        assert cmd[:2] == ["apt-cache", "madison"], cmd
+    def query(_archive, *cmd, stage="resolve"):
+        calls.append(list(cmd))
+        assert cmd[:2] == ("apt-cache", "madison"), cmd
         return "".join(line + "\n" for line in MADISON.splitlines()
                        if line.split("|")[0].strip() in cmd[2:])
-    monkeypatch.setattr(debian, "_run", run)
+    monkeypatch.setattr(archive.Archive, "query", query)
 
 
 def test_a_kernel_without_headers_or_source_is_refused_before_any_download(
@@ -96,7 +96,7 @@ def test_kbuild_is_neither_asked_for_nor_downloaded(monkeypatch, tmp_path):
     _fake_archive(monkeypatch, calls)
     got = {}
     monkeypatch.setattr(acquire, "acquire_packages",
-                        lambda kernel, names, cache: got.setdefault("names", names))
+                        lambda kernel, names, cache, _archive: got.setdefault("names", names))
     # the source is cached already: it is not asked about either
     (tmp_path / "debs").mkdir()
     (tmp_path / "debs" / "linux-source-6.1_6.1.192-2_all.deb").write_bytes(b"deb")
@@ -125,11 +125,12 @@ def test_download_lands_complete_or_not_at_all(monkeypatch, tmp_path):
             return Proc(100)
         (Path(cwd) / f"{package}_{version}_all.deb").write_bytes(b"deb")
         return Proc(0)
-    monkeypatch.setattr(acquire.subprocess, "run", fake_apt)
-    deb = acquire.download(debs, "linux-source-6.1", "6.1.192-2")
+    monkeypatch.setattr(archive.subprocess, "run", fake_apt)
+    bookworm = archive.Archive("bookworm")
+    deb = acquire.download(debs, "linux-source-6.1", "6.1.192-2", bookworm)
     assert deb == debs / "linux-source-6.1_6.1.192-2_all.deb" and deb.read_bytes() == b"deb"
     with pytest.raises(BuildError, match="cannot download linux-kbuild-6.1=6.1.192-2"):
-        acquire.download(debs, "linux-kbuild-6.1", "6.1.192-2")
+        acquire.download(debs, "linux-kbuild-6.1", "6.1.192-2", bookworm)
     assert sorted(p.name for p in debs.iterdir()) == [deb.name]  # no partial file or dir
 
 

@@ -9,10 +9,12 @@ import shutil
 import pytest
 
 from builder.errors import BuildError
+from builder.providers.archive import Archive
 from builder.update import _cves, target_version
 from builder.update.changelog import items_between, read_changelog, tie
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg") is None, reason="needs dpkg")
+BOOKWORM = Archive("bookworm")
 
 CHANGELOG = """\
 linux (6.1.192-3) bookworm-security; urgency=high
@@ -94,8 +96,8 @@ def test_read_changelog_reads_the_gzip_debian_ships(tmp_path):
 
 def test_latest_is_the_newest_source_the_archive_offers(monkeypatch):
     offered = ["6.1.192-3", "6.1.192-2", "6.1.192-1"]
-    monkeypatch.setattr("builder.update.madison_versions", lambda package: offered)
-    assert target_version("6.1", "latest", "6.1.192-1") == "6.1.192-3"
-    assert target_version("6.1", "6.1.192-2", "6.1.192-1") == "6.1.192-2"
+    monkeypatch.setattr("builder.update.madison_versions", lambda package, archive: offered)
+    assert target_version("6.1", "latest", "6.1.192-1", BOOKWORM) == "6.1.192-3"
+    assert target_version("6.1", "6.1.192-2", "6.1.192-1", BOOKWORM) == "6.1.192-2"
     with pytest.raises(BuildError, match="has no version 6.1.999-1"):
-        target_version("6.1", "6.1.999-1", "6.1.192-1")
+        target_version("6.1", "6.1.999-1", "6.1.192-1", BOOKWORM)

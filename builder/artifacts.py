@@ -44,6 +44,11 @@ class PreparedTree:
     build_dir: Path  # O= directory holding .config and generated headers
     make_args: list[str] = field(default_factory=list)  # e.g. CC=gcc-12, O=..., -s
     objtool_at_link: bool = False  # objtool runs on the linked module, not per object
+    # The kernel's own compiler: [] on the controller, else the prefix that enters the
+    # build root of the kernel's suite (builder/toolchain.py); make_args start with it.
+    toolchain: list[str] = field(default_factory=list)
+    compiler: str = ""  # CONFIG_CC_VERSION_TEXT: the compiler both builds used
+    build_root: str | None = None  # the suite of the build root, None: the controller's
 
 
 @dataclass

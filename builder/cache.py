@@ -12,6 +12,7 @@ Entries (the lab's images and the artifact store are not builder cache and are l
   kernels/<release>_<version>  a kernel's extracted packages, vmlinux, kallsyms, layout
   src/<source-version>         a prepared source tree (shared by flavours, locked in use)
   work/<name>-<release>        a build's compiled objects
+  roots/<suite>                a build root with a suite's own compiler (builder/toolchain.py)
   apt/<suite>                  package lists of a suite the controller's apt does not
                                follow (small, kept)
 Builds mark what they use (USED_MARK); an entry never marked counts from its mtime. A
@@ -56,6 +57,11 @@ def kernel_dir(root: Path, kernel) -> Path:
 def apt_root(root: Path, suite: str) -> Path:
     """A private apt root for a suite the controller's apt does not follow."""
     return root / "apt" / suite
+
+
+def root_dir(root: Path, suite: str) -> Path:
+    """A build root of a suite (its compiler and kbuild's needs), for its kernels."""
+    return root / "roots" / suite
 
 
 def source_root(root: Path, source_version: str) -> Path:

@@ -53,7 +53,7 @@ class Layout:
         return table
 
 
-def probe(headers_dir: Path, cache_file: Path) -> Layout:
+def probe(headers_dir: Path, cache_file: Path, toolchain: list[str] = ()) -> Layout:
     """Compile the probe against the headers once per kernel; cache the answer."""
     if cache_file.is_file():
         return Layout(**json.loads(cache_file.read_text()))
@@ -61,7 +61,8 @@ def probe(headers_dir: Path, cache_file: Path) -> Layout:
         work = Path(tmp)
         shutil.copy(PROBE, work / PROBE.name)
         (work / "Kbuild").write_text("obj-m := layout_probe.o\n")
-        proc = subprocess.run(["make", "-C", str(headers_dir), f"M={work}", "layout_probe.o"],
+        proc = subprocess.run([*toolchain, "make", "-C", str(headers_dir), f"M={work}",
+                               "layout_probe.o"],
                               capture_output=True, text=True, check=False)
         obj_path = work / "layout_probe.o"
         if proc.returncode != 0 or not obj_path.is_file():

@@ -131,21 +131,22 @@ def build(request: BuildRequest, progress: Progress | None = None) -> dict:
     images, verified = progress.stage("verify", "originals against the shipped binaries",
                                       _verify_all, packages, compiled, diffs)
     exports = Exports.load(packages.module_symvers)
-    layout = probe_layout(packages)
+    layout = probe_layout(packages, tree.toolchain)
     units = progress.stage("generate", "patch objects", _generate_all, compiled, diffs,
                            images, verified, exports, layout)
     linked = progress.stage("link", f"{request.name}.ko", _link, request, packages, units, work,
-                            exports)
+                            exports, tree.toolchain)
     progress.stage("check", "the module against what the kernel does at load", _check,
                    linked, layout, units, packages, images)
     if request.sign_key:
-        progress.stage("sign", linked.path.name, _sign, request, packages, linked)
+        progress.stage("sign", linked.path.name, _sign, request, packages, linked,
+                       tree.toolchain)
 
     tmp_ko = request.output / f".{request.name}.ko.tmp"
     try:
         shutil.copy(linked.path, tmp_ko)
         manifest = _manifest(request, kernel, diffs, units, linked, tmp_ko, progress.seconds,
-                             images, patches, compiled)
+                             images, patches, compiled, tree)
         tmp_json = request.output / f".{request.name}.json.tmp"
         tmp_json.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         tmp_ko.replace(ko_out)
@@ -155,10 +156,11 @@ def build(request: BuildRequest, progress: Progress | None = None) -> dict:
     return manifest
 
 
-def probe_layout(packages):
+def probe_layout(packages, toolchain: list[str]):
     from builder.layout import probe
 
-    return probe(packages.headers_dir, kernel_dir(cache_dir(), packages.kernel) / "layout.json")
+    return probe(packages.headers_dir, kernel_dir(cache_dir(), packages.kernel) / "layout.json",
+                 toolchain)
 
 
 def _verify_all(packages, compiled, diffs):
@@ -221,12 +223,12 @@ def _generate_all(compiled, diffs, images, verified, exports, layout):
     return units
 
 
-def _link(request: BuildRequest, packages, units, work: Path, exports):
+def _link(request: BuildRequest, packages, units, work: Path, exports, toolchain):
     from builder.stages.link import link_module
 
     description = f"klp.livepatch {request.name} for {packages.kernel.release}"
     return link_module(work, request.name, packages.headers_dir, units, request.replace,
-                       description, exports.exported_names(), request.consistency)
+                       description, exports.exported_names(), request.consistency, toolchain)
 
 
 def _check(linked, layout, units, packages, images):
@@ -242,17 +244,18 @@ def _check(linked, layout, units, packages, images):
     return check_module(ElfObject.read(linked.path), layout, functions, symbol_table)
 
 
-def _sign(request: BuildRequest, packages, linked) -> None:
+def _sign(request: BuildRequest, packages, linked, toolchain) -> None:
     from builder.stages.link import sign_module
 
     if not request.sign_cert:
         raise BuildError(stage="sign", message="--sign-key needs --sign-cert",
                          hint="pass the X.509 certificate that matches the key")
-    sign_module(linked.path, packages.sign_file, request.sign_key, request.sign_cert)
+    sign_module(linked.path, packages.sign_file, request.sign_key, request.sign_cert,
+                toolchain=toolchain)
 
 
 def _manifest(request, kernel, diffs, units, linked, ko: Path, seconds, images,
-              patches: PatchSet, compiled) -> dict:
+              patches: PatchSet, compiled, tree=None) -> dict:
     objects: dict[str, list[dict]] = {}
     for unit in units:
         for fn in unit.functions:
@@ -266,6 +269,9 @@ def _manifest(request, kernel, diffs, units, linked, ko: Path, seconds, images,
         "kernel_release": kernel.release,
         "package_version": kernel.package_version,
         "distribution": kernel.distribution,
+        # the shipped kernel's compiler, which both builds used, and where it ran
+        "compiler": tree.compiler if tree else None,
+        "build_root": tree.build_root if tree else None,
         "vermagic": vermagic(ko),
         "kernel_build_id": images["vmlinux"].build_id if "vmlinux" in images else None,
         "patches": [{"file": p.basename, "sha256": p.sha256} for p in patches.patches],

@@ -24,7 +24,6 @@ from lab.progress import step, tail
 
 # Bump when the image recipe changes: cached images with another recipe are not reused.
 RECIPE = "r1"
-SUITE = "bookworm"
 MIRROR = os.environ.get("KLP_LAB_MIRROR", "http://deb.debian.org/debian")
 SECURITY_MIRROR = os.environ.get("KLP_LAB_SECURITY_MIRROR", "http://deb.debian.org/debian-security")
 DISK_SIZE = "2G"
@@ -144,12 +143,12 @@ def _write(root: Path, rel: str, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
-def _configure_base(root: Path) -> None:
+def _configure_base(root: Path, suite: str) -> None:
     """Files that make the rootfs a headless lab guest: network, sshd, fstab, initramfs."""
     _write(root, "/etc/apt/sources.list",
-           f"deb {MIRROR} {SUITE} main\n"
-           f"deb {MIRROR} {SUITE}-updates main\n"
-           f"deb {SECURITY_MIRROR} {SUITE}-security main\n")
+           f"deb {MIRROR} {suite} main\n"
+           f"deb {MIRROR} {suite}-updates main\n"
+           f"deb {SECURITY_MIRROR} {suite}-security main\n")
     _write(root, "/etc/hostname", "klp-lab\n")
     _write(root, "/etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\tklp-lab\n")
     _write(root, "/etc/fstab", "/dev/vda\t/\text4\terrors=remount-ro\t0\t0\n")
@@ -169,24 +168,35 @@ def _configure_base(root: Path) -> None:
     (root / "root/.ssh").mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
-def base_rootfs() -> Path:
-    """The debootstrap'ed base rootfs (no kernel), built once per recipe."""
-    final = cache_dir() / f"base-{SUITE}-{RECIPE}"
+def suite_of(kernels: list[str] | tuple[str, ...]) -> str:
+    """The one Debian suite of an image's kernels (Debian 12's bookworm, 13's trixie)."""
+    from lab.kernels import suite_of as kernel_suite
+
+    suites = {kernel_suite(k) for k in kernels}
+    if len(suites) != 1:
+        raise LabError(f"one VM runs kernels of one Debian release: {', '.join(kernels)} "
+                       f"belong to {', '.join(sorted(suites))}")
+    return suites.pop()
+
+
+def base_rootfs(suite: str = "bookworm") -> Path:
+    """The debootstrap'ed base rootfs of a suite (no kernel), built once per recipe."""
+    final = cache_dir() / f"base-{suite}-{RECIPE}"
     if (final / "rootfs/etc/os-release").exists():
         return final / "rootfs"
     _require_root()
     logs = cache_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    log = logs / f"base-{SUITE}-{RECIPE}.log"
+    log = logs / f"base-{suite}-{RECIPE}.log"
     log.write_text("")
     tmp = cache_dir() / f"tmp-base-{os.getpid()}"
     _remove_tree(tmp)
     t0 = time.monotonic()
-    step(f"building base rootfs: debootstrap --variant=minbase {SUITE} (log {log})")
+    step(f"building base rootfs: debootstrap --variant=minbase {suite} (log {log})")
     try:
         _run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-              SUITE, str(tmp / "rootfs"), MIRROR], log, "debootstrap of the lab base rootfs")
-        _configure_base(tmp / "rootfs")
+              suite, str(tmp / "rootfs"), MIRROR], log, "debootstrap of the lab base rootfs")
+        _configure_base(tmp / "rootfs", suite)
         shutil.rmtree(tmp / "rootfs/var/cache/apt/archives", ignore_errors=True)
         (tmp / "rootfs/var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
         os.rename(tmp, final)
@@ -220,8 +230,8 @@ def ensure_image(kernels: list[str]) -> Image:
         if image:
             return image
         _clean_stale_builds()
-        base = base_rootfs()
-        return _build_image(base, kernels)
+        suite = suite_of(kernels)
+        return _build_image(base_rootfs(suite), kernels, suite)
 
 
 @contextlib.contextmanager
@@ -240,7 +250,7 @@ def _chroot_mounts(root: Path, archives: Path):
             subprocess.run(["umount", "-l", str(point)], check=False)
 
 
-def _build_image(base: Path, kernels: list[str]) -> Image:
+def _build_image(base: Path, kernels: list[str], suite: str) -> Image:
     pubkey = ssh_key().with_suffix(".pub").read_text()
     key = image_key(kernels, pubkey)
     final = cache_dir() / "images" / key
@@ -283,7 +293,7 @@ def _build_image(base: Path, kernels: list[str]) -> Image:
               str(tmp / "disk.raw"), DISK_SIZE], log, "mke2fs of the image")
         _remove_tree(root)
         (tmp / "image.json").write_text(json.dumps(
-            {"kernels": list(kernels), "recipe": RECIPE, "suite": SUITE,
+            {"kernels": list(kernels), "recipe": RECIPE, "suite": suite,
              "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n")
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(tmp, final)

@@ -9,13 +9,16 @@ import re
 
 from lab.errors import LabError
 
-# alias -> (series, flavour, which). Versions are never hard-coded: the archive decides.
-ALIASES: dict[str, tuple[str, str, str]] = {
-    "newest-6.1-amd64": ("6.1", "amd64", "newest"),
-    "newest-6.1-cloud-amd64": ("6.1", "cloud-amd64", "newest"),
-    "older-6.1-amd64": ("6.1", "amd64", "older"),
-    "older-2-6.1-amd64": ("6.1", "amd64", "older-2"),
-    "newest-6.12-amd64": ("6.12", "amd64", "newest"),
+# alias -> (suite, series, flavour, which). Versions are never hard-coded: the archive
+# decides. The 6.1 and 6.12 aliases are Debian 12's; the -13- ones Debian 13's kernels.
+ALIASES: dict[str, tuple[str, str, str, str]] = {
+    "newest-6.1-amd64": ("bookworm", "6.1", "amd64", "newest"),
+    "newest-6.1-cloud-amd64": ("bookworm", "6.1", "cloud-amd64", "newest"),
+    "older-6.1-amd64": ("bookworm", "6.1", "amd64", "older"),
+    "older-2-6.1-amd64": ("bookworm", "6.1", "amd64", "older-2"),
+    "newest-6.12-amd64": ("bookworm", "6.12", "amd64", "newest"),
+    "newest-13-amd64": ("trixie", "6.12", "amd64", "newest"),
+    "newest-13-cloud-amd64": ("trixie", "6.12", "cloud-amd64", "newest"),
 }
 DEFAULT_ALIAS = "newest-6.1-cloud-amd64"
 
@@ -93,6 +96,13 @@ def builder_packages(release: str) -> list[str]:
     return [names[role] for role in ARCHIVE_ROLES if role != "image"]
 
 
+def suite_of(release: str) -> str:
+    """The Debian suite whose archive has a kernel release: 6.12.N+deb13-… is trixie's."""
+    from builder.providers.archive import Archive
+
+    return Archive.for_kernel(release).suite
+
+
 def _apt_cache(*args: str, suite: str = "bookworm") -> str:
     """apt-cache against one suite of Debian's archive, as the builder reads it."""
     from builder.errors import BuildError
@@ -105,27 +115,29 @@ def _apt_cache(*args: str, suite: str = "bookworm") -> str:
 
 
 @functools.cache
-def archive_releases() -> tuple[str, ...]:
-    """Every amd64 kernel release the archive has an image package for."""
-    out = _apt_cache("search", "--names-only", r"^linux-image-[0-9].*-amd64$")
+def archive_releases(suite: str = "bookworm") -> tuple[str, ...]:
+    """Every amd64 kernel release a suite of the archive has an image package for."""
+    out = _apt_cache("search", "--names-only", r"^linux-image-[0-9].*-amd64$", suite=suite)
     return tuple(parse_search(out))
 
 
 @functools.cache
-def _madison(*packages: str) -> dict[str, list[str]]:
-    return parse_madison(_apt_cache("madison", *packages))
+def _madison(*packages: str, suite: str = "bookworm") -> dict[str, list[str]]:
+    return parse_madison(_apt_cache("madison", *packages, suite=suite))
 
 
 def package_version(release: str) -> str:
     """The Debian version of linux-image-<release> the archive offers (newest if several)."""
-    versions = _madison(f"linux-image-{release}").get(f"linux-image-{release}")
+    image = f"linux-image-{release}"
+    versions = _madison(image, suite=suite_of(release)).get(image)
     if not versions:
         raise LabError(unknown_release_message(release))
     return versions[0]
 
 
 def unknown_release_message(release: str) -> str:
-    close = difflib.get_close_matches(release, archive_releases(), n=5, cutoff=0.6)
+    close = difflib.get_close_matches(release, archive_releases(suite_of(release)), n=5,
+                                      cutoff=0.6)
     hint = f" Close matches in the archive: {', '.join(close)}." if close else ""
     return (f"unknown kernel release {release!r}: the archive has no linux-image-{release}."
             f"{hint} Aliases: {', '.join(ALIASES)}.")
@@ -134,8 +146,8 @@ def unknown_release_message(release: str) -> str:
 def resolve(alias: str) -> str:
     """An alias or a release -> a release the archive has (checked)."""
     if alias in ALIASES:
-        series, flavour, which = ALIASES[alias]
-        releases = list(archive_releases())
+        suite, series, flavour, which = ALIASES[alias]
+        releases = list(archive_releases(suite))
         versions: dict[str, list[str]] = {}
         if which.startswith("older"):
             olders = [r for r in releases if release_series(r) == series
@@ -143,7 +155,7 @@ def resolve(alias: str) -> str:
             pkgs = []
             for r in olders:
                 pkgs += [f"linux-image-{r}", *builder_packages(r)]
-            versions = _madison(*dict.fromkeys(pkgs))
+            versions = _madison(*dict.fromkeys(pkgs), suite=suite)
         return pick(releases, versions, series, flavour, which)
     package_version(alias)  # raises with close matches when unknown
     return alias

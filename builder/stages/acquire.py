@@ -193,7 +193,10 @@ def packages_from_roots(kernel: KernelId, names: dict[str, str], root: Path,
         "headers": headers,
         "vmlinuz": root / "boot" / f"vmlinuz-{release}",
         "config": root / "boot" / f"config-{release}",
-        "modules": root / "lib" / "modules" / release,
+        # Debian 13 ships modules under /usr/lib (merged /usr), Debian 12 under /lib
+        "modules": next((d for d in (root / "lib" / "modules" / release,
+                                     root / "usr" / "lib" / "modules" / release)
+                         if d.is_dir()), root / "lib" / "modules" / release),
         "Module.symvers": headers / "Module.symvers",
     }
     for what, path in paths.items():

@@ -97,7 +97,7 @@ def patch_table(units: list[GeneratedUnit], replace: bool, description: str) -> 
 
 def link_module(work: Path, name: str, headers_dir: Path, units: list[GeneratedUnit],
                 replace: bool, description: str, exported: set[str],
-                consistency: str = "default") -> LinkedModule:
+                consistency: str = "default", toolchain: list[str] = ()) -> LinkedModule:
     moddir = work / "module"
     if moddir.exists():
         shutil.rmtree(moddir)
@@ -116,7 +116,7 @@ def link_module(work: Path, name: str, headers_dir: Path, units: list[GeneratedU
     if consistency == "freeze":
         kbuild += "CFLAGS_klp_hook.o := -DKLP_CONSISTENCY_FREEZE\n"
     (moddir / "Kbuild").write_text(kbuild)
-    argv = ["make", "-C", str(headers_dir), f"M={moddir}", "modules",
+    argv = [*toolchain, "make", "-C", str(headers_dir), f"M={moddir}", "modules",
             "KBUILD_MODPOST_WARN=1", "-j2"]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     (work / "kbuild.log").write_text(proc.stdout + proc.stderr)
@@ -195,9 +195,10 @@ def _home(section: str, symbol: str, homes: dict[str, set[str]]) -> str:
                      hint="report this patch to the developers")
 
 
-def sign_module(ko: Path, sign_file: Path, key: Path, cert: Path, hash_algo: str = "sha256"
-                ) -> None:
-    proc = subprocess.run([str(sign_file), hash_algo, str(key), str(cert), str(ko)],
+def sign_module(ko: Path, sign_file: Path, key: Path, cert: Path, hash_algo: str = "sha256",
+                toolchain: list[str] = ()) -> None:
+    # sign-file is built with the kernel's toolchain, against its libraries
+    proc = subprocess.run([*toolchain, str(sign_file), hash_algo, str(key), str(cert), str(ko)],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise BuildError(stage="link", message=f"signing {ko.name} failed: "

@@ -34,6 +34,7 @@ from pathlib import Path
 from builder.artifacts import KernelPackages, PreparedTree
 from builder.cache import cache_dir, kernel_dir, source_root
 from builder.errors import BuildError
+from builder.toolchain import compiler_of, toolchain_for
 
 STAGE = "prepare"
 RECIPE = 1  # bump when the way a tree is prepared changes
@@ -74,33 +75,6 @@ def read_config(path: Path) -> dict[str, str]:
     return values
 
 
-def compiler_of(config: dict[str, str]) -> tuple[str, str]:
-    """(command, version text) the shipped kernel was built with, from its config."""
-    text = config.get("CONFIG_CC_VERSION_TEXT", "").strip('"')
-    if not text:
-        raise BuildError(stage=STAGE, message="the kernel config has no CONFIG_CC_VERSION_TEXT",
-                         hint="is this a real kernel config (boot/config-<release>)?")
-    return text.split()[0], text
-
-
-def check_compiler(config: dict[str, str]) -> str:
-    """Refuse to build with any compiler but the one the kernel was built with."""
-    cc, wanted = compiler_of(config)
-    try:
-        first = subprocess.run([cc, "--version"], capture_output=True, text=True,
-                               check=True).stdout.splitlines()[0].strip()
-    except (OSError, subprocess.CalledProcessError, IndexError) as err:
-        raise BuildError(stage=STAGE, message=f"the kernel was built with {wanted!r}, "
-                         f"and {cc} is not installed here",
-                         hint=f"install it: apt-get install {cc}") from err
-    if first != wanted:
-        raise BuildError(stage=STAGE, message=f"compiler mismatch: the kernel was built with "
-                         f"{wanted!r}, {cc} here is {first!r}",
-                         hint="build on a machine with exactly that compiler version; other "
-                              "code generation would not match the shipped kernel")
-    return cc
-
-
 def objtool_at_link(config: dict[str, str]) -> bool:
     """IBT or clang LTO delay objtool to the linked module (kbuild's delay-objtool)."""
     return config.get("CONFIG_X86_KERNEL_IBT") == "y" or config.get("CONFIG_LTO_CLANG") == "y"
@@ -139,13 +113,14 @@ def _make_run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
     return proc.stdout
 
 
-def make_args(source: Path, build: Path, cc: str, release: str) -> list[str]:
-    """Arguments every kbuild call of this tree needs (the lead reuses them)."""
+def make_args(source: Path, build: Path, cc: str, release: str,
+              toolchain: list[str] = ()) -> list[str]:
+    """The command every kbuild call of this tree starts with (the lead reuses them)."""
     # kbuild would call this tree 6.1.192 (VERSION.PATCHLEVEL.SUBLEVEL); Debian calls
     # it 6.1.0-56-amd64. KERNELRELEASE on the command line fixes utsrelease.h and
     # vermagic; KERNELVERSION + an empty (but set) LOCALVERSION make kernel.release and
     # `make kernelrelease` agree, and keep setlocalversion from appending "+".
-    return ["make", "-C", str(source), f"O={build}", f"CC={cc}", f"HOSTCC={cc}",
+    return [*toolchain, "make", "-C", str(source), f"O={build}", f"CC={cc}", f"HOSTCC={cc}",
             f"KERNELRELEASE={release}", f"KERNELVERSION={release}", "LOCALVERSION=", JOBS]
 
 
@@ -164,17 +139,21 @@ def prepare(packages: KernelPackages, cache: Path | None = None) -> PreparedTree
     cache = cache or cache_dir()
     kernel = packages.kernel
     config = read_config(packages.config)
-    cc = check_compiler(config)
+    toolchain, cc = toolchain_for(config, kernel.release)
     src_root = source_root(cache, kernel.package_version)
     source = src_root / packages.source_tarball.name.split(".tar")[0]
     build = kernel_dir(cache, kernel) / "build"
     tools = kernel_dir(cache, kernel) / "kbuild"
-    args = make_args(source, build, cc, kernel.release)
+    args = make_args(source, build, cc, kernel.release, toolchain)
     tree = PreparedTree(kernel=kernel, source_dir=source, build_dir=build, make_args=args,
-                        objtool_at_link=objtool_at_link(config))
+                        objtool_at_link=objtool_at_link(config), toolchain=toolchain,
+                        compiler=compiler_of(config)[1],
+                        build_root=Path(toolchain[-1]).name if toolchain else None)
     stamp = build / ".klp-prepared"
     wanted = {"recipe": RECIPE, "release": kernel.release, "version": kernel.package_version,
-              "source": str(source)}
+              "source": str(source),
+              # prepared with a build root: its tools would not run on the controller
+              **({"toolchain": toolchain[-1]} if toolchain else {})}
     tools_wanted = {"recipe": TOOLS_RECIPE, "tree": wanted, "build": str(build)}
     if (_stamped(stamp, wanted) and _stamped(tools / STAMP, tools_wanted)
             and headers_linked(packages.headers_dir, tools)):
@@ -324,6 +303,6 @@ def check_release(tree: PreparedTree) -> None:
                          f"not {release!r}", hint="report this: kbuild ignored KERNELRELEASE")
 
 
-__all__ = ["prepare", "make_args", "read_config", "check_compiler", "objtool_at_link",
+__all__ = ["prepare", "make_args", "read_config", "objtool_at_link",
            "config_drift", "extract_source", "RECIPE", "install_host_tools", "link_headers",
            "headers_linked", "required_tools", "HOST_TOOLS"]

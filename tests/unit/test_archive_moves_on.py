@@ -64,7 +64,8 @@ def archive_with_58() -> dict[str, list[tuple[str, str]]]:
 def archive(monkeypatch):
     """Install a simulated archive: `archive(packages)`; apt-cache's caches are reset."""
     def use(packages: dict[str, list[tuple[str, str]]]) -> None:
-        def apt_cache(*args: str) -> str:
+        def apt_cache(*args: str, suite: str = "bookworm") -> str:
+            assert suite == "bookworm", suite
             if args[0] == "search":  # apt-cache search --names-only '^linux-image-…-amd64$'
                 return "".join(f"{name} - Linux (simulated)\n" for name in sorted(packages)
                                if name.startswith("linux-image-") and name.endswith("-amd64"))
@@ -97,7 +98,8 @@ def archive(monkeypatch):
 ])
 def test_aliases_follow_the_archive(archive, packages, expected):
     archive(packages())
-    assert {alias: kernels.resolve(alias) for alias in kernels.ALIASES} == expected
+    bookworm = [alias for alias, spec in kernels.ALIASES.items() if spec[0] == "bookworm"]
+    assert {alias: kernels.resolve(alias) for alias in bookworm} == expected
     newest = expected["newest-6.1-amd64"]
     assert kernels.package_version(newest) == packages()[f"linux-image-{newest}"][0][0]
 

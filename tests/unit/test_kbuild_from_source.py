@@ -290,7 +290,7 @@ def kernel_tree(tmp_path, monkeypatch):
         (tree.build_dir / "include/config").mkdir(parents=True, exist_ok=True)
 
     monkeypatch.setattr(prepare_stage, "_make_run", fake_make)
-    monkeypatch.setattr(prepare_stage, "check_compiler", lambda config: "gcc-12")
+    monkeypatch.setattr(prepare_stage, "toolchain_for", lambda config, release: ([], "gcc-12"))
     monkeypatch.setattr(prepare_stage, "check_release", fake_release)
     monkeypatch.setattr(prepare_stage, "extract_source", lambda tarball, root: source)
 

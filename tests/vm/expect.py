@@ -43,3 +43,13 @@ def wrong_kernel_refusal(built_for: str, running: str) -> list[str]:
     """Texts klp.livepatch.patch's refusal of a module built for another kernel holds."""
     return [f"was built for kernel {built_for} (vermagic '{built_for} ",
             f"runs {running}: build the patch for {running}"]
+
+
+def running_build_id(vm) -> str:
+    """GNU build-id of the running kernel, read from /sys/kernel/notes on the guest."""
+    script = ("import struct;d=open('/sys/kernel/notes','rb').read();o=0\n"
+              "while o+12<=len(d):\n"
+              " n,s,t=struct.unpack_from('<III',d,o);nm=d[o+12:o+12+n];o2=o+12+(n+3)//4*4\n"
+              " if t==3 and nm[:3]==b'GNU':print(d[o2:o2+s].hex())\n"
+              " o=o2+(s+3)//4*4")
+    return vm.ssh(["python3", "-c", script], check=True).stdout.strip()

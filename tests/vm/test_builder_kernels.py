@@ -14,6 +14,7 @@ import pytest
 
 from lab.kernels import release_series, resolve
 from tests.vm.corpus import CORPUS, REPO, cases, run_on_vm
+from tests.vm.expect import running_build_id
 
 SPECS = ("newest-6.12-amd64", "older-6.1-amd64")
 CMDLINE = [c for c in cases(CORPUS / "debian-12") if c.name == "cmdline-suffix"] \
@@ -23,16 +24,6 @@ OWN_6_12 = cases(REPO / "tests" / "corpus" / "debian-12-6.12")
 
 pytestmark = [pytest.mark.lab_kernels(*SPECS),
               pytest.mark.skipif(not CMDLINE, reason="shared corpus not found")]
-
-
-def running_build_id(vm) -> str:
-    """GNU build-id of the running kernel, read from /sys/kernel/notes on the guest."""
-    script = ("import struct;d=open('/sys/kernel/notes','rb').read();o=0\n"
-              "while o+12<=len(d):\n"
-              " n,s,t=struct.unpack_from('<III',d,o);nm=d[o+12:o+12+n];o2=o+12+(n+3)//4*4\n"
-              " if t==3 and nm[:3]==b'GNU':print(d[o2:o2+s].hex())\n"
-              " o=o2+(s+3)//4*4")
-    return vm.ssh(["python3", "-c", script], check=True).stdout.strip()
 
 
 @pytest.mark.parametrize("spec", SPECS)

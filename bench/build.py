@@ -5,6 +5,9 @@
 Prints, for one kernel release:
   cold  — packages cached, kernel tree not prepared (the prepared tree is moved aside)
   warm  — everything prepared, only the patch's own work
+  root  — for a kernel whose compiler the controller lacks (Debian 13's gcc-14 on a
+          Debian 12 controller): one cold build that also makes the build root
+          (builder/toolchain.py; the cached root is moved aside for it)
 as the median of several runs, the peak memory of the builder, and side by side
 a measured estimate of `make vmlinux` for the same kernel and configuration:
 the mean compile time of a random sample of vmlinux translation units times
@@ -55,14 +58,26 @@ def prepared_tree(release: str) -> Path:
     return cache_dir() / "kernels" / f"{kernel.release}_{kernel.package_version}" / "build"
 
 
-def full_build_estimate(build_dir: Path, sample: int) -> tuple[float, int, float]:
+def toolchain(release: str) -> tuple[list[str], str]:
+    """The build's own toolchain prefix and compiler for the kernel (builder/toolchain.py)."""
+    from builder.stages.prepare import read_config
+    from builder.toolchain import toolchain_for
+
+    kernel = provider_for(release).resolve(release)
+    config = cache_dir() / "kernels" / f"{kernel.release}_{kernel.package_version}" / "pkgs" \
+        / "boot" / f"config-{release}"
+    return toolchain_for(read_config(config), release)
+
+
+def full_build_estimate(build_dir: Path, sample: int, prefix: list[str], cc: str
+                        ) -> tuple[float, int, float]:
     """(estimated seconds, translation units, mean seconds per unit) for make vmlinux."""
     source = Path(os.readlink(build_dir / "source")) if (build_dir / "source").is_symlink() \
         else None
     if source is None:
         sys.exit(f"{build_dir} is not an O= build directory of a prepared tree")
-    dry = subprocess.run(["make", "-n", "-s", "-C", str(source), f"O={build_dir}",
-                          "CC=gcc-12", "vmlinux"], capture_output=True, text=True)
+    dry = subprocess.run([*prefix, "make", "-n", "-s", "-C", str(source), f"O={build_dir}",
+                          f"CC={cc}", "vmlinux"], capture_output=True, text=True)
     units = sorted(set(re.findall(r" -c -o (\S+\.o) \S+\.c", dry.stdout)))
     if not units:
         sys.exit("could not list the translation units of make vmlinux")
@@ -71,8 +86,8 @@ def full_build_estimate(build_dir: Path, sample: int) -> tuple[float, int, float
     for obj in picked:
         target = os.path.relpath(obj, build_dir) if obj.startswith("/") else obj
         start = time.monotonic()
-        subprocess.run(["make", "-s", "-C", str(source), f"O={build_dir}", "CC=gcc-12",
-                        target], capture_output=True)
+        subprocess.run([*prefix, "make", "-s", "-C", str(source), f"O={build_dir}",
+                        f"CC={cc}", target], capture_output=True)
         times.append(time.monotonic() - start)
         (build_dir / target).unlink(missing_ok=True)
     mean = statistics.mean(times)
@@ -106,7 +121,9 @@ def main() -> None:
             took, peak = run_build(release, out)
             warm.append(took)
             peaks.append(peak)
-        estimate, units, per_unit = full_build_estimate(tree, args.sample)
+        prefix, cc = toolchain(release)
+        with_root = cold_with_root(release, tree, out, prefix) if prefix else None
+        estimate, units, per_unit = full_build_estimate(tree, args.sample, prefix, cc)
     cold_m, warm_m = statistics.median(cold), statistics.median(warm)
     print(f"kernel {release}, patch {PATCH.name}, {args.runs} runs each, "
           f"{os.cpu_count()} cores")
@@ -114,11 +131,32 @@ def main() -> None:
           f"(goal <= 60 s)  runs: {', '.join(f'{t:.1f}' for t in cold)}")
     print(f"  warm build (tree prepared):                      median {warm_m:6.1f} s  "
           f"(goal <= 10 s)  runs: {', '.join(f'{t:.1f}' for t in warm)}")
+    if with_root is not None:
+        print(f"  cold build that first makes the {Path(prefix[-1]).name} build root "
+              f"(gcc {cc}): {with_root:6.1f} s (one run)")
     print(f"  peak memory of the builder: {max(peaks) / 1024:.0f} MiB (goal <= 1536 MiB)")
     print(f"  make vmlinux, measured estimate: {estimate / 60:.0f} min "
           f"({units} units x {per_unit:.2f} s / {os.cpu_count()} cores, sample {args.sample})")
     print(f"  ratio full build / warm: {estimate / warm_m:.0f}x, "
           f"full build / cold: {estimate / cold_m:.0f}x")
+
+
+def cold_with_root(release: str, tree: Path, out: Path, prefix: list[str]) -> float:
+    """One cold build with the build root and the prepared tree moved aside."""
+    root = Path(prefix[-1])
+    moved = [(path, path.with_name(path.name + ".bench-aside")) for path in (root, tree)]
+    for path, aside in moved:
+        shutil.rmtree(aside, ignore_errors=True)
+        path.rename(aside)
+    try:
+        took, _peak = run_build(release, out)
+    finally:
+        for path, aside in moved:
+            if path.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                aside.rename(path)
+    return took
 
 
 def _newest_61() -> str:

@@ -8,7 +8,8 @@ status, rendering the three formats and answering JMESPath queries. The renderin
 functions are pure so that unit tests can feed them a fixed fleet.
 
 Host facts read (all optional; see roles/rollout and roles/verify):
-  build_kernel     {release, package_version, livepatch_supported}  set once the host answered
+  build_kernel     {release, package_version, distribution, livepatch_supported}  set once
+                   the host answered
   build_update     {from, to, state, live, needs_reboot, cves_live, ...}  with an update
   rollout_result   {status, state, gate, reason, transition_seconds, changed, ...}
   verify_result    {ok, reachable, state, transition, reason}
@@ -70,6 +71,7 @@ def host_entry(host: str, facts: dict) -> dict:
         "host": host,
         "kernel_release": kernel.get("release"),
         "package_version": kernel.get("package_version"),
+        "distribution": kernel.get("distribution"),
         "status": "ok",
         "patch_state": verify.get("state") or result.get("state"),
         "transition_seconds": result.get("transition_seconds"),
@@ -259,7 +261,8 @@ def render_html(report: dict) -> str:
             f'<tr class="{status}-row">'
             f"<td>{esc(e['host'])}</td>"
             f"<td>{esc(e['kernel_release'] or '?')}"
-            f"<br><small>{esc(e['package_version'] or '')}</small></td>"
+            f"<br><small>{esc(e['package_version'] or '')}"
+            f"{' · ' + esc(e['distribution']) if e.get('distribution') else ''}</small></td>"
             f'<td><span class="badge {status}">{status.replace("_", " ")}</span></td>'
             f"<td>{esc(str(e['patch_state'] or '-'))}</td>"
             f'<td class="num">{seconds}</td>'

@@ -112,6 +112,21 @@ def parse_proc_version(text):
     return {"release": release, "package_version": versions[-1] if versions else None}
 
 
+def parse_os_release(text):
+    """The distribution from /etc/os-release: {"id": "debian-13", "name": "Debian
+    GNU/Linux 13 (trixie)"}; ids without a version stay bare, unknown is None."""
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip().strip('"')
+    if "ID" not in values:
+        return {"id": None, "name": None}
+    major = values.get("VERSION_ID", "").split(".")[0]
+    return {"id": values["ID"] + ("-" + major if major else ""),
+            "name": values.get("PRETTY_NAME") or values["ID"]}
+
+
 def format_state(name, state):
     """One readable line for diff output."""
     return f"patch {name}: {state}\n"

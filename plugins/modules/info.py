@@ -55,6 +55,19 @@ package_version:
   returned: always
   type: str
   sample: 6.1.192-2
+distribution:
+  description: The host's distribution, from C(/etc/os-release).
+  returned: always
+  type: dict
+  contains:
+    id:
+      description: C(ID) and the major C(VERSION_ID), as the builder names distributions.
+      type: str
+      sample: debian-13
+    name:
+      description: C(PRETTY_NAME).
+      type: str
+      sample: Debian GNU/Linux 13 (trixie)
 build_id:
   description: GNU build-id of the running kernel, from C(/sys/kernel/notes).
   returned: always
@@ -180,6 +193,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.klp.livepatch.plugins.module_utils.klp_kernel import (
     Target,
+    parse_os_release,
     parse_proc_version,
 )
 from ansible_collections.klp.livepatch.plugins.module_utils.klp_modfile import sha256_file
@@ -213,6 +227,7 @@ def main():
         changed=False,
         kernel_release=target.release,
         package_version=version["package_version"],
+        distribution=parse_os_release(target.read("etc/os-release") or ""),
         build_id=target.kernel_build_id(),
         livepatch_supported=target.livepatch_supported(),
         config_livepatch=config_value(target, "CONFIG_LIVEPATCH"),

@@ -11,7 +11,8 @@ import pytest
 
 from ansible_collections.klp.livepatch.plugins.action import report as rp
 
-KERNEL = {"release": "6.1.0-56-amd64", "package_version": "6.1.192-2"}
+KERNEL = {"release": "6.1.0-56-amd64", "package_version": "6.1.192-2",
+          "distribution": "debian-12"}
 CLOUD = {"release": "6.1.0-56-cloud-amd64", "package_version": "6.1.192-2"}
 
 # A fixed fleet: one host per status, with the facts the roles set.
@@ -120,6 +121,7 @@ def test_html(report):
     assert "kernel_log" in page and "(rolled back)" in page
     assert "attention needed" in page
     assert "built: 6.1.0-56-amd64" in page
+    assert "6.1.192-2 · debian-12" in page  # the distribution per host
     assert "http" not in page  # self-contained: no external assets
 
 
@@ -240,3 +242,8 @@ def test_the_fleet_status_lists_loaded_and_stored_patches():
     assert entry["patches"][0]["functions"] == 2
     page = rp.render_html(rp.build_report([entry], "fleet-status"))
     assert "stored: cve_fix (at boot)" in page
+
+
+def test_each_host_names_its_distribution(report):
+    hosts = {e["host"]: e for e in report["hosts"]}
+    assert hosts["web1"]["distribution"] == "debian-12"

@@ -722,3 +722,15 @@ def test_stale_stores_are_those_of_kernels_no_longer_installed(target, kernel, t
     (store / "6.1.0-40-amd64" / "fix.persist").write_text("")
     (kernel.root / "lib/modules/6.1.0-50-amd64").mkdir(parents=True)  # still installed
     assert target.stale_stores() == {"6.1.0-40-amd64": ["fix.ko", "fix.persist"]}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nNAME="Debian GNU/Linux"\nVERSION_ID="13"\n'
+     'VERSION_CODENAME=trixie\nID=debian\n',
+     {"id": "debian-13", "name": "Debian GNU/Linux 13 (trixie)"}),
+    ('PRETTY_NAME="Debian GNU/Linux trixie/sid"\nID=debian\n',
+     {"id": "debian", "name": "Debian GNU/Linux trixie/sid"}),
+    ("", {"id": None, "name": None}),
+])
+def test_the_distribution_comes_from_os_release(text, expected):
+    assert klp_kernel.parse_os_release(text) == expected

@@ -20,6 +20,8 @@ from builder.providers.archive import host_suite
 from lab.kernels import release_flavour, resolve
 from tests.vm.corpus import CORPUS, REPO, Case, build, cases, run_on_vm
 from tests.vm.expect import running_build_id
+from tests.vm.playbook import patch, playbook, task
+from tests.vm.test_rollout import NAME, PROBE, fleet_of, hosts_of, livepatch, probe
 
 SPECS = ("newest-13-amd64", "newest-13-cloud-amd64")
 PORTED = cases(REPO / "tests" / "corpus" / "debian-13")
@@ -97,3 +99,67 @@ def test_refused_cases_say_why_and_write_nothing(case: Case, trixie, tmp_path):
         assert re.search(pattern, proc.stderr, re.IGNORECASE), \
             f"{case.name}: {pattern!r} not in the error:\n{proc.stderr}"
     assert not list(tmp_path.glob("*.ko")), "a refused build must not write a module"
+
+
+# ---- one livepatch.yml run over a mixed fleet: Debian 12 6.1, Debian 12 6.12, Debian 13
+
+MIXED = ("newest-6.1-amd64", "newest-6.12-amd64", "newest-13-amd64")
+
+
+def test_one_run_patches_a_mixed_debian_12_and_13_fleet_then_rolls_back(
+        trixie, lab, lab_inventory, tmp_path):
+    fleet = fleet_of(lab, MIXED, lab_inventory, tmp_path)
+    proc, report_dir = livepatch(fleet, "mixed", livepatch_probes=[PROBE])
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    hosts = hosts_of(report_dir)
+    assert sorted(hosts[h]["distribution"] for h in fleet["hosts"]) == \
+        ["debian-12", "debian-12", "debian-13"]
+    assert all(hosts[h]["status"] == "ok" and hosts[h]["patch_state"] == "enabled"
+               for h in fleet["hosts"]), hosts
+    assert all(probe(fleet, h) == 0 for h in fleet["hosts"])
+    # One build per kernel, each with its own compiler: gcc-12 here, gcc-14 for trixie.
+    for release in fleet["hosts"].values():
+        manifest = json.loads((fleet["artifacts"] / release / f"{NAME}.json").read_text())
+        expected = "debian-13" if "+deb13" in release else "debian-12"
+        assert manifest["distribution"] == expected, release
+        assert ("gcc-14" in manifest["compiler"]) == (expected == "debian-13"), manifest
+
+    again, again_dir = livepatch(fleet, "mixed-again", livepatch_probes=[PROBE])
+    assert again.returncode == 0, again.stdout[-6000:]
+    assert not any(entry["changed"] for entry in hosts_of(again_dir).values())
+
+    back, _ = livepatch(fleet, "mixed-rollback", livepatch_state="absent",
+                        livepatch_patches=[], livepatch_probes=[f"sh -c '! {PROBE}'"])
+    assert back.returncode == 0, back.stdout[-6000:]
+    assert all(probe(fleet, h) != 0 for h in fleet["hosts"])
+
+
+def test_a_persisted_patch_is_loaded_again_after_a_reboot(
+        trixie, lab, lab_inventory, collections_path, tmp_path):
+    """persist=true on a trixie host (systemd 257): the boot unit loads the patch again."""
+    vm, _builds, _results, root = trixie["amd64"]
+    case = next(c for c in LIVE if c.name == "meminfo-label")  # harmless at boot
+    ko = root / case.name / f"{case.module_name}.ko"
+
+    def run(step: str, tasks: list) -> dict:
+        (tmp_path / step).mkdir()
+        return playbook(lab_inventory, vm.name, collections_path, tmp_path / step, tasks,
+                        {"keep": [t["register"] for t in tasks]})
+
+    before = run("before", [task("persist", patch(src=str(ko), persist=True))])
+    lab.restart(vm.name)
+    after = run("after", [
+        task("boot", {"klp.livepatch.info": {}}),
+        task("unit", {"ansible.builtin.command": "systemctl is-active klp-livepatch.service"},
+             changed_when=False, failed_when=False),
+        task("check", {"ansible.builtin.command": "grep -c ^VMALLOCCHUNK: /proc/meminfo"},
+             changed_when=False),
+        task("absent", patch(name=case.module_name, state="absent")),
+    ])
+    assert before["persist"]["changed"] is True and before["persist"]["persisted"] is True
+    boot = after["boot"]
+    assert [(p["name"], p["enabled"]) for p in boot["patches"]] == [(case.module_name, True)]
+    assert boot["distribution"]["id"] == "debian-13"
+    assert after["unit"]["stdout"] == "active"
+    assert after["check"]["stdout"] == "1"
+    assert after["absent"]["changed"] is True and after["absent"]["persisted"] is False

@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Debian 13 (trixie): the corpus on lab VMs running trixie with its newest kernels,
-amd64 and cloud-amd64, built on this controller whatever its own Debian release.
+amd64 and cloud-amd64, built on this controller whatever its own Debian release; and a
+patch persisted across a reboot there. The rollout over a mixed Debian 12 and 13 fleet
+is tests/vm/test_rollout.py's.
 
 The builder takes trixie's gcc-14 from a build root when the controller has no such
 compiler (a Debian 12 controller), and still proves every rebuilt original against the
@@ -19,10 +21,10 @@ import pytest
 
 from builder.providers.archive import host_suite
 from lab.kernels import release_flavour, resolve
+from tests.vm.conftest import session_kernels
 from tests.vm.corpus import CORPUS, REPO, Case, build, cases, run_on_vm
 from tests.vm.expect import running_build_id
 from tests.vm.playbook import patch, playbook, task
-from tests.vm.test_rollout import NAME, PROBE, fleet_of, hosts_of, livepatch, probe
 
 SPECS = ("newest-13-amd64", "newest-13-cloud-amd64")
 PORTED = cases(REPO / "tests" / "corpus" / "debian-13")
@@ -46,11 +48,12 @@ pytestmark = pytest.mark.skipif(not UNCHANGED, reason=f"corpus not found at {COR
 
 
 @pytest.fixture(scope="module")
-def trixie(lab, lab_inventory, tmp_path_factory) -> dict:
-    """Per flavour: (VM, builds, results). The VMs go down after this module: they are
-    booted for it alone and would only take CPU from the tests after it."""
+def trixie(lab, lab_inventory, tmp_path_factory, request) -> dict:
+    """Per flavour: (VM, builds, results, build dir). The VMs this module booted go down
+    after it: they would only take CPU from the tests after it."""
     releases = {resolve(spec): spec for spec in SPECS}
     vms = [vm for vm in lab.up(list(SPECS)) if vm.release in releases]
+    session = session_kernels(request.session.items)
 
     def run(vm) -> tuple:
         root = tmp_path_factory.mktemp(f"trixie-{release_flavour(vm.release)}")
@@ -62,7 +65,7 @@ def trixie(lab, lab_inventory, tmp_path_factory) -> dict:
                             strict=True))
         yield runs
     finally:
-        lab.down([vm.name for vm in vms])
+        lab.down([vm.name for vm in vms if releases[vm.release] not in session])
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
@@ -107,39 +110,6 @@ def test_refused_cases_say_why_and_write_nothing(case: Case, trixie, tmp_path):
         assert re.search(pattern, proc.stderr, re.IGNORECASE), \
             f"{case.name}: {pattern!r} not in the error:\n{proc.stderr}"
     assert not list(tmp_path.glob("*.ko")), "a refused build must not write a module"
-
-
-# ---- one livepatch.yml run over a mixed fleet: Debian 12 6.1, Debian 12 6.12, Debian 13
-
-MIXED = ("newest-6.1-amd64", "newest-6.12-amd64", "newest-13-amd64")
-
-
-def test_one_run_patches_a_mixed_debian_12_and_13_fleet_then_rolls_back(
-        trixie, lab, lab_inventory, tmp_path):
-    fleet = fleet_of(lab, MIXED, lab_inventory, tmp_path)
-    proc, report_dir = livepatch(fleet, "mixed", livepatch_probes=[PROBE])
-    assert proc.returncode == 0, proc.stdout[-6000:]
-    hosts = hosts_of(report_dir)
-    assert sorted(hosts[h]["distribution"] for h in fleet["hosts"]) == \
-        ["debian-12", "debian-12", "debian-13"]
-    assert all(hosts[h]["status"] == "ok" and hosts[h]["patch_state"] == "enabled"
-               for h in fleet["hosts"]), hosts
-    assert all(probe(fleet, h) == 0 for h in fleet["hosts"])
-    # One build per kernel, each with its own compiler: gcc-12 here, gcc-14 for trixie.
-    for release in fleet["hosts"].values():
-        manifest = json.loads((fleet["artifacts"] / release / f"{NAME}.json").read_text())
-        expected = "debian-13" if "+deb13" in release else "debian-12"
-        assert manifest["distribution"] == expected, release
-        assert ("gcc-14" in manifest["compiler"]) == (expected == "debian-13"), manifest
-
-    again, again_dir = livepatch(fleet, "mixed-again", livepatch_probes=[PROBE])
-    assert again.returncode == 0, again.stdout[-6000:]
-    assert not any(entry["changed"] for entry in hosts_of(again_dir).values())
-
-    back, _ = livepatch(fleet, "mixed-rollback", livepatch_state="absent",
-                        livepatch_patches=[], livepatch_probes=[f"sh -c '! {PROBE}'"])
-    assert back.returncode == 0, back.stdout[-6000:]
-    assert all(probe(fleet, h) != 0 for h in fleet["hosts"])
 
 
 def test_a_persisted_patch_is_loaded_again_after_a_reboot(

@@ -1,5 +1,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""livepatch.yml end to end on three lab VMs with three different kernels, as a user runs it.
+"""livepatch.yml end to end on three lab VMs with three different kernels, as a user runs it:
+a mixed fleet of Debian 12 (6.1, amd64 and cloud-amd64) and Debian 13 (6.12, a trixie
+guest), so every run also builds with two toolchains (gcc-12 here, trixie's gcc-14 in a
+build root) and the report names each host's distribution.
 
 One playbook run per step, in order (each test depends on the state the previous one
 left): roll the example patch out (exactly one build per distinct kernel, batches that
@@ -31,9 +34,11 @@ PROBE = "grep -q klp.example=1 /proc/cmdline"
 NAME = "klp_rollout_example"
 
 
-FLEET = ("newest-6.1-amd64", "newest-6.1-cloud-amd64", "older-6.1-amd64")
+FLEET = ("newest-6.1-amd64", "newest-6.1-cloud-amd64", "newest-13-amd64")
 
-pytestmark = pytest.mark.lab_kernels(*FLEET)
+# The session boots the Debian 12 VMs with the others; the trixie one is booted when the
+# fleet fixture first asks for it (a VM kept for the whole session would only idle).
+pytestmark = pytest.mark.lab_kernels(*FLEET[:2])
 
 
 def fleet_of(lab, specs: tuple[str, ...], inventory: Path, base: Path) -> dict:
@@ -146,6 +151,11 @@ def test_rollout_patches_every_host(fleet):
         assert (entry["status"], entry["patch_state"], entry["verified"]) == ("ok", "enabled", True)
         assert "K" in entry["taint"]
         assert probe(fleet, host) == 0
+        # one build per kernel, each with the kernel's own compiler
+        manifest = json.loads((fleet["artifacts"] / release / f"{NAME}.json").read_text())
+        debian = "debian-13" if "+deb13-" in release else "debian-12"
+        assert (entry["distribution"], manifest["distribution"]) == (debian, debian)
+        assert ("gcc-14" in manifest["compiler"]) == (debian == "debian-13"), manifest
 
     suite = ET.parse(report_dir / "latest" / "report.xml").getroot().find("testsuite")
     cases = {case.get("name"): case for case in suite.findall("testcase")}

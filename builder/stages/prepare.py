@@ -34,7 +34,7 @@ from pathlib import Path
 from builder.artifacts import KernelPackages, PreparedTree
 from builder.cache import cache_dir, kernel_dir, source_root
 from builder.errors import BuildError
-from builder.toolchain import compiler_of, toolchain_for
+from builder.toolchain import toolchain_for
 
 STAGE = "prepare"
 RECIPE = 1  # bump when the way a tree is prepared changes
@@ -147,7 +147,7 @@ def prepare(packages: KernelPackages, cache: Path | None = None) -> PreparedTree
     args = make_args(source, build, cc, kernel.release, toolchain)
     tree = PreparedTree(kernel=kernel, source_dir=source, build_dir=build, make_args=args,
                         objtool_at_link=objtool_at_link(config), toolchain=toolchain,
-                        compiler=compiler_of(config)[1],
+                        compiler=config.get("CONFIG_CC_VERSION_TEXT", "").strip('"'),
                         build_root=Path(toolchain[-1]).name if toolchain else None)
     stamp = build / ".klp-prepared"
     wanted = {"recipe": RECIPE, "release": kernel.release, "version": kernel.package_version,

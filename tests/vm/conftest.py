@@ -59,11 +59,26 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         the_lab.up(session_kernels(request.session.items))
+        # What a module boots beyond these goes down after it (_module_vms_go_down).
+        request.session.klp_lab = the_lab
+        request.session.klp_session_vms = list(the_lab.started)
         yield the_lab
     finally:
         _teardown(the_lab)
         if previous is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_vms_go_down(request: pytest.FixtureRequest) -> Iterator[None]:
+    """VMs a test module boots on demand (other releases, extra specs) stop after it: an
+    idle TCG guest still takes a share of the two cores from every later test."""
+    yield
+    the_lab = getattr(request.session, "klp_lab", None)
+    if the_lab is not None:
+        extra = [n for n in the_lab.started if n not in request.session.klp_session_vms]
+        if extra:
+            the_lab.down(extra)
 
 
 @pytest.fixture(scope="session")

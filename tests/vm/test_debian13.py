@@ -21,7 +21,6 @@ import pytest
 
 from builder.providers.archive import host_suite
 from lab.kernels import release_flavour, resolve
-from tests.vm.conftest import session_kernels
 from tests.vm.corpus import CORPUS, REPO, Case, build, cases, run_on_vm
 from tests.vm.expect import running_build_id
 from tests.vm.playbook import patch, playbook, task
@@ -48,24 +47,19 @@ pytestmark = pytest.mark.skipif(not UNCHANGED, reason=f"corpus not found at {COR
 
 
 @pytest.fixture(scope="module")
-def trixie(lab, lab_inventory, tmp_path_factory, request) -> dict:
-    """Per flavour: (VM, builds, results, build dir). The VMs this module booted go down
-    after it: they would only take CPU from the tests after it."""
+def trixie(lab, lab_inventory, tmp_path_factory) -> dict:
+    """Per flavour: (VM, builds, results, build dir). The VMs go down after the module
+    (conftest: _module_vms_go_down)."""
     releases = {resolve(spec): spec for spec in SPECS}
     vms = [vm for vm in lab.up(list(SPECS)) if vm.release in releases]
-    session = session_kernels(request.session.items)
 
     def run(vm) -> tuple:
         root = tmp_path_factory.mktemp(f"trixie-{release_flavour(vm.release)}")
         return (vm, *run_on_vm(vm, lab_inventory, root, LIVE), root)
 
-    try:
-        with ThreadPoolExecutor(max_workers=len(vms)) as pool:
-            runs = dict(zip([release_flavour(vm.release) for vm in vms], pool.map(run, vms),
-                            strict=True))
-        yield runs
-    finally:
-        lab.down([vm.name for vm in vms if releases[vm.release] not in session])
+    with ThreadPoolExecutor(max_workers=len(vms)) as pool:
+        return dict(zip([release_flavour(vm.release) for vm in vms], pool.map(run, vms),
+                        strict=True))
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)

@@ -23,7 +23,7 @@ from tests.vm.test_rollout import ANSIBLE, ANSIBLE_PLAYBOOK, REPO, env, fleet_of
 FLEET = ("older-2-6.1-amd64", "older-6.1-amd64", "newest-6.1-amd64")
 NAME = "klp_update"
 
-pytestmark = pytest.mark.lab_kernels(*FLEET)
+# Booted when the module starts, down after it (conftest: _module_vms_go_down).
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -72,6 +73,14 @@ def source_root(root: Path, source_version: str) -> Path:
 def work_dir(root: Path, name: str, release: str) -> Path:
     """Where a build of module NAME for kernel RELEASE keeps its compiled objects."""
     return root / "work" / f"{name}-{release}"
+
+
+def stamped(path: Path, wanted: dict) -> bool:
+    """Does the JSON stamp at `path` record exactly `wanted` (a cached step is current)?"""
+    try:
+        return json.loads(path.read_text()) == wanted
+    except (OSError, ValueError):
+        return False
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from builder.cache import cache_dir, exclusive, root_dir
+from builder.cache import cache_dir, exclusive, root_dir, stamped
 from builder.errors import BuildError
 from builder.providers.archive import Archive
 
@@ -99,10 +99,10 @@ def build_root(suite: str, cc: str) -> Path:
     wanted = {"recipe": ROOT_RECIPE, "suite": suite,
               "packages": sorted({compiler_package(cc), *ROOT_PACKAGES})}
     stamp = root / ".klp-root"
-    if _stamped(stamp, wanted):
+    if stamped(stamp, wanted):
         return root
     with exclusive(root):
-        if _stamped(stamp, wanted):
+        if stamped(stamp, wanted):
             return root  # another build made it while we waited
         tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -123,13 +123,6 @@ def build_root(suite: str, cc: str) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return root
-
-
-def _stamped(path: Path, wanted: dict) -> bool:
-    try:
-        return json.loads(path.read_text()) == wanted
-    except (OSError, ValueError):
-        return False
 
 
 __all__ = ["toolchain_for", "compiler_of", "build_root", "enter", "ROOT_PACKAGES"]

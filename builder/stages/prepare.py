@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from builder.artifacts import KernelPackages, PreparedTree
-from builder.cache import cache_dir, kernel_dir, source_root
+from builder.cache import cache_dir, kernel_dir, source_root, stamped
 from builder.errors import BuildError
 from builder.toolchain import toolchain_for
 
@@ -155,7 +155,7 @@ def prepare(packages: KernelPackages, cache: Path | None = None) -> PreparedTree
               # prepared with a build root: its tools would not run on the controller
               **({"toolchain": toolchain[-1]} if toolchain else {})}
     tools_wanted = {"recipe": TOOLS_RECIPE, "tree": wanted, "build": str(build)}
-    if (_stamped(stamp, wanted) and _stamped(tools / STAMP, tools_wanted)
+    if (stamped(stamp, wanted) and stamped(tools / STAMP, tools_wanted)
             and headers_linked(packages.headers_dir, tools)):
         return tree  # warm: no lock, no make
     from builder.stages.compile import locked, restore_files
@@ -164,20 +164,13 @@ def prepare(packages: KernelPackages, cache: Path | None = None) -> PreparedTree
     with locked(tree):  # the source tree is shared by flavours (see compile.locked)
         extract_source(packages.source_tarball, src_root)
         restore_files(tree)  # an interrupted compile may have left the tree patched
-        if not _stamped(stamp, wanted):
+        if not stamped(stamp, wanted):
             _prepare_tree(tree, packages, config, stamp, wanted)
             (tools / STAMP).unlink(missing_ok=True)  # the tools come from this tree
-        if not _stamped(tools / STAMP, tools_wanted):
+        if not stamped(tools / STAMP, tools_wanted):
             install_host_tools(source, build, config, tools, tools_wanted)
         link_headers(packages.headers_dir, tools)
     return tree
-
-
-def _stamped(path: Path, wanted: dict) -> bool:
-    try:
-        return json.loads(path.read_text()) == wanted
-    except (OSError, ValueError):
-        return False
 
 
 def _prepare_tree(tree: PreparedTree, packages: KernelPackages, config: dict[str, str],

@@ -59,6 +59,16 @@ def build(case: Case, release: str, output: Path, extra: list[str] | None = None
                           check=False)
 
 
+def assert_refused(case: Case, release: str, output: Path) -> None:
+    """A -FAIL case: the build fails, its error matches every .expect line, no .ko."""
+    proc = build(case, release, output)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    for pattern in case.expect:
+        assert re.search(pattern, proc.stderr, re.IGNORECASE), \
+            f"{case.name}: {pattern!r} not in the error:\n{proc.stderr}"
+    assert not list(output.glob("*.ko")), "a refused build must not write a module"
+
+
 PLAYBOOK = REPO / "tests" / "vm" / "playbooks" / "corpus_case.yml"
 
 

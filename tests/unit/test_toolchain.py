@@ -52,12 +52,6 @@ def test_a_root_with_another_compiler_version_is_refused_naming_both(monkeypatch
     assert "trixie" in text
 
 
-def test_the_root_replaces_usr_and_etc_only():
-    # Everything else (cache, work directory, checkout) keeps its path in the root.
-    assert '"$0/usr" /usr' in toolchain.ENTER and '"$0/etc" /etc' in toolchain.ENTER
-    assert toolchain.ENTER.endswith('exec "$@"')
-
-
 def test_the_compiler_package_is_named_without_the_triplet():
     assert toolchain.compiler_package("x86_64-linux-gnu-gcc-14") == "gcc-14"
     assert toolchain.compiler_package("gcc-12") == "gcc-12"

@@ -31,8 +31,20 @@ REPO = ROOT
 DEFAULT_KERNELS = ["newest-6.1-amd64", "newest-6.1-cloud-amd64"]
 
 
+# Test modules by time taken, slowest first: pytest-xdist (`--dist loadfile`) hands whole
+# modules to its workers in this order, so the long ones do not all end up last.
+SLOWEST_FIRST = ["test_corpus", "test_target_patch", "test_debian13", "test_rollout",
+                 "test_builder_kernels", "test_faults", "test_persist_other_kernel",
+                 "test_molecule", "test_update", "test_signatures", "test_real_fixes"]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lab_kernels(*specs): lab VM specs a test needs booted")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: keeps order within
 
 
 def session_kernels(items: list[pytest.Item]) -> list[str]:
@@ -44,6 +56,14 @@ def session_kernels(items: list[pytest.Item]) -> list[str]:
     return specs
 
 
+def lab_state_dir() -> Path:
+    """`KLP_LAB_STATE` or .lab; under pytest-xdist each worker runs a lab of its own in a
+    subdirectory (its own VMs, ports and inventory), so two workers never share a guest."""
+    base = Path(os.environ.get("KLP_LAB_STATE", ROOT / ".lab"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return base / worker if worker else base
+
+
 def _teardown(lab: Lab) -> None:
     if lab.started:
         lab.down(list(lab.started))
@@ -52,7 +72,7 @@ def _teardown(lab: Lab) -> None:
 @pytest.fixture(scope="session")
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """The Lab with the session's VMs running; `lab.up([...])` boots more on demand."""
-    the_lab = Lab(state_dir=os.environ.get("KLP_LAB_STATE", ROOT / ".lab"))
+    the_lab = Lab(state_dir=lab_state_dir())
     atexit.register(_teardown, the_lab)  # also when pytest itself is interrupted oddly
     previous = signal.getsignal(signal.SIGTERM)
     if previous is signal.SIG_DFL:  # turn SIGTERM into an exception so finally runs

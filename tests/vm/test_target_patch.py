@@ -284,7 +284,12 @@ def test_persist_survives_reboot_and_guard_skips_after_bad_boot(
              changed_when=False, failed_when=False),
         task("version1", {"ansible.builtin.command": "cat /proc/version"}, changed_when=False),
         {"name": "pretend this boot dies before boot-ok",
-         "ansible.builtin.shell": f"echo klp_test_version > {pending}; sync",
+         # The timer and its service stop first (stop waits for a running service):
+         # on a slow boot they could otherwise clear the marker after this, as a
+         # healthy boot would.
+         "ansible.builtin.shell": ("systemctl stop klp-livepatch-ok.timer "
+                                   "klp-livepatch-ok.service; "
+                                   f"echo klp_test_version > {pending}; sync"),
          "changed_when": True},
     ])
     lab.restart(amd64_host)

@@ -89,8 +89,6 @@ def sha256_file(path: Path) -> str:
 
 def resolve_version(request: BuildRequest):
     """Pin the Debian package version (the archive's newest when not given)."""
-    from builder.providers import get_provider
-
     kernel = get_provider(request.distribution).resolve(request.kernel, request.package_version)
     request.package_version = kernel.package_version
     return kernel

@@ -105,6 +105,16 @@ def extract_vmlinux(vmlinuz: Path) -> bytes:
                      hint="is this a bzImage (boot/vmlinuz-<release>)?")
 
 
+def sympos(found: list[int], name: str, address: int, where: str) -> int:
+    """livepatch's sympos of the NAME at ADDRESS among FOUND (its addresses in kallsyms
+    order in WHERE): 0 if the name is unique there, else the 1-based position."""
+    if address not in found:
+        raise BuildError(stage=STAGE, function=name,
+                         message=f"no symbol {name} at {address:#x} in {where}",
+                         hint="report this: the symbol table and the lookup disagree")
+    return 0 if len(found) == 1 else found.index(address) + 1
+
+
 # ---------------------------------------------------------------- vmlinux
 @dataclass(frozen=True)
 class KSymbol:
@@ -158,13 +168,7 @@ class VmlinuxImage:
     addresses = positions  # the name the generate stage's SymbolSource protocol uses
 
     def sympos(self, name: str, address: int) -> int:
-        """livepatch's sympos: 0 if the name is unique, else 1-based kallsyms position."""
-        found = self._by_name.get(name, [])
-        if address not in found:
-            raise BuildError(stage=STAGE, function=name,
-                             message=f"no symbol {name} at {address:#x} in vmlinux",
-                             hint="report this: the symbol table and the lookup disagree")
-        return 0 if len(found) == 1 else found.index(address) + 1
+        return sympos(self._by_name.get(name, []), name, address, "vmlinux")
 
     def read(self, address: int, size: int) -> bytes:
         """Bytes of the shipped image at a virtual address (through PT_LOAD segments)."""
@@ -324,12 +328,7 @@ class ModuleImage:
     addresses = positions
 
     def sympos(self, name: str, address: int) -> int:
-        found = self.positions(name)
-        if address not in found:
-            raise BuildError(stage=STAGE, function=name,
-                             message=f"no symbol {name} at {address:#x} in {self.name}",
-                             hint="report this: the symbol table and the lookup disagree")
-        return 0 if len(found) == 1 else found.index(address) + 1
+        return sympos(self.positions(name), name, address, self.name)
 
     def symbol_at(self, address: int, name: str) -> MSymbol:
         for sym in self._named(name):

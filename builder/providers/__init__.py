@@ -7,37 +7,15 @@ and versions, so everything downstream is built from what the target really runs
 
 from __future__ import annotations
 
-import abc
-from pathlib import Path
-
-from builder.artifacts import KernelId, KernelPackages
 from builder.cache import cache_dir
 from builder.errors import BuildError
-
-
-class Provider(abc.ABC):
-    """One distribution release's kernels."""
-
-    name: str = ""
-
-    @abc.abstractmethod
-    def resolve(self, release: str, package_version: str | None = None) -> KernelId:
-        """Pin a release to one package version (default: the newest in the archive)."""
-
-    @abc.abstractmethod
-    def package_names(self, kernel: KernelId) -> dict[str, str]:
-        """Role ("image", "headers", "common", "kbuild", "source") -> package name."""
-
-    @abc.abstractmethod
-    def acquire(self, kernel: KernelId, cache: Path | None = None) -> KernelPackages:
-        """Download (if needed) and extract the kernel's packages under the cache."""
+from builder.providers.archive import SUITES, debian_release_of
+from builder.providers.base import Provider
+from builder.providers.debian import DebianProvider
 
 
 def get_provider(name: str = "debian-12") -> Provider:
     """The provider for a distribution name such as 'debian-12' or 'debian-13'."""
-    from builder.providers.archive import SUITES
-    from builder.providers.debian import DebianProvider
-
     supported = [f"debian-{number}" for number in SUITES]
     if name not in supported:
         raise BuildError(stage="acquire", message=f"unknown distribution {name!r}",
@@ -47,8 +25,6 @@ def get_provider(name: str = "debian-12") -> Provider:
 
 def distribution_of(release: str) -> str:
     """The distribution a kernel release belongs to: '6.12.57+deb13-amd64' -> 'debian-13'."""
-    from builder.providers.archive import debian_release_of
-
     return f"debian-{debian_release_of(release)}"
 
 

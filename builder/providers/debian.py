@@ -22,14 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.artifacts import KernelId, KernelPackages
+from builder.cache import cache_dir
 from builder.errors import BuildError
-from builder.providers import Provider, cache_dir
 from builder.providers.archive import (
     SUITES,
     Archive,
     debian_release_of,
     sorted_versions,
 )
+from builder.providers.base import Provider
 
 FLAVOURS = ("amd64", "cloud-amd64", "rt-amd64")
 # What the builder downloads, at the kernel's exact version. Not "kbuild": its tools are

@@ -192,8 +192,9 @@ class Lab:
 
     # ---- restart / down ----------------------------------------------------------------
     def restart(self, name: str, *, kernel: str | None = None, append: str | None = None,
-                timeout: float = SSH_TIMEOUT) -> VM:
-        """Stop the VM's QEMU and boot again from the same disk, maybe another kernel/cmdline."""
+                timeout: float = SSH_TIMEOUT, flush: bool = True) -> VM:
+        """Stop the VM's QEMU and boot again from the same disk, maybe another kernel/cmdline.
+        QEMU is stopped like a power cut; `flush` syncs the guest's page cache first."""
         old = self.get(name)
         if old is None:
             raise LabError(f"no VM {name} in {self.state_dir}; 'python3 -m lab status' lists them")
@@ -203,7 +204,7 @@ class Lab:
             raise LabError(f"kernel {release} is not installed in the image of VM {name} "
                            f"(it has {', '.join(image.kernels)}); boot a VM with "
                            f"NAME={','.join([*image.kernels, release])} to get all of them")
-        if old.alive:  # flush the guest's page cache: QEMU is stopped like a power cut
+        if flush and old.alive:
             try:
                 old.ssh("sync", timeout=30)
             except subprocess.TimeoutExpired:

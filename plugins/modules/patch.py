@@ -497,6 +497,8 @@ def main():
                 result["changed"] = result["changed"] or changed
             result["persisted"] = result["name"] in boot.persisted() if not module.check_mode \
                 else bool(persist) if persist is not None else result["name"] in boot.persisted()
+            if result["changed"] and not module.check_mode:
+                os.sync()  # the stored copy and boot marks are on disk before we say so
     except KlpFailure as exc:
         result = exc.result
         result.pop("diff", None)

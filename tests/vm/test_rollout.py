@@ -15,22 +15,30 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
-ANSIBLE = Path(sys.executable).parent / "ansible"
-PATCH = REPO / "examples" / "patches" / "cmdline-example.patch"
+from tests.vm.fleet import (
+    ANSIBLE_PLAYBOOK,
+    EXAMPLE_PATCH,
+    EXAMPLE_PROBE,
+    REPO,
+    batches,
+    env,
+    fleet_of,
+    hosts_of,
+    livepatch,
+    probe,
+    recap,
+)
+
+PATCH = EXAMPLE_PATCH
 # Changes sound/core/init.c: built (as snd.ko) by the amd64 configuration, not by cloud.
 SOUND_PATCH = REPO / "tests" / "vm" / "patches" / "sound-card-example.patch"
-PROBE = "grep -q klp.example=1 /proc/cmdline"
+PROBE = EXAMPLE_PROBE
 NAME = "klp_rollout_example"
 
 
@@ -41,77 +49,9 @@ FLEET = ("newest-6.1-amd64", "newest-6.1-cloud-amd64", "newest-13-amd64")
 pytestmark = pytest.mark.lab_kernels(*FLEET[:2])
 
 
-def fleet_of(lab, specs: tuple[str, ...], inventory: Path, base: Path) -> dict:
-    """VMs of distinct kernels, in `specs` order, with the inventory, a collection path
-    that is this checkout, and an empty artifact dir."""
-    vms = lab.up(list(specs))
-    assert len({vm.release for vm in vms}) == len(specs), [vm.release for vm in vms]
-    collections = base / "collections"
-    (collections / "ansible_collections" / "klp").mkdir(parents=True)
-    (collections / "ansible_collections" / "klp" / "livepatch").symlink_to(REPO)
-    return {"hosts": {vm.name: vm.release for vm in vms}, "order": [vm.name for vm in vms],
-            "inventory": inventory, "collections": collections,
-            "artifacts": base / "artifacts", "base": base}
-
-
 @pytest.fixture(scope="module")
 def fleet(lab, lab_inventory, tmp_path_factory) -> dict:
-    return fleet_of(lab, FLEET, lab_inventory, tmp_path_factory.mktemp("rollout"))
-
-
-def env(fleet: dict) -> dict:
-    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(fleet["collections"]),
-                ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1",
-                ANSIBLE_STDOUT_CALLBACK="default")
-
-
-def livepatch(fleet: dict, step: str, inventory: Path | None = None,
-              options: tuple[str, ...] = (), **extra
-              ) -> tuple[subprocess.CompletedProcess, Path]:
-    """ansible-playbook livepatch.yml on the fleet; returns the run and its report dir."""
-    report = fleet["base"] / step
-    variables = {"livepatch_name": NAME, "livepatch_patches": [str(PATCH)],
-                 "livepatch_hosts": ":".join(fleet["hosts"]), "livepatch_become": False,
-                 "livepatch_artifact_dir": str(fleet["artifacts"]),
-                 "livepatch_report_dir": str(report), **extra}
-    proc = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(inventory or fleet["inventory"]),
-                           str(REPO / "livepatch.yml"), *options, "-e", json.dumps(variables)],
-                          capture_output=True, text=True, env=env(fleet), check=False,
-                          cwd=REPO, timeout=3600)
-    (fleet["base"] / f"{step}.log").write_text(proc.stdout + proc.stderr)
-    return proc, report
-
-
-def recap(proc: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
-    """PLAY RECAP counters per host."""
-    found = {}
-    for host, counters in re.findall(r"^(\S+)\s+: (ok=.*)$", proc.stdout, re.M):
-        found[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counters)}
-    return found
-
-
-def batches(proc: subprocess.CompletedProcess) -> list[list[str]]:
-    """Hosts the load task ran on, per run of the batched play, in order."""
-    plays = proc.stdout.split("PLAY [Roll out in health-gated batches]")[1:]
-    found = []
-    for play in plays:
-        task = play.split("klp.livepatch.rollout : Load the livepatch", 1)[1].split("TASK [", 1)[0]
-        found.append(re.findall(r"^(?:ok|changed): \[([^\]]+)\]", task, re.M))
-    return found
-
-
-def hosts_of(report_dir: Path) -> dict[str, dict]:
-    report = json.loads((report_dir / "latest" / "report.json").read_text())
-    return {entry["host"]: entry for entry in report["hosts"]}
-
-
-def probe(fleet: dict, host: str) -> int:
-    """Exit status of the example patch's check on HOST."""
-    proc = subprocess.run([str(ANSIBLE), "-i", str(fleet["inventory"]), host, "-m",
-                           "ansible.builtin.command", "-a", PROBE],
-                          capture_output=True, text=True, env=env(fleet), check=False,
-                          timeout=300)
-    return proc.returncode
+    return fleet_of(lab, FLEET, lab_inventory, tmp_path_factory.mktemp("rollout"), NAME)
 
 
 def test_dry_run_of_a_patch_not_built_yet_predicts_and_changes_nothing(fleet):

@@ -1,8 +1,10 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Session-scoped lab for VM tests: boot the kernels the session needs once, always tear down.
+"""Session-scoped lab for VM tests: boot each VM once, when a test first needs it; always
+tear down.
 
-Kernels: the default set, or `KLP_LAB_KERNELS` (whitespace-separated specs), plus any
-`@pytest.mark.lab_kernels("spec", …)` on collected tests. Only VMs this session booted are
+The session's VMs: the default set, or `KLP_LAB_KERNELS` (whitespace-separated specs),
+plus any `@pytest.mark.lab_kernels("spec", …)` on collected tests; they stay up once
+booted. Other VMs a module boots go down after it. Only VMs this session booted are
 stopped at the end (a VM the user already had running is reused and left alone).
 """
 
@@ -23,7 +25,7 @@ import pytest
 
 from lab import VM, Lab
 from lab.kernels import resolve
-from tests.vm.expect import host_running
+from lab.specs import default_name, parse_spec
 from tests.vm.playbook import lab_hosts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +58,11 @@ def session_kernels(items: list[pytest.Item]) -> list[str]:
     return specs
 
 
+def session_vm_names(specs: list[str]) -> set[str]:
+    """The VM names the session's specs boot as."""
+    return {spec.name or default_name(resolve(spec.boot)) for spec in map(parse_spec, specs)}
+
+
 def lab_state_dir() -> Path:
     """`KLP_LAB_STATE` or .lab; under pytest-xdist each worker runs a lab of its own in a
     subdirectory (its own VMs, ports and inventory), so two workers never share a guest."""
@@ -71,17 +78,19 @@ def _teardown(lab: Lab) -> None:
 
 @pytest.fixture(scope="session")
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
-    """The Lab with the session's VMs running; `lab.up([...])` boots more on demand."""
+    """The Lab. Nothing is booted until a test asks: `lab_vms` and `amd64_host` boot the
+    session's VMs (kept until the end), `lab.up([...])` others (down after their module).
+    A worker that never runs a test of a VM never boots it: an idle TCG guest still takes
+    a share of the two cores."""
     the_lab = Lab(state_dir=lab_state_dir())
     atexit.register(_teardown, the_lab)  # also when pytest itself is interrupted oddly
     previous = signal.getsignal(signal.SIGTERM)
     if previous is signal.SIG_DFL:  # turn SIGTERM into an exception so finally runs
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        the_lab.up(session_kernels(request.session.items))
         # What a module boots beyond these goes down after it (_module_vms_go_down).
         request.session.klp_lab = the_lab
-        request.session.klp_session_vms = list(the_lab.started)
+        request.session.klp_session_vms = session_vm_names(session_kernels(request.session.items))
         yield the_lab
     finally:
         _teardown(the_lab)
@@ -103,7 +112,7 @@ def _module_vms_go_down(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def lab_vms(lab: Lab, request: pytest.FixtureRequest) -> list[VM]:
-    """The VMs of the session's kernel set, in spec order (already running: no reboot)."""
+    """The VMs of the session's kernel set, in spec order (booted on first use)."""
     return lab.up(session_kernels(request.session.items))
 
 
@@ -172,13 +181,10 @@ def klp_inventory(request) -> Path:
 
 
 @pytest.fixture(scope="session")
-def amd64_host(klp_inventory) -> str:
-    """The VM running the newest 6.1 amd64 kernel (other 6.1 ABIs may run beside it)."""
-    newest = resolve("newest-6.1-amd64")  # what the lab's `up` resolved the alias to
-    name = host_running(lab_hosts(klp_inventory), newest)
-    if name is None:
-        pytest.skip(f"no lab VM runs {newest}")
-    return name
+def amd64_host(lab: Lab) -> str:
+    """The VM running the newest 6.1 amd64 kernel, booted when first asked for."""
+    (vm,) = lab.up(["newest-6.1-amd64"])
+    return vm.name
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from builder import __version__
-from builder.cache import exclusive, work_dir
+from builder.cache import exclusive, sha256_file, work_dir
 from builder.errors import BuildError
 from builder.pipeline import BuildRequest, build, manifest_matches, resolve_version
 from builder.providers import cache_dir
@@ -128,9 +128,7 @@ def run_update(args) -> int:
 
 
 def _sha256_or_none(path: Path) -> str | None:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return sha256_file(path) if path.is_file() else None
 
 
 def forget_outer_make(environ: dict[str, str]) -> None:

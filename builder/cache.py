@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -53,6 +54,17 @@ def cache_dir() -> Path:
 def kernel_dir(root: Path, kernel) -> Path:
     """A kernel's packages (pkgs/), build dir, kbuild tools, vmlinux and symbols."""
     return root / "kernels" / f"{kernel.release}_{kernel.package_version}"
+
+
+def symbols_dir(kernel_root: Path) -> Path:
+    """The shipped image's extracted vmlinux and symbol tables, beside pkgs/ and build/
+    of the kernel's directory (kernel_dir)."""
+    return kernel_root / "symbols"
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file's bytes: cache keys, manifests and module checks use it."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def apt_root(root: Path, suite: str) -> Path:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder import __version__
-from builder.cache import kernel_dir, mark_used, work_dir
+from builder.cache import kernel_dir, mark_used, sha256_file, work_dir
 from builder.elf import ElfObject
 from builder.errors import BuildError
 from builder.manifest import SCHEMA_VERSION
@@ -58,8 +58,8 @@ class BuildRequest:
                 "consistency": self.consistency, "name": self.name,
                 **({"skip_init_changes": True} if self.skip_init_changes else {}),
                 # Another signing certificate is another module.
-                **({"sign_cert_sha256": hashlib.sha256(Path(self.sign_cert).read_bytes())
-                    .hexdigest()} if self.sign_key and self.sign_cert else {})}
+                **({"sign_cert_sha256": sha256_file(Path(self.sign_cert))}
+                   if self.sign_key and self.sign_cert else {})}
 
 
 @dataclass
@@ -81,10 +81,6 @@ class Progress:
         print(f"[{time.monotonic() - self.started:6.1f}s] {name:<9} {detail} ({took:.1f}s)",
               file=self.stream, flush=True)
         return result
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def resolve_version(request: BuildRequest):

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from builder.artifacts import CompiledUnit, CompileResult, PreparedTree
+from builder.cache import sha256_file
 from builder.errors import BuildError
 from builder.includes import IncludeGraph
 from builder.kbuild import Kbuild
@@ -335,10 +336,6 @@ def target_object(command: str) -> str:
     return match[1].replace("-", "_")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @dataclass(frozen=True)
 class Original:
     path: Path
@@ -374,7 +371,7 @@ def original_objects(tree: PreparedTree, sources: list[str], progress=None
 
 
 def _cache_key(tree: PreparedTree, source: str) -> str:
-    return hashlib.sha256(f"{RECIPE}:{KCFLAGS}:{_sha256(tree.source_dir / source)}"
+    return hashlib.sha256(f"{RECIPE}:{KCFLAGS}:{sha256_file(tree.source_dir / source)}"
                           .encode()).hexdigest()[:24]
 
 

@@ -19,6 +19,7 @@ from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
 from builder.artifacts import CompiledUnit, KernelPackages
+from builder.cache import symbols_dir
 from builder.errors import BuildError
 from builder.symbols import (
     ModuleImage,
@@ -221,15 +222,11 @@ def verify(unit: CompiledUnit, functions: list[str], image) -> list[VerifiedFunc
     return verified
 
 
-def image_cache_dir(packages: KernelPackages) -> Path:
-    # kernels/<release>_<version>/symbols, next to pkgs/ and build/
-    return packages.vmlinuz.parents[2] / "symbols"
-
-
 def load_image(packages: KernelPackages, target_object: str):
     """VmlinuxImage for "vmlinux", else the shipped module's ModuleImage."""
     if target_object == "vmlinux":
-        return VmlinuxImage.load(packages.vmlinuz, image_cache_dir(packages))
+        return VmlinuxImage.load(  # the kernel's cache dir holds pkgs/boot/vmlinuz-*
+            packages.vmlinuz, symbols_dir(packages.vmlinuz.parents[2]))
     return ModuleImage(find_module(packages.modules_dir, target_object))
 
 

@@ -29,7 +29,6 @@ live units and those left for a reboot.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -37,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder import __version__
-from builder.cache import source_root
+from builder.cache import sha256_file, source_root
 from builder.errors import BuildError
 from builder.manifest import SCHEMA_VERSION
 from builder.pipeline import BuildRequest, Progress, build, manifest_matches
@@ -103,7 +102,7 @@ def _unit_result(request: UpdateRequest, kernel, unit: Unit, patch: Path, work: 
     """Build one unit alone; cached by its patch, kernel and builder version."""
     key = {"recipe": UPDATE_RECIPE, "builder_version": __version__, "kernel": kernel.release,
            "package_version": kernel.package_version,
-           "patch_sha256": hashlib.sha256(patch.read_bytes()).hexdigest()}
+           "patch_sha256": sha256_file(patch)}
     cached = patch.with_suffix(".result.json")
     if cached.is_file():
         result = json.loads(cached.read_text())

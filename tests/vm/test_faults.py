@@ -58,8 +58,8 @@ def wait_for(lab, host: str, command: str, what: str, timeout: float = 300) -> N
     raise AssertionError(f"{host}: {what} not seen within {timeout:.0f}s ({command})")
 
 
-def test_a_dropped_connection_during_a_load_loses_nothing(lab, host, collections_path,
-                                                         tmp_path):
+def test_a_dropped_connection_during_a_load_loses_nothing(
+        lab, host, collections_path, tmp_path):
     """The controller's SSH connection is cut while the target waits for a transition
     (a sleeper task holds it): the load goes on or is undone on the target alone, the
     change lock is released, and the same task run again finds the patch enabled."""

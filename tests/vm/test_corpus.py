@@ -39,10 +39,13 @@ def corpus_runs(lab_vms, lab_inventory, tmp_path_factory) -> dict:
 
     The flavours run side by side: one's builds overlap the other's play on its VM
     (the tier's longest step; a guest under TCG keeps one host core busy on its own)."""
+    # Made here, not in the threads: the first mktemp of a session creates its base
+    # directory, and two threads doing that at once collide.
+    roots = {flavour: tmp_path_factory.mktemp(f"corpus-{flavour}") for flavour in FLAVOURS}
+
     def run(flavour: str) -> tuple:
         vm = _vm_for(lab_vms, flavour)
-        return (vm, *run_on_vm(vm, lab_inventory,
-                               tmp_path_factory.mktemp(f"corpus-{flavour}"), LIVE))
+        return (vm, *run_on_vm(vm, lab_inventory, roots[flavour], LIVE))
 
     with ThreadPoolExecutor(max_workers=len(FLAVOURS)) as pool:
         return dict(zip(FLAVOURS, pool.map(run, FLAVOURS), strict=True))

@@ -53,9 +53,13 @@ def trixie(lab, lab_inventory, tmp_path_factory) -> dict:
     releases = {resolve(spec): spec for spec in SPECS}
     vms = [vm for vm in lab.up(list(SPECS)) if vm.release in releases]
 
+    # Made here, not in the threads: the first mktemp of a session creates its base
+    # directory, and two threads doing that at once collide.
+    roots = {vm.name: tmp_path_factory.mktemp(f"trixie-{release_flavour(vm.release)}")
+             for vm in vms}
+
     def run(vm) -> tuple:
-        root = tmp_path_factory.mktemp(f"trixie-{release_flavour(vm.release)}")
-        return (vm, *run_on_vm(vm, lab_inventory, root, LIVE), root)
+        return (vm, *run_on_vm(vm, lab_inventory, roots[vm.name], LIVE), roots[vm.name])
 
     with ThreadPoolExecutor(max_workers=len(vms)) as pool:
         return dict(zip([release_flavour(vm.release) for vm in vms], pool.map(run, vms),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.test_rollout import ANSIBLE, ANSIBLE_PLAYBOOK, REPO, env, fleet_of, hosts_of, recap
+from tests.vm.fleet import ANSIBLE_PLAYBOOK, REPO, ad_hoc, env, fleet_of, hosts_of, recap
 
 FLEET = ("older-2-6.1-amd64", "older-6.1-amd64", "newest-6.1-amd64")
 NAME = "klp_update"
@@ -29,7 +29,7 @@ NAME = "klp_update"
 @pytest.fixture(scope="module")
 def fleet(lab, lab_inventory, tmp_path_factory) -> dict:
     """In FLEET order: two uploads behind, one behind, newest."""
-    return fleet_of(lab, FLEET, lab_inventory, tmp_path_factory.mktemp("update"))
+    return fleet_of(lab, FLEET, lab_inventory, tmp_path_factory.mktemp("update"), NAME)
 
 
 def update(fleet: dict, step: str, **extra) -> tuple[subprocess.CompletedProcess, Path]:
@@ -47,10 +47,7 @@ def update(fleet: dict, step: str, **extra) -> tuple[subprocess.CompletedProcess
 
 
 def shell(fleet: dict, host: str, command: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(ANSIBLE), "-i", str(fleet["inventory"]), host, "-m",
-                           "ansible.builtin.shell", "-a", command],
-                          capture_output=True, text=True, env=env(fleet), check=False,
-                          timeout=300)
+    return ad_hoc(fleet, host, "ansible.builtin.shell", command)
 
 
 def manifest_of(fleet: dict, release: str) -> dict:

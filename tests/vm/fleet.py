@@ -5,14 +5,14 @@ a collection path that is this checkout), one playbook run per step, its report.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.vm.playbook import ANSIBLE_PLAYBOOK, play_env
+
 REPO = Path(__file__).resolve().parents[2]
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 ANSIBLE = Path(sys.executable).parent / "ansible"
 EXAMPLE_PATCH = REPO / "examples" / "patches" / "cmdline-example.patch"
 EXAMPLE_PROBE = "grep -q klp.example=1 /proc/cmdline"  # the example patch's own check
@@ -32,9 +32,7 @@ def fleet_of(lab, specs: tuple[str, ...], inventory: Path, base: Path, name: str
 
 
 def env(fleet: dict) -> dict:
-    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(fleet["collections"]),
-                ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1",
-                ANSIBLE_STDOUT_CALLBACK="default")
+    return play_env(fleet["collections"])
 
 
 def livepatch_argv(fleet: dict, step: str, inventory: Path | None = None,
@@ -84,10 +82,13 @@ def hosts_of(report_dir: Path) -> dict[str, dict]:
     return {entry["host"]: entry for entry in report["hosts"]}
 
 
+def ad_hoc(fleet: dict, host: str, module: str, args: str) -> subprocess.CompletedProcess:
+    """`ansible HOST -m MODULE -a ARGS` against the fleet's inventory."""
+    return subprocess.run([str(ANSIBLE), "-i", str(fleet["inventory"]), host, "-m", module,
+                           "-a", args], capture_output=True, text=True, env=env(fleet),
+                          check=False, timeout=300)
+
+
 def probe(fleet: dict, host: str) -> int:
     """Exit status of the example patch's check on HOST."""
-    proc = subprocess.run([str(ANSIBLE), "-i", str(fleet["inventory"]), host, "-m",
-                           "ansible.builtin.command", "-a", EXAMPLE_PROBE],
-                          capture_output=True, text=True, env=env(fleet), check=False,
-                          timeout=300)
-    return proc.returncode
+    return ad_hoc(fleet, host, "ansible.builtin.command", EXAMPLE_PROBE).returncode

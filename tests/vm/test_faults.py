@@ -13,11 +13,19 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.vm.fleet import REPO, env, fleet_of, hosts_of, livepatch, livepatch_argv, probe
+from tests.vm.fleet import (
+    REPO,
+    ad_hoc,
+    env,
+    fleet_of,
+    hosts_of,
+    livepatch,
+    livepatch_argv,
+    probe,
+)
 from tests.vm.playbook import (
     ANSIBLE_PLAYBOOK,
     loaded_klp_modules,
@@ -137,18 +145,17 @@ def test_two_runs_against_one_host_at_once_take_turns(host):
 
 
 def lab_modules(fleet: dict, host: str) -> str:
-    proc = subprocess.run([str(Path(sys.executable).parent / "ansible"), "-i",
-                           str(fleet["inventory"]), host, "-m", "ansible.builtin.shell",
-                           "-a", "cut -d' ' -f1 /proc/modules"],
-                          capture_output=True, text=True, env=env(fleet), check=True,
-                          timeout=300)
+    """The names of the modules loaded on HOST."""
+    proc = ad_hoc(fleet, host, "ansible.builtin.shell", "cut -d' ' -f1 /proc/modules")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
 
 def test_a_reboot_during_a_rollout_comes_back_patched(lab, host):
     """The host is power-cut while its probe gate runs, right after a persistent load:
-    the run reports the host unreachable, the host boots with the patch loaded again
-    from its stored copy, and a rerun converges without a change; then it is removed."""
+    the run's report fails the host at gate "reachable" with the reason, the host boots
+    with the patch loaded again from its stored copy, and a rerun converges without a
+    change; then it is removed."""
     name = name_of(host)
     # Probes run without a shell (split like one): the shell is asked for explicitly.
     probe_cmd = "sh -c 'sleep 47; grep -q klp.example=1 /proc/cmdline'"

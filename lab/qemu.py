@@ -17,7 +17,8 @@ from lab.progress import step, tail
 
 QEMU = "qemu-system-x86_64"
 MEMORY_MB = 1024
-BASE_APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=10"
+# loglevel=5: the serial console (slow under TCG) gets warnings and worse; dmesg keeps all.
+BASE_APPEND = "root=/dev/vda rw console=ttyS0 loglevel=5 net.ifnames=0 panic=10"
 
 
 def _kvm_boots(image: Image, release: str, timeout: float = 10.0) -> bool:
@@ -64,7 +65,8 @@ def command(*, name: str, image: Image, release: str, overlay: Path, vm_dir: Pat
     return [
         QEMU, "-name", name, "-machine", "q35", "-accel", accelerator,
         "-m", str(MEMORY_MB), "-smp", "1",
-        "-display", "none", "-monitor", "none",
+        # -nodefaults: no VGA, floppy or CD-ROM to emulate and probe at boot.
+        "-nodefaults", "-display", "none", "-monitor", "none",
         "-chardev", f"file,id=con0,path={vm_dir / 'console.log'},append=on",
         "-serial", "chardev:con0",
         "-kernel", str(image.vmlinuz(release)), "-initrd", str(image.initrd(release)),

@@ -13,7 +13,6 @@ trixie systems (Python 3.13, systemd 257), not only trixie kernels.
 from __future__ import annotations
 
 import json
-import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +20,7 @@ import pytest
 
 from builder.providers.archive import host_suite
 from lab.kernels import release_flavour, resolve
-from tests.vm.corpus import CORPUS, REPO, Case, assert_refused, cases, run_on_vm
+from tests.vm.corpus import CORPUS, REPO, Case, assert_refused, cases, ci_subset, run_on_vm
 from tests.vm.expect import running_build_id
 from tests.vm.playbook import patch, playbook, task
 
@@ -32,14 +31,8 @@ LEFT_OUT = {"header-wide-inline"}
 UNCHANGED = [c for c in cases(CORPUS / "debian-12") + cases(REPO / "tests" / "corpus" / "debian-12")
              if c.name not in {p.name for p in PORTED} | LEFT_OUT] \
     if (CORPUS / "debian-12").is_dir() else []
-# make test runs one case of each kind on both flavours (a vmlinux function, a module's,
-# two objects, callbacks with a shadow variable, a refused load) to stay within CI's
-# time; KLP_VM_FULL=1 runs every case (the note of each change says when it was run).
-CI_CASES = {"cmdline-suffix", "meminfo-label", "module-binfmt", "two-file-new-function",
-            "shadow-counter", "prepatch-refuses-LOADFAIL", "init-FAIL", "data-FAIL",
-            "nochange-FAIL"}
-CASES = [c for c in PORTED + UNCHANGED
-         if os.environ.get("KLP_VM_FULL") == "1" or c.name in CI_CASES]
+# make test runs one case of each kind on both flavours (tests/vm/corpus.py: CI_CASES).
+CASES = ci_subset(PORTED + UNCHANGED)
 LIVE = [c for c in CASES if c.kind != "fail"]
 FLAVOURS = ("amd64", "cloud-amd64")
 

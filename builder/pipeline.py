@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from builder import __version__
@@ -22,6 +20,7 @@ from builder.elf import ElfObject
 from builder.errors import BuildError
 from builder.manifest import SCHEMA_VERSION
 from builder.patchset import PatchSet
+from builder.progress import Progress
 from builder.providers import cache_dir, distribution_of, get_provider
 
 
@@ -60,27 +59,6 @@ class BuildRequest:
                 # Another signing certificate is another module.
                 **({"sign_cert_sha256": sha256_file(Path(self.sign_cert))}
                    if self.sign_key and self.sign_cert else {})}
-
-
-@dataclass
-class Progress:
-    stream: object = sys.stderr
-    started: float = field(default_factory=time.monotonic)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def note(self, text: str) -> None:
-        """A line of progress inside a long stage (e.g. hundreds of units to compile)."""
-        print(f"[{time.monotonic() - self.started:6.1f}s]           {text}", file=self.stream,
-              flush=True)
-
-    def stage(self, name: str, detail: str, fn, *args, **kwargs):
-        t0 = time.monotonic()
-        result = fn(*args, **kwargs)
-        took = time.monotonic() - t0
-        self.seconds[name] = round(took, 3)
-        print(f"[{time.monotonic() - self.started:6.1f}s] {name:<9} {detail} ({took:.1f}s)",
-              file=self.stream, flush=True)
-        return result
 
 
 def resolve_version(request: BuildRequest):

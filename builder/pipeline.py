@@ -102,8 +102,9 @@ def build(request: BuildRequest, progress: Progress | None = None) -> dict:
                            request.skip_init_changes)
     images, verified = progress.stage("verify", "originals against the shipped binaries",
                                       _verify_all, packages, compiled, diffs)
-    exports = Exports.load(packages.module_symvers)
-    layout = probe_layout(packages, tree.toolchain)
+    exports = progress.stage("exports", "Module.symvers", Exports.load, packages.module_symvers)
+    layout = progress.stage("layout", "special-section entry sizes", probe_layout, packages,
+                            tree.toolchain)
     units = progress.stage("generate", "patch objects", _generate_all, compiled, diffs,
                            images, verified, exports, layout)
     linked = progress.stage("link", f"{request.name}.ko", _link, request, packages, units, work,

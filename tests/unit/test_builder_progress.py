@@ -92,3 +92,48 @@ def test_only_the_timer_reads_the_clock():
     found = subprocess.run(["grep", "-rln", "--include=*.py", "time.monotonic", "builder"],
                            cwd=REPO, capture_output=True, text=True, check=False).stdout.split()
     assert found == ["builder/progress.py"]
+
+
+def test_every_step_of_a_build_is_a_timed_stage(tmp_path, monkeypatch):
+    """pipeline.build with each step stubbed: every step is a stage, in order."""
+    from types import SimpleNamespace
+
+    from builder import pipeline
+    from builder.pipeline import BuildRequest
+    from builder.stages import compile as compile_stage
+    from builder.stages import prepare as prepare_stage
+    from builder.symbols import Exports
+
+    patch = tmp_path / "fix.patch"
+    patch.write_text("--- a/f.c\n+++ b/f.c\n@@ -1 +1 @@\n-a\n+b\n")
+    ko = tmp_path / "built.ko"
+    ko.write_bytes(b"module")
+    kernel = SimpleNamespace(release="6.1.0-56-amd64", package_version="6.1.192-1")
+    provider = SimpleNamespace(resolve=lambda release, version: kernel,
+                               acquire=lambda k: SimpleNamespace(kernel=k, module_symvers=None))
+    monkeypatch.setattr(pipeline, "get_provider", lambda distribution: provider)
+    monkeypatch.setattr(pipeline, "cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(pipeline, "mark_used", lambda *paths: None)
+    tree = SimpleNamespace(source_dir=tmp_path / "src" / "linux", toolchain=[])
+    monkeypatch.setattr(prepare_stage, "prepare", lambda packages: tree)
+    monkeypatch.setattr(compile_stage, "compile_units",
+                        lambda *a, **kw: SimpleNamespace(units=[]))
+    monkeypatch.setattr(pipeline, "_diff_all", lambda *a: [])
+    monkeypatch.setattr(pipeline, "_verify_all", lambda *a: ({}, {}))
+    monkeypatch.setattr(Exports, "load", classmethod(lambda cls, path: None))
+    monkeypatch.setattr(pipeline, "probe_layout", lambda *a: None)
+    monkeypatch.setattr(pipeline, "_generate_all", lambda *a: [])
+    monkeypatch.setattr(pipeline, "_link", lambda *a: SimpleNamespace(path=ko))
+    monkeypatch.setattr(pipeline, "_check", lambda *a: None)
+    monkeypatch.setattr(pipeline, "_sign", lambda *a: None)
+    monkeypatch.setattr(pipeline, "_manifest", lambda *a: {"stage_seconds": a[6]})
+    out = io.StringIO()
+    progress = Progress(stream=out)
+    request = BuildRequest(kernel=kernel.release, patches=[patch], name="fix",
+                           output=tmp_path / "out", work=tmp_path / "work",
+                           sign_key=tmp_path / "k", sign_cert=tmp_path / "c")
+    manifest = pipeline.build(request, progress)
+    stages = ["acquire", "prepare", "compile", "diff", "verify", "exports", "layout",
+              "generate", "link", "check", "sign"]
+    assert list(manifest["stage_seconds"]) == stages
+    assert [line[10:].split()[0] for line in out.getvalue().splitlines()] == stages

@@ -8,10 +8,8 @@ own work.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from builder import __version__
@@ -21,44 +19,8 @@ from builder.errors import BuildError
 from builder.manifest import SCHEMA_VERSION
 from builder.patchset import PatchSet
 from builder.progress import Progress
-from builder.providers import cache_dir, distribution_of, get_provider
-
-
-@dataclass
-class BuildRequest:
-    kernel: str
-    patches: list[Path]
-    name: str
-    output: Path
-    package_version: str | None = None
-    replace: bool = True
-    sign_key: Path | None = None
-    sign_cert: Path | None = None
-    work: Path | None = None
-    consistency: str = "default"
-    skip_init_changes: bool = False  # leave changed __init code out instead of refusing
-
-    @property
-    def distribution(self) -> str:
-        """debian-12 or debian-13, from the kernel release."""
-        return distribution_of(self.kernel)
-
-    def patch_sha256(self) -> str:
-        digest = hashlib.sha256()
-        for patch in self.patches:
-            digest.update(hashlib.sha256(patch.read_bytes()).digest())
-        return digest.hexdigest()
-
-    def key(self) -> dict:
-        """What makes two builds the same (the action plugin's cache key)."""
-        return {"kernel": self.kernel, "package_version": self.package_version,
-                "patch_sha256": self.patch_sha256(), "builder_version": __version__,
-                "replace": self.replace, "signed": bool(self.sign_key),
-                "consistency": self.consistency, "name": self.name,
-                **({"skip_init_changes": True} if self.skip_init_changes else {}),
-                # Another signing certificate is another module.
-                **({"sign_cert_sha256": sha256_file(Path(self.sign_cert))}
-                   if self.sign_key and self.sign_cert else {})}
+from builder.providers import cache_dir, get_provider
+from builder.request import BuildRequest
 
 
 def resolve_version(request: BuildRequest):

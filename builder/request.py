@@ -31,14 +31,16 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-# How an option is written on the builder's command line (argparse) and in the action.
-FORMS = {
-    "value": ({}, "str"),  # --flag VALUE
-    "path": ({"type": Path}, "path"),  # --flag PATH
-    "paths": ({"action": "append", "type": Path}, "path"),  # --flag PATH, repeated, in order
-    "switch": ({"action": "store_true"}, "bool"),  # --flag sets True
-    "negated": ({"action": "store_false"}, "bool"),  # --flag sets False (--no-replace)
+# The forms of an option: how argparse reads it, and its type in klp.livepatch.build.
+ARGPARSE = {
+    "value": {},  # --flag VALUE
+    "path": {"type": Path},  # --flag PATH
+    "paths": {"action": "append", "type": Path},  # --flag PATH, repeated, in order
+    "switch": {"action": "store_true"},  # --flag sets True
+    "negated": {"action": "store_false"},  # --flag sets False (--no-replace)
 }
+ANSIBLE_TYPE = {"value": "str", "path": "path", "paths": "path", "switch": "bool",
+                "negated": "bool"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class Option:
     """How one field of the request is spelled, and whether it makes another build."""
 
     flag: str
-    form: str = "value"  # a key of FORMS
+    form: str = "value"  # a key of ARGPARSE
     help: str | None = None
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
@@ -180,7 +182,7 @@ def described_fields() -> list[tuple[str, Option, Any]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every request option, as `python3 -m builder build` takes it (dest: the field)."""
     for name, described, default in described_fields():
-        kwargs: dict[str, Any] = {"dest": name, **FORMS[described.form][0]}
+        kwargs: dict[str, Any] = {"dest": name, **ARGPARSE[described.form]}
         for attr in ("required", "metavar", "choices", "help"):
             if getattr(described, attr):
                 kwargs[attr] = getattr(described, attr)
@@ -199,7 +201,7 @@ def action_spec() -> dict[str, dict]:
     for name, described, default in described_fields():
         if not described.action:
             continue
-        kind = FORMS[described.form][1]
+        kind = ANSIBLE_TYPE[described.form]
         if described.form == "paths":
             spec[name] = {"type": "list", "elements": kind, "default": []}
             continue

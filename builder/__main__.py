@@ -17,8 +17,9 @@ from pathlib import Path
 from builder import __version__
 from builder.cache import exclusive, sha256_file, work_dir
 from builder.errors import BuildError
-from builder.pipeline import BuildRequest, build, manifest_matches, resolve_version
+from builder.pipeline import build, manifest_matches, resolve_version
 from builder.providers import cache_dir
+from builder.request import BuildRequest, add_arguments
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,28 +27,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=__version__)
     sub = top.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build a livepatch module for one kernel")
-    b.add_argument("--kernel", required=True, metavar="RELEASE",
-                   help="kernel release as `uname -r` prints it, e.g. 6.1.0-56-amd64")
-    b.add_argument("--package-version", metavar="VERSION",
-                   help="Debian package version (default: resolved from the archive)")
-    b.add_argument("--patch", required=True, action="append", type=Path, metavar="FILE",
-                   help="unified diff against the kernel source (-p1); repeatable")
-    b.add_argument("--name", required=True, help="patch module name (NAME.ko, NAME.json)")
-    b.add_argument("--output", required=True, type=Path, metavar="DIR")
-    b.add_argument("--no-replace", action="store_true",
-                   help="do not replace earlier patches (default: atomic replace)")
-    b.add_argument("--sign-key", type=Path, metavar="KEY")
-    b.add_argument("--sign-cert", type=Path, metavar="CERT")
-    b.add_argument("--consistency", choices=("default", "freeze"), default="default",
-                   help="freeze: the module freezes user space around the transition")
-    b.add_argument("--skip-init-changes", action="store_true",
-                   help="leave changed __init code out (it already ran) instead of refusing; "
-                        "recorded in the manifest")
-    b.add_argument("--if-changed", action="store_true",
-                   help="do nothing when DIR already holds this exact build (same key)")
-    b.add_argument("--check", action="store_true",
-                   help="only report whether a build is needed (with --if-changed)")
-    b.add_argument("--work", type=Path, metavar="DIR", help="work directory (default: cache)")
+    add_arguments(b)  # builder/request.py describes them
     u = sub.add_parser("update", help="one live patch that brings a kernel to a newer "
                                       "Debian upload's code")
     u.add_argument("--kernel", required=True, metavar="RELEASE",
@@ -161,12 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         except BuildError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-    request = BuildRequest(kernel=args.kernel, package_version=args.package_version,
-                           patches=args.patch, name=args.name, output=args.output,
-                           replace=not args.no_replace, sign_key=args.sign_key,
-                           sign_cert=args.sign_cert, work=args.work,
-                           consistency=args.consistency,
-                           skip_init_changes=args.skip_init_changes)
+    request = BuildRequest.from_args(args)
     module = args.output / f"{args.name}.ko"
     work = args.work or work_dir(cache_dir(), args.name, args.kernel)
     try:

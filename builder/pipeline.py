@@ -8,12 +8,8 @@ own work.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder import __version__
@@ -22,65 +18,9 @@ from builder.elf import ElfObject
 from builder.errors import BuildError
 from builder.manifest import SCHEMA_VERSION
 from builder.patchset import PatchSet
-from builder.providers import cache_dir, distribution_of, get_provider
-
-
-@dataclass
-class BuildRequest:
-    kernel: str
-    patches: list[Path]
-    name: str
-    output: Path
-    package_version: str | None = None
-    replace: bool = True
-    sign_key: Path | None = None
-    sign_cert: Path | None = None
-    work: Path | None = None
-    consistency: str = "default"
-    skip_init_changes: bool = False  # leave changed __init code out instead of refusing
-
-    @property
-    def distribution(self) -> str:
-        """debian-12 or debian-13, from the kernel release."""
-        return distribution_of(self.kernel)
-
-    def patch_sha256(self) -> str:
-        digest = hashlib.sha256()
-        for patch in self.patches:
-            digest.update(hashlib.sha256(patch.read_bytes()).digest())
-        return digest.hexdigest()
-
-    def key(self) -> dict:
-        """What makes two builds the same (the action plugin's cache key)."""
-        return {"kernel": self.kernel, "package_version": self.package_version,
-                "patch_sha256": self.patch_sha256(), "builder_version": __version__,
-                "replace": self.replace, "signed": bool(self.sign_key),
-                "consistency": self.consistency, "name": self.name,
-                **({"skip_init_changes": True} if self.skip_init_changes else {}),
-                # Another signing certificate is another module.
-                **({"sign_cert_sha256": sha256_file(Path(self.sign_cert))}
-                   if self.sign_key and self.sign_cert else {})}
-
-
-@dataclass
-class Progress:
-    stream: object = sys.stderr
-    started: float = field(default_factory=time.monotonic)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def note(self, text: str) -> None:
-        """A line of progress inside a long stage (e.g. hundreds of units to compile)."""
-        print(f"[{time.monotonic() - self.started:6.1f}s]           {text}", file=self.stream,
-              flush=True)
-
-    def stage(self, name: str, detail: str, fn, *args, **kwargs):
-        t0 = time.monotonic()
-        result = fn(*args, **kwargs)
-        took = time.monotonic() - t0
-        self.seconds[name] = round(took, 3)
-        print(f"[{time.monotonic() - self.started:6.1f}s] {name:<9} {detail} ({took:.1f}s)",
-              file=self.stream, flush=True)
-        return result
+from builder.progress import Progress
+from builder.providers import cache_dir, get_provider
+from builder.request import BuildRequest
 
 
 def resolve_version(request: BuildRequest):
@@ -124,8 +64,9 @@ def build(request: BuildRequest, progress: Progress | None = None) -> dict:
                            request.skip_init_changes)
     images, verified = progress.stage("verify", "originals against the shipped binaries",
                                       _verify_all, packages, compiled, diffs)
-    exports = Exports.load(packages.module_symvers)
-    layout = probe_layout(packages, tree.toolchain)
+    exports = progress.stage("exports", "Module.symvers", Exports.load, packages.module_symvers)
+    layout = progress.stage("layout", "special-section entry sizes", probe_layout, packages,
+                            tree.toolchain)
     units = progress.stage("generate", "patch objects", _generate_all, compiled, diffs,
                            images, verified, exports, layout)
     linked = progress.stage("link", f"{request.name}.ko", _link, request, packages, units, work,

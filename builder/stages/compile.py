@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ from builder.errors import BuildError
 from builder.includes import IncludeGraph
 from builder.kbuild import Kbuild
 from builder.patchset import PatchFile, PatchSet
-from builder.progress import timed
+from builder.progress import Timer, timed
 
 STAGE = "compile"
 RECIPE = 2  # bump when KCFLAGS or the way originals are built changes
@@ -465,7 +464,7 @@ def compile_units(tree: PreparedTree, patches: PatchSet, work: Path,
     The result's `patches` are the patches as they applied (hunks where patch found
     them), for the line maps of the diff stage.
     """
-    t0 = time.monotonic()
+    timer = Timer()
     timings: dict[str, float] = {}
     with timed(timings, "plan"):
         planned = plan_units(tree, patches, progress)
@@ -505,7 +504,7 @@ def compile_units(tree: PreparedTree, patches: PatchSet, work: Path,
             restore_files(tree)
             for source in built:  # the tree's .o must not outlive the patched source
                 (tree.build_dir / object_of(source)).unlink(missing_ok=True)
-    return CompileResult(units=units, seconds=round(time.monotonic() - t0, 3), timings=timings,
+    return CompileResult(units=units, seconds=round(timer.seconds, 3), timings=timings,
                          patches=replace(patches, patches=tuple(applied)))
 
 

@@ -28,12 +28,12 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 from builder.artifacts import KernelPackages, PreparedTree
 from builder.cache import cache_dir, kernel_dir, source_root, stamped
 from builder.errors import BuildError
+from builder.progress import Timer
 from builder.toolchain import toolchain_for
 
 STAGE = "prepare"
@@ -176,7 +176,7 @@ def prepare(packages: KernelPackages, cache: Path | None = None) -> PreparedTree
 def _prepare_tree(tree: PreparedTree, packages: KernelPackages, config: dict[str, str],
                   stamp: Path, wanted: dict) -> None:
     """olddefconfig + modules_prepare with the shipped config; the stamp is written last."""
-    t0 = time.monotonic()
+    timer = Timer()
     build, args = tree.build_dir, tree.make_args
     build.mkdir(parents=True, exist_ok=True)
     stamp.unlink(missing_ok=True)
@@ -192,7 +192,7 @@ def _prepare_tree(tree: PreparedTree, packages: KernelPackages, config: dict[str
     shutil.copy(packages.module_symvers, build / "Module.symvers")
     check_release(tree)
     stamp.write_text(json.dumps(wanted))
-    (build / ".klp-prepare-seconds").write_text(f"{time.monotonic() - t0:.1f}\n")
+    (build / ".klp-prepare-seconds").write_text(f"{timer.seconds:.1f}\n")
 
 
 # ---------------------------------------------------------------- kbuild tools

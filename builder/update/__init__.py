@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +38,8 @@ from builder import __version__
 from builder.cache import sha256_file, source_root
 from builder.errors import BuildError
 from builder.manifest import SCHEMA_VERSION
-from builder.pipeline import BuildRequest, Progress, build, manifest_matches
+from builder.pipeline import BuildRequest, build, manifest_matches
+from builder.progress import Progress, Timer
 from builder.providers import cache_dir, provider_for
 from builder.providers.archive import Archive, version_newer
 from builder.providers.debian import madison_versions, parse_release
@@ -112,9 +112,9 @@ def _unit_result(request: UpdateRequest, kernel, unit: Unit, patch: Path, work: 
                        patches=[patch], name=f"u_{_slug(unit.name)}"[:50],
                        output=work / "units" / _slug(unit.name), work=work / "unit-work")
     result = {"key": key}
-    t0 = time.monotonic()
+    timer = Timer()
     try:
-        manifest = build(sub, Progress(stream=progress.stream, started=progress.started))
+        manifest = build(sub, progress.nested())
     except BuildError as err:
         text = str(err)
         result.update(status="no-change" if NO_CHANGE in text else "needs-reboot",
@@ -124,7 +124,7 @@ def _unit_result(request: UpdateRequest, kernel, unit: Unit, patch: Path, work: 
                       functions={obj: sorted(f["name"] for f in fns)
                                  for obj, fns in manifest["objects"].items()},
                       notes=manifest.get("notes", []))
-    result["build_seconds"] = round(time.monotonic() - t0, 1)
+    result["build_seconds"] = round(timer.seconds, 1)
     cached.write_text(json.dumps(result, indent=2) + "\n")
     return result
 

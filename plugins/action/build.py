@@ -15,6 +15,7 @@ from pathlib import Path
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.klp.livepatch.builder.request import action_spec, command_line
 from ansible_collections.klp.livepatch.plugins.plugin_utils.manifest import (
     ManifestError,
     read_manifest,
@@ -26,16 +27,14 @@ COLLECTION_ROOT = Path(__file__).resolve().parents[2]
 # compiles with make -j on its own, so two keep a small controller busy without thrashing.
 PARALLEL_BUILDS = 2
 
+# The build request's options (patches, name, replace, consistency, signing) come from
+# their one description, builder/request.py; these are the action's own: one build per
+# kernel into OUTPUT_DIR/RELEASE, or an update instead of patches.
 ARGUMENT_SPEC = {
-    "patches": {"type": "list", "elements": "path", "default": []},
+    **action_spec(),
     "update_to": {"type": "str"},
-    "name": {"type": "str", "required": True},
     "kernels": {"type": "list", "elements": "raw", "required": True},
     "output_dir": {"type": "path", "required": True},
-    "replace": {"type": "bool", "default": True},
-    "consistency": {"type": "str", "choices": ["default", "freeze"], "default": "default"},
-    "sign_key": {"type": "path"},
-    "sign_cert": {"type": "path"},
     "fail_on_build_error": {"type": "bool", "default": True},
 }
 
@@ -116,31 +115,21 @@ class ActionModule(ActionBase):
                    version: str | None) -> tuple[subprocess.CompletedProcess, Path]:
         """Run the builder for one kernel; returns the finished process and its output dir."""
         out = output / release
-        argv = self._argv(args, patches, release, out)
-        if version:
-            argv += ["--package-version", str(version)]
-        if self._task.check_mode:
-            argv.append("--check")
+        argv = self._argv(args, patches, release, out, version, self._task.check_mode)
         proc = subprocess.run(argv, cwd=COLLECTION_ROOT, capture_output=True, text=True,
                               check=False, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
         return proc, out
 
     @staticmethod
-    def _argv(args: dict, patches: list[Path], release: str, out: Path) -> list[str]:
+    def _argv(args: dict, patches: list[Path], release: str, out: Path,
+              version: str | None = None, check: bool = False) -> list[str]:
+        """`python3 -m builder build` (or `update`) for one kernel, from the task's arguments."""
+        values = {**args, "kernel": release, "package_version": version, "patches": patches,
+                  "output": out, "check": check}
         base = [sys.executable, "-m", "builder"]
-        common = ["--kernel", release, "--name", args["name"], "--output", str(out)]
-        if args["consistency"] != "default":
-            common += ["--consistency", args["consistency"]]
-        if args["sign_key"]:
-            common += ["--sign-key", args["sign_key"], "--sign-cert", args["sign_cert"] or ""]
         if args["update_to"]:
-            return [*base, "update", *common, "--to", args["update_to"]]
-        argv = [*base, "build", *common, "--if-changed"]
-        for patch in patches:
-            argv += ["--patch", str(patch)]
-        if not args["replace"]:
-            argv.append("--no-replace")
-        return argv
+            return [*base, *command_line(values, "update"), "--to", args["update_to"]]
+        return [*base, *command_line({**values, "if_changed": True})]
 
     @staticmethod
     def _update_summary(outcome: dict, manifest: dict) -> dict:

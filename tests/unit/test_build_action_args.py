@@ -1,11 +1,24 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""klp.livepatch.build: the builder command line it runs, and the update summary."""
+"""klp.livepatch.build: the builder command line it runs, the arguments it takes (from the
+build request's one description, builder/request.py), and the update summary."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from plugins.action.build import ActionModule
+import yaml
+
+from builder.__main__ import parser
+from builder.request import BuildRequest, action_spec
+from plugins.action.build import ARGUMENT_SPEC, ActionModule
+from plugins.modules.build import DOCUMENTATION
+
+REPO = Path(__file__).resolve().parents[2]
+ROLE = REPO / "roles" / "build"
 
 ARGS = {"name": "fix", "consistency": "default", "sign_key": None, "sign_cert": None,
         "replace": True, "update_to": None}
@@ -38,3 +51,76 @@ def test_update_summary_counts_units_by_status():
         "from": "6.1.192-1", "to": "6.1.192-3", "state": "update", "live": ["fs/ext4"],
         "needs_reboot": [{"name": "mm", "reason": "diff: layout"}], "no_change": ["net"],
         "not_in_config": 1, "cves_live": ["CVE-1"], "cves_not_live": ["CVE-2"]}
+
+
+def test_every_option_the_action_asks_for_reaches_the_builder():
+    args = {**ARGS, "replace": False, "consistency": "freeze", "sign_key": "/k.pem",
+            "sign_cert": "/c.x509"}
+    assert set(action_spec()) <= set(args) | {"patches"}
+    argv = ActionModule._argv(args, [Path("/p/a.patch"), Path("/p/b.patch")], "6.1.0-57-amd64",
+                              Path("/o/6.1.0-57-amd64"), "6.1.192-2", check=True)
+    assert argv[:3] == [sys.executable, "-m", "builder"]
+    assert BuildRequest.from_args(parser().parse_args(argv[3:])) == BuildRequest(
+        kernel="6.1.0-57-amd64", package_version="6.1.192-2", name="fix",
+        patches=[Path("/p/a.patch"), Path("/p/b.patch")], output=Path("/o/6.1.0-57-amd64"),
+        replace=False, consistency="freeze", sign_key=Path("/k.pem"),
+        sign_cert=Path("/c.x509"), if_changed=True, check=True)
+
+
+def test_the_module_documentation_matches_the_argument_spec():
+    documented = yaml.safe_load(DOCUMENTATION)["options"]
+    assert sorted(documented) == sorted(ARGUMENT_SPEC)
+    for name, spec in ARGUMENT_SPEC.items():
+        doc = documented[name]
+        for attr in ("type", "elements", "choices", "default"):
+            assert doc.get(attr) == spec.get(attr), (name, attr)
+        assert bool(doc.get("required")) == bool(spec.get("required")), name
+
+
+def test_the_build_role_offers_every_option_of_the_action_as_described():
+    """roles/build: argument specs, defaults and the task that calls klp.livepatch.build."""
+    options = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())[
+        "argument_specs"]["main"]["options"]
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    task = next(t for t in yaml.safe_load((ROLE / "tasks" / "build.yml").read_text())
+                if "klp.livepatch.build" in t)["klp.livepatch.build"]
+    assert set(task) <= set(ARGUMENT_SPEC)
+    for name, spec in action_spec().items():
+        role = options[f"build_{name}"]
+        # a signing file is a string there, "" for none (the task omits it then)
+        assert role["type"] == spec["type"] or (spec["type"], role["type"]) == ("path", "str")
+        assert role.get("elements") == spec.get("elements"), name
+        assert role.get("choices") == spec.get("choices"), name
+        if "default" in spec:
+            assert role["default"] == spec["default"], name
+        assert f"build_{name}" in task[name], name
+    for name, role in options.items():
+        assert defaults[name] == role["default"], name
+
+
+def test_ansible_loads_the_action_with_its_described_arguments(tmp_path):
+    """Under Ansible's collection loader the action imports the request description
+    (ansible_collections.klp.livepatch.builder.request) and checks its arguments by it."""
+    collections = tmp_path / "collections" / "ansible_collections" / "klp"
+    collections.mkdir(parents=True)
+    (collections / "livepatch").symlink_to(REPO)
+    play = [{"hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": [
+        {"klp.livepatch.build": {"update_to": "latest", "name": "fix", "kernels": [],
+                                 "output_dir": str(tmp_path / "out")},
+         "register": "nothing"},
+        {"klp.livepatch.build": {"patches": ["fix.patch"], "name": "fix", "kernels": [],
+                                 "output_dir": str(tmp_path / "out"), "consistency": "fast"},
+         "register": "refused", "ignore_errors": True},
+        {"ansible.builtin.copy": {"dest": str(tmp_path / "results.json"),
+                                  "content": "{{ [nothing, refused] | to_json }}"}}]}]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,",
+         "-e", f"ansible_python_interpreter={sys.executable}", str(tmp_path / "play.yml")],
+        capture_output=True, text=True, check=False, cwd=tmp_path, timeout=300,
+        env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(tmp_path / "collections"),
+                 ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="False"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    nothing, refused = json.loads((tmp_path / "results.json").read_text())
+    assert nothing["built"] == [] and not nothing["changed"] and not nothing.get("failed")
+    assert refused["failed"] and "consistency" in refused["msg"] and "freeze" in refused["msg"]

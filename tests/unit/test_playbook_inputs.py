@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from plugins.filter.inputs import as_list, batch_plan, unknown_inputs
+from tests.installed import install_collection
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
@@ -123,17 +124,7 @@ def test_the_installed_collection_runs_its_playbook(tmp_path):
     klp.livepatch.livepatch from elsewhere, without the checkout: it validates its inputs,
     reads the (dead) fleet and writes the report in the current directory."""
     bindir = Path(sys.executable).parent
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCALHOST_WARNING="False",
-               ANSIBLE_COLLECTIONS_PATH=str(tmp_path / "installed"))
-    built = subprocess.run([str(bindir / "ansible-galaxy"), "collection", "build", str(REPO),
-                            "--output-path", str(tmp_path / "dist")],
-                           capture_output=True, text=True, check=False, timeout=300)
-    assert built.returncode == 0, built.stdout + built.stderr
-    [tarball] = (tmp_path / "dist").glob("klp-livepatch-*.tar.gz")
-    installed = subprocess.run([str(bindir / "ansible-galaxy"), "collection", "install",
-                                str(tarball), "-p", str(tmp_path / "installed")],
-                               capture_output=True, text=True, check=False, timeout=300, env=env)
-    assert installed.returncode == 0, installed.stdout + installed.stderr
+    env = install_collection(tmp_path)
     work = tmp_path / "work"
     work.mkdir()
     (work / "fix.patch").write_text("--- a/f.c\n+++ b/f.c\n")

@@ -15,25 +15,28 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
 import yaml
 
+from tests.installed import install_collection
 from tests.vm.fleet import (
     ANSIBLE_PLAYBOOK,
     EXAMPLE_PATCH,
     EXAMPLE_PROBE,
     REPO,
     batches,
-    env,
     fleet_of,
     hosts_of,
     livepatch,
+    livepatch_argv,
     probe,
     recap,
 )
+from tests.vm.playbook import play_env
 
 PATCH = EXAMPLE_PATCH
 # Changes sound/core/init.c: built (as snd.ko) by the amd64 configuration, not by cloud.
@@ -52,6 +55,18 @@ pytestmark = pytest.mark.lab_kernels(*FLEET[:2])
 @pytest.fixture(scope="module")
 def fleet(lab, lab_inventory, tmp_path_factory) -> dict:
     return fleet_of(lab, FLEET, lab_inventory, tmp_path_factory.mktemp("rollout"), NAME)
+
+
+@pytest.fixture(scope="module")
+def installed(fleet) -> dict:
+    """The collection as a user installs it (ansible-galaxy collection build + install),
+    and a directory outside the checkout to run it from, holding the example patch."""
+    base = fleet["base"] / "galaxy"
+    install_collection(base)
+    work = base / "work"
+    work.mkdir()
+    shutil.copy(PATCH, work / PATCH.name)
+    return {"env": play_env(base / "installed"), "work": work}
 
 
 def test_dry_run_of_a_patch_not_built_yet_predicts_and_changes_nothing(fleet):
@@ -113,9 +128,17 @@ def test_rollout_patches_every_host(fleet):
                for release in fleet["hosts"].values())
 
 
-def test_rerun_changes_nothing(fleet):
-    proc, report_dir = livepatch(fleet, "rerun", livepatch_probes=[PROBE],
-                                 livepatch_report_query="hosts[?changed].host")
+def test_rerun_from_the_installed_collection_changes_nothing(fleet, installed):
+    """The rerun is `ansible-playbook klp.livepatch.livepatch` from the installed collection,
+    in a directory outside the checkout: it finds the modules the first run built (same
+    build key), builds nothing and changes nothing."""
+    argv, report_dir = livepatch_argv(fleet, "rerun", livepatch_probes=[PROBE],
+                                      livepatch_patches=[PATCH.name],
+                                      livepatch_report_query="hosts[?changed].host")
+    argv[argv.index(str(REPO / "livepatch.yml"))] = "klp.livepatch.livepatch"
+    proc = subprocess.run(argv, capture_output=True, text=True, env=installed["env"],
+                          cwd=installed["work"], check=False, timeout=3600)
+    (fleet["base"] / "rerun.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     report = json.loads((report_dir / "latest" / "report.json").read_text())
     assert report["build"]["built"] == []
@@ -127,16 +150,16 @@ def test_rerun_changes_nothing(fleet):
     assert '"verify_report.query_result": []' in proc.stdout
 
 
-def test_fleet_status_shows_the_patch_everywhere(fleet):
-    """klp.livepatch.status (read only) on the patched fleet: every host has the patch
-    enabled, its functions counted; nothing changed."""
+def test_fleet_status_shows_the_patch_everywhere(fleet, installed):
+    """klp.livepatch.status (read only), from the installed collection, on the patched
+    fleet: every host has the patch enabled, its functions counted; nothing changed."""
     report_dir = fleet["base"] / "status"
     proc = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", str(fleet["inventory"]),
-         str(REPO / "playbooks" / "status.yml"),
+        [str(ANSIBLE_PLAYBOOK), "-i", str(fleet["inventory"]), "klp.livepatch.status",
          "-e", json.dumps({"livepatch_hosts": ":".join(fleet["hosts"]),
                            "livepatch_become": False, "livepatch_report_dir": str(report_dir)})],
-        capture_output=True, text=True, env=env(fleet), check=False, cwd=REPO, timeout=900)
+        capture_output=True, text=True, env=installed["env"], check=False,
+        cwd=installed["work"], timeout=900)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert all(c["changed"] == 0 for c in recap(proc).values())
     [run] = [p for p in report_dir.iterdir() if p.name.endswith("-status")]

@@ -69,25 +69,26 @@ def toolchain(release: str) -> tuple[list[str], str]:
     return toolchain_for(read_config(config), release)
 
 
-def full_build_estimate(build_dir: Path, sample: int, prefix: list[str], cc: str
+def full_build_estimate(release: str, build_dir: Path, sample: int, prefix: list[str], cc: str
                         ) -> tuple[float, int, float]:
     """(estimated seconds, translation units, mean seconds per unit) for make vmlinux."""
+    from builder.stages.prepare import make_args
+
     source = Path(os.readlink(build_dir / "source")) if (build_dir / "source").is_symlink() \
         else None
     if source is None:
         sys.exit(f"{build_dir} is not an O= build directory of a prepared tree")
-    dry = subprocess.run([*prefix, "make", "-n", "-s", "-C", str(source), f"O={build_dir}",
-                          f"CC={cc}", "vmlinux"], capture_output=True, text=True)
+    make = make_args(source, build_dir, cc, release, prefix)  # the builder's own make command
+    dry = subprocess.run([*make, "-n", "-s", "vmlinux"], capture_output=True, text=True)
     units = sorted(set(re.findall(r" -c -o (\S+\.o) \S+\.c", dry.stdout)))
     if not units:
-        sys.exit("could not list the translation units of make vmlinux")
+        sys.exit(f"could not list the translation units of make vmlinux:\n{dry.stderr[-2000:]}")
     picked = random.Random(1).sample(units, min(sample, len(units)))
     times = []
     for obj in picked:
         target = os.path.relpath(obj, build_dir) if obj.startswith("/") else obj
         start = time.monotonic()
-        subprocess.run([*prefix, "make", "-s", "-C", str(source), f"O={build_dir}",
-                        f"CC={cc}", target], capture_output=True)
+        subprocess.run([*make, "-s", target], capture_output=True)
         times.append(time.monotonic() - start)
         (build_dir / target).unlink(missing_ok=True)
     mean = statistics.mean(times)
@@ -103,6 +104,8 @@ def main() -> None:
     args = ap.parse_args()
     release = args.kernel or _newest_61()
     tree = prepared_tree(release)
+    print(f"kernel {release}, patch {PATCH.name}, {args.runs} runs each, "
+          f"{os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="klp-bench-") as tmp:
         out = Path(tmp)
         run_build(release, out)  # make sure packages are cached and the tree exists
@@ -117,24 +120,24 @@ def main() -> None:
                 shutil.rmtree(aside, ignore_errors=True)
             cold.append(took)
             peaks.append(peak)
+        cold_m = statistics.median(cold)
+        print(f"  cold build (packages cached, tree not prepared): median {cold_m:6.1f} s  "
+              f"(goal <= 60 s)  runs: {', '.join(f'{t:.1f}' for t in cold)}", flush=True)
         for _ in range(args.runs):
             took, peak = run_build(release, out)
             warm.append(took)
             peaks.append(peak)
+        warm_m = statistics.median(warm)
+        print(f"  warm build (tree prepared):                      median {warm_m:6.1f} s  "
+              f"(goal <= 10 s)  runs: {', '.join(f'{t:.1f}' for t in warm)}", flush=True)
         prefix, cc = toolchain(release)
-        with_root = cold_with_root(release, tree, out, prefix) if prefix else None
-        estimate, units, per_unit = full_build_estimate(tree, args.sample, prefix, cc)
-    cold_m, warm_m = statistics.median(cold), statistics.median(warm)
-    print(f"kernel {release}, patch {PATCH.name}, {args.runs} runs each, "
-          f"{os.cpu_count()} cores")
-    print(f"  cold build (packages cached, tree not prepared): median {cold_m:6.1f} s  "
-          f"(goal <= 60 s)  runs: {', '.join(f'{t:.1f}' for t in cold)}")
-    print(f"  warm build (tree prepared):                      median {warm_m:6.1f} s  "
-          f"(goal <= 10 s)  runs: {', '.join(f'{t:.1f}' for t in warm)}")
-    if with_root is not None:
-        print(f"  cold build that first makes the {Path(prefix[-1]).name} build root "
-              f"(gcc {cc}): {with_root:6.1f} s (one run)")
-    print(f"  peak memory of the builder: {max(peaks) / 1024:.0f} MiB (goal <= 1536 MiB)")
+        if prefix:
+            with_root = cold_with_root(release, tree, out, prefix)
+            print(f"  cold build that first makes the {Path(prefix[-1]).name} build root "
+                  f"(gcc {cc}): {with_root:6.1f} s (one run)", flush=True)
+        print(f"  peak memory of the builder: {max(peaks) / 1024:.0f} MiB (goal <= 1536 MiB)",
+              flush=True)
+        estimate, units, per_unit = full_build_estimate(release, tree, args.sample, prefix, cc)
     print(f"  make vmlinux, measured estimate: {estimate / 60:.0f} min "
           f"({units} units x {per_unit:.2f} s / {os.cpu_count()} cores, sample {args.sample})")
     print(f"  ratio full build / warm: {estimate / warm_m:.0f}x, "

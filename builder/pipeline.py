@@ -102,15 +102,17 @@ def _verify_all(packages, compiled, diffs):
     """Prove every replaced function's rebuilt original equals the shipped one.
 
     Returns the images and, per source, the verified functions (their sympos is found
-    here, where the shipped copy is identified, and generate uses it as is).
+    here, where the shipped copy is identified, and generate uses it as is). The
+    originals are the objects the diff stage read, carried by each UnitDiff.
     """
     from builder.stages.verify import verify_units
 
-    functions = {d.source: [c.name for c in d.changed] for d in diffs}
-    return verify_units(packages, compiled.units, functions)
+    return verify_units(packages, compiled.units, diffs)
 
 
 def _diff_all(compiled, skip_init: bool = False):
+    """One UnitDiff per unit. Each object file is read here, once: the UnitDiff carries
+    both parsed objects on to verify and generate."""
     from builder.stages.diff import diff_unit, require_change
 
     # the patches as applied: line maps follow hunks that patch found at an offset
@@ -150,8 +152,7 @@ def _generate_all(compiled, diffs, images, verified, exports, layout):
     for index, (unit, diff) in enumerate(zip(compiled.units, diffs, strict=True)):
         if not (diff.changed or diff.callbacks or diff.provides):
             continue  # nothing of this file is needed (e.g. a comment-only hunk)
-        units.append(generate_unit(diff, ElfObject.read(unit.original),
-                                   ElfObject.read(unit.patched), images[unit.target_object],
+        units.append(generate_unit(diff, diff.original, diff.patched, images[unit.target_object],
                                    exports, prefix=f"u{index}", layout=layout,
                                    provided=provided,
                                    sympos={v.name: v.sympos for v in verified[unit.source]}))

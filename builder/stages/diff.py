@@ -64,6 +64,9 @@ class UnitDiff:
     skipped_init: list[str] = field(default_factory=list)  # "fn in .init.text", left out
     # patched symbol name → original name, for every correlated symbol
     correlation: dict[str, str] = field(default_factory=dict)
+    # The two objects compared, as read once: verify and generate use them, not the files.
+    original: ElfObject | None = field(default=None, repr=False, compare=False)
+    patched: ElfObject | None = field(default=None, repr=False, compare=False)
 
 
 def _only_line_numbers(old: bytes, new: bytes, lines: Sequence[LineMap]) -> bool:
@@ -110,7 +113,8 @@ def diff_unit(orig_obj: ElfObject, patched_obj: ElfObject, source: str, target_o
     orig, patched = Side(orig_obj), Side(patched_obj)
     rename = correlate(orig, patched)
     identity = {n: n for n in list(orig.functions) + list(orig.objects)}
-    result = UnitDiff(source=source, target_object=target_object, correlation=rename)
+    result = UnitDiff(source=source, target_object=target_object, correlation=rename,
+                      original=orig_obj, patched=patched_obj)
 
     result.callbacks = _callbacks(patched)
     callback_functions = set(result.callbacks.values())

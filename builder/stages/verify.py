@@ -10,16 +10,12 @@ config, and the build stops.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from elftools.elf.elffile import ELFFile
-from elftools.elf.relocation import RelocationSection
-from elftools.elf.sections import SymbolTableSection
+from typing import TYPE_CHECKING
 
 from builder.artifacts import CompiledUnit, KernelPackages
 from builder.cache import symbols_dir
+from builder.elf import STB_WEAK, STT_FUNC, ElfObject
 from builder.errors import BuildError
 from builder.symbols import (
     ModuleImage,
@@ -28,6 +24,9 @@ from builder.symbols import (
     nearest_to_neighbours,
     reloc_size,
 )
+
+if TYPE_CHECKING:
+    from builder.stages.diff import UnitDiff
 
 STAGE = "verify"
 CAUSE = ("the source package version, compiler or config differs from the shipped kernel")
@@ -54,52 +53,45 @@ class ObjectFunction:
     jump_labels: list[int] = field(default_factory=list)  # offsets of jump-label sites
 
 
-def object_functions(path: Path) -> dict[str, ObjectFunction]:
-    """Every defined STT_FUNC of a relocatable object with its bytes and reloc sites."""
-    data = path.read_bytes()
-    elf = ELFFile(io.BytesIO(data))
-    relocs: dict[int, list[tuple[int, int]]] = {}
-    for section in elf.iter_sections():
-        if isinstance(section, RelocationSection):
-            relocs.setdefault(section["sh_info"], []).extend(
-                (r["r_offset"], reloc_size(r["r_info_type"])) for r in section.iter_relocations())
+def object_functions(obj: ElfObject) -> dict[str, ObjectFunction]:
+    """Every defined STT_FUNC of a relocatable object with its bytes and reloc sites.
+
+    `obj` is the object the diff stage read (UnitDiff.original): not read again here.
+    """
+    relocs: dict[int, list[tuple[int, int]]] = {}  # id(section) → (offset, bytes)
+    for section in obj.sections:
+        relocs.setdefault(id(section), []).extend(
+            (r.offset, reloc_size(r.type)) for r in section.relocs or [])
+    for _rela, target, extra in obj.extra_relas:  # a rela section of another name
+        relocs.setdefault(id(target), []).extend((r.offset, reloc_size(r.type)) for r in extra)
+    jump_sites = _jump_label_sites(obj)
     out: dict[str, ObjectFunction] = {}
-    symtab = elf.get_section_by_name(".symtab")
-    if not isinstance(symtab, SymbolTableSection):
-        return out
-    jump_sites = _jump_label_sites(elf, symtab)
-    contents: dict[int, bytes] = {}
-    for sym in symtab.iter_symbols():
-        shndx = sym["st_shndx"]
-        if sym["st_info"]["type"] != "STT_FUNC" or not isinstance(shndx, int) or not sym.name:
+    for sym in obj.symbols:
+        section = sym.section
+        if sym.type != STT_FUNC or section is None or not sym.name:
             continue
-        if shndx not in contents:
-            contents[shndx] = elf.get_section(shndx).data()
-        start, size = sym["st_value"], sym["st_size"]
+        start, size = sym.value, sym.size
         out[sym.name] = ObjectFunction(
-            name=sym.name, code=contents[shndx][start:start + size],
-            relocs=[(off - start, n) for off, n in relocs.get(shndx, [])
+            name=sym.name, code=section.data[start:start + size],
+            relocs=[(off - start, n) for off, n in relocs.get(id(section), [])
                     if start <= off < start + size],
-            weak=sym["st_info"]["bind"] == "STB_WEAK",
-            jump_labels=[off - start for off in jump_sites.get(shndx, [])
+            weak=sym.bind == STB_WEAK,
+            jump_labels=[off - start for off in jump_sites.get(id(section), [])
                          if start <= off < start + size])
     return out
 
 
-def _jump_label_sites(elf: ELFFile, symtab: SymbolTableSection) -> dict[int, list[int]]:
-    """Section index -> offsets of the code sites __jump_table names (its first field)."""
-    table = elf.get_section_by_name("__jump_table")
-    rela = elf.get_section_by_name(".rela__jump_table")
-    if table is None or not isinstance(rela, RelocationSection):
+def _jump_label_sites(obj: ElfObject) -> dict[int, list[int]]:
+    """id(section) -> offsets of the code sites __jump_table names (its first field)."""
+    table = obj.section("__jump_table")
+    if table is None:
         return {}
-    entry = JUMP_ENTRY_SIZE
     sites: dict[int, list[int]] = {}
-    for r in rela.iter_relocations():
-        if r["r_offset"] % entry:
+    for r in table.relocs or []:
+        if r.offset % JUMP_ENTRY_SIZE:
             continue  # the target and key fields
-        sym = symtab.get_symbol(r["r_info_sym"])
-        if isinstance(sym["st_shndx"], int):
-            sites.setdefault(sym["st_shndx"], []).append(sym["st_value"] + r["r_addend"])
+        if r.symbol.section is not None:
+            sites.setdefault(id(r.symbol.section), []).append(r.symbol.value + r.addend)
     return sites
 
 
@@ -207,9 +199,11 @@ def verify_function(unit: CompiledUnit, fn: ObjectFunction, image,
                           "package version), with the compiler named in its config")
 
 
-def verify(unit: CompiledUnit, functions: list[str], image) -> list[VerifiedFunction]:
-    """Check each named function of the unit's original object against the image."""
-    available = object_functions(unit.original)
+def verify(unit: CompiledUnit, original: ElfObject, functions: list[str],
+           image) -> list[VerifiedFunction]:
+    """Check each named function of the unit's original object (`original`, as the diff
+    stage read it) against the image."""
+    available = object_functions(original)
     verified = []
     for name in functions:
         fn = available.get(name)
@@ -230,19 +224,19 @@ def load_image(packages: KernelPackages, target_object: str):
     return ModuleImage(find_module(packages.modules_dir, target_object))
 
 
-def verify_units(packages: KernelPackages, units: list[CompiledUnit],
-                 functions: dict[str, list[str]]
+def verify_units(packages: KernelPackages, units: list[CompiledUnit], diffs: list[UnitDiff]
                  ) -> tuple[dict, dict[str, list[VerifiedFunction]]]:
-    """Verify functions per unit (keyed by unit.source); return (images, results by source).
+    """Verify each unit's changed functions (one UnitDiff per unit, in order, carrying the
+    original object the diff stage read); return (images, results by unit.source).
 
     The images dict (target object → image) is what the generate stage reads symbol
     positions and bytes from; each verified function's sympos is the one it uses.
     """
     images: dict = {}
     results: dict[str, list[VerifiedFunction]] = {}
-    for unit in units:
+    for unit, diff in zip(units, diffs, strict=True):
         if unit.target_object not in images:
             images[unit.target_object] = load_image(packages, unit.target_object)
-        results[unit.source] = verify(unit, functions.get(unit.source, []),
+        results[unit.source] = verify(unit, diff.original, [c.name for c in diff.changed],
                                       images[unit.target_object])
     return images, results

@@ -12,6 +12,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from builder.artifacts import CompiledUnit
+from builder.elf import ElfObject
 from builder.errors import BuildError
 from builder.stages.verify import mask, object_functions, verify
 from builder.symbols import (
@@ -69,6 +70,11 @@ def _cc(tmp: Path, name: str, text: str, extra: list[str] | None = None) -> Path
 def _unit(obj: Path, target: str = "vmlinux") -> CompiledUnit:
     return CompiledUnit(source="fixture.c", object_name="fixture.o", target_object=target,
                         original=obj, patched=obj)
+
+
+def _verify(obj: Path, functions: list[str], image, target: str = "vmlinux"):
+    """The verify stage on one object, parsed here as the diff stage parses it."""
+    return verify(_unit(obj, target), ElfObject.read(obj), functions, image)
 
 
 def _linked_image(tmp: Path, objs: list[Path]) -> VmlinuxImage:
@@ -185,12 +191,13 @@ def test_verify_matches_outside_relocations_and_reports_the_first_difference(tmp
     support = _cc(tmp_path, "support", SUPPORT)
     image = _linked_image(tmp_path, [orig, support])
     # Linking filled every relocation site: the bytes match only with masking.
-    fn = object_functions(orig)["scaled"]
+    available = object_functions(ElfObject.read(orig))
+    fn = available["scaled"]
     assert fn.relocs, "the fixture must have relocations"
     raw = image.read(image.positions("scaled")[0], len(fn.code))
     assert raw != fn.code and mask(raw, fn.relocs) == mask(fn.code, fn.relocs)
-    results = verify(_unit(orig), ["scaled", "use_helper", "helper"], image)
-    sizes = {name: len(f.code) for name, f in object_functions(orig).items()}
+    results = _verify(orig, ["scaled", "use_helper", "helper"], image)
+    sizes = {name: len(f.code) for name, f in available.items()}
     assert [(r.name, r.sympos, r.size) for r in results] == [
         ("scaled", 0, len(fn.code)), ("use_helper", 0, sizes["use_helper"]),
         ("helper", 0, sizes["helper"])]
@@ -201,7 +208,7 @@ def test_verify_matches_outside_relocations_and_reports_the_first_difference(tmp
     other.mkdir()
     changed = _cc(other, "fixture", SOURCE % {"factor": 5, "add": 1})
     with pytest.raises(BuildError) as err:
-        verify(_unit(changed), ["scaled"], image)
+        _verify(changed, ["scaled"], image)
     text = str(err.value)
     assert "scaled" in text and "differs from the shipped vmlinux at offset 0x" in text
     assert "source package version, compiler or config" in text
@@ -214,9 +221,9 @@ def test_verify_refuses_functions_missing_from_the_shipped_kernel(tmp_path):
     image = _linked_image(tmp_path, [orig, support])
     image = VmlinuxImage(image.path, [s for s in image.symbols if s.name != "helper"])
     with pytest.raises(BuildError, match="inlined"):
-        verify(_unit(orig), ["helper"], image)
+        _verify(orig, ["helper"], image)
     with pytest.raises(BuildError, match="not a function of the rebuilt"):
-        verify(_unit(orig), ["no_such_function"], image)
+        _verify(orig, ["no_such_function"], image)
 
 
 # ---------------------------------------------------------------- modules
@@ -250,9 +257,9 @@ def test_module_image_symtab_order_sympos_and_own_relocations(tmp_path):
     assert module.reloc_offsets("scaled")  # the .ko's own relocation sites
 
     # Each object's helper matches exactly one of the two (the immediates differ).
-    first = verify(_unit(one, "fix_mod"), ["helper", "scaled"], module)
+    first = _verify(one, ["helper", "scaled"], module, "fix_mod")
     assert [(r.name, r.sympos) for r in first] == [("helper", 1), ("scaled", 0)]
-    second = verify(_unit(two, "fix_mod"), ["helper"], module)
+    second = _verify(two, ["helper"], module, "fix_mod")
     assert [(r.name, r.sympos) for r in second] == [("helper", 2)]
 
 
@@ -265,7 +272,7 @@ def test_identical_same_named_functions_are_ambiguous(tmp_path):
     ko = tmp_path / "dup.ko"
     subprocess.run(["ld", "-r", "-o", str(ko), str(one), str(two)], check=True)
     with pytest.raises(BuildError, match="2 identical copies of helper"):
-        verify(_unit(one, "dup"), ["helper"], ModuleImage(ko))
+        _verify(one, ["helper"], ModuleImage(ko), "dup")
 
 
 def test_identical_copies_are_told_apart_by_their_place(tmp_path):

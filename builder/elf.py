@@ -1,12 +1,15 @@
 # SPDX-License-Identifier: GPL-2.0-or-later OR GPL-3.0-or-later
 """A small, editable model of x86-64 relocatable ELF files (objects and .ko modules).
 
-pyelftools reads; this module adds the in-memory model the diff, generate and
-post-link stages share, and a writer, because pyelftools cannot write ELF.
+pyelftools reads; this module adds the in-memory model the diff, verify, generate and
+post-link stages share, and a writer, because pyelftools cannot write ELF. `open_elf`
+is the builder's one way into an ELF file: the model reads through it, and so do the
+queries of the shipped kernel's linked images (builder/symbols.py).
 """
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +36,13 @@ _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 _SYM = struct.Struct("<IBBHQQ")
 _RELA = struct.Struct("<QQq")
+
+
+def open_elf(source: bytes | Path | str) -> ELFFile:
+    """pyelftools' reader over a whole ELF file, given its bytes or its path (read here,
+    at once: no file stays open)."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    return ELFFile(io.BytesIO(data))
 
 
 @dataclass
@@ -108,11 +118,10 @@ class ElfObject:
 
     @classmethod
     def read(cls, path: Path | str) -> ElfObject:
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            if elf["e_type"] != "ET_REL" or elf["e_machine"] != "EM_X86_64":
-                raise ValueError(f"{path}: not an x86-64 relocatable ELF file")
-            return cls._from_elffile(elf)
+        elf = open_elf(path)
+        if elf["e_type"] != "ET_REL" or elf["e_machine"] != "EM_X86_64":
+            raise ValueError(f"{path}: not an x86-64 relocatable ELF file")
+        return cls._from_elffile(elf)
 
     @classmethod
     def _from_elffile(cls, elf: ELFFile) -> ElfObject:

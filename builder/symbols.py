@@ -18,12 +18,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import NoteSection, SymbolTableSection
 
+from builder.elf import open_elf
 from builder.errors import BuildError
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
 
 STAGE = "symbols"
 KALLSYMS_RECIPE = 1
@@ -136,7 +140,8 @@ class VmlinuxImage:
         for sym in symbols:
             self._by_name.setdefault(sym.name, []).append(sym.address)
         self._data = vmlinux.read_bytes()
-        self._segments = _load_segments(self._data)
+        self._elf = open_elf(self._data)  # the image's one parse: segments, then notes
+        self._segments = _load_segments(self._elf)
         self._build_id: str | None = None
 
     @classmethod
@@ -192,7 +197,7 @@ class VmlinuxImage:
     def build_id(self) -> str:
         """GNU build-id of the shipped vmlinux (what /sys/kernel/notes of the target shows)."""
         if self._build_id is None:
-            self._build_id = elf_build_id(self.path) or ""
+            self._build_id = _gnu_build_id(self._elf) or ""
         return self._build_id
 
 
@@ -207,21 +212,23 @@ def ensure_vmlinux(vmlinuz: Path, cache_dir: Path) -> Path:
     return vmlinux
 
 
-def _load_segments(data: bytes) -> list[tuple[int, int, int]]:
-    elf = ELFFile(io.BytesIO(data))
+def _load_segments(elf: ELFFile) -> list[tuple[int, int, int]]:
     return [(seg["p_vaddr"], seg["p_offset"], seg["p_filesz"]) for seg in elf.iter_segments()
             if seg["p_type"] == "PT_LOAD"]
 
 
-def elf_build_id(path: Path) -> str | None:
-    with open(path, "rb") as fh:
-        elf = ELFFile(fh)
-        for section in elf.iter_sections():
-            if isinstance(section, NoteSection):
-                for note in section.iter_notes():
-                    # Xen's notes reuse the number 3: only the GNU one is the build id.
-                    if note["n_type"] == "NT_GNU_BUILD_ID" and note["n_name"] == "GNU":
-                        return note["n_desc"]
+def elf_build_id(source: Path | bytes) -> str | None:
+    """GNU build-id of an ELF file (its path or bytes), or None."""
+    return _gnu_build_id(open_elf(source))
+
+
+def _gnu_build_id(elf: ELFFile) -> str | None:
+    for section in elf.iter_sections():
+        if isinstance(section, NoteSection):
+            for note in section.iter_notes():
+                # Xen's notes reuse the number 3: only the GNU one is the build id.
+                if note["n_type"] == "NT_GNU_BUILD_ID" and note["n_name"] == "GNU":
+                    return note["n_desc"]
     return None
 
 
@@ -269,7 +276,7 @@ class ModuleImage:
     def __init__(self, path: Path, data: bytes | None = None) -> None:
         self.path = path
         self._data = data if data is not None else read_module_bytes(path)
-        elf = ELFFile(io.BytesIO(self._data))
+        elf = open_elf(self._data)  # the module's one parse: layout, symbols, .modinfo
         self._sections: dict[str, tuple[int, int, int]] = {}  # name → (base, offset, size)
         base = 0x1000
         # section → [(offset, type, S + A or None when S is undefined)]
@@ -298,11 +305,11 @@ class ModuleImage:
                 self.symbols.append(MSymbol(sym.name, elf.get_section(shndx).name,
                                             sym["st_value"], sym["st_size"],
                                             sym["st_info"]["type"], sym["st_info"]["bind"]))
-        self.name = module_name_of(self._data) or \
+        self.name = _modinfo_field(elf, "name") or \
             path.name.split(".ko")[0].replace("-", "_")
         # Modules the kernel loads before this one (modinfo depends=, from modpost).
         self.depends = frozenset(d.replace("-", "_") for d in
-                                 (modinfo_field(self._data, "depends") or "").split(",") if d)
+                                 (_modinfo_field(elf, "depends") or "").split(",") if d)
 
     def _resolve(self, elf: ELFFile, sym, addend: int) -> int | None:
         shndx = sym["st_shndx"]
@@ -382,7 +389,10 @@ def read_module_bytes(path: Path) -> bytes:
 
 def modinfo_field(data: bytes, field: str) -> str | None:
     """A `field=` value of .modinfo, or None."""
-    elf = ELFFile(io.BytesIO(data))
+    return _modinfo_field(open_elf(data), field)
+
+
+def _modinfo_field(elf: ELFFile, field: str) -> str | None:
     modinfo = elf.get_section_by_name(".modinfo")
     if modinfo is None:
         return None

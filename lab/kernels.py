@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import re
 
 from lab.errors import LabError
 
@@ -22,32 +21,43 @@ ALIASES: dict[str, tuple[str, str, str, str]] = {
 }
 DEFAULT_ALIAS = "newest-6.1-cloud-amd64"
 
-_IMAGE_NAME = re.compile(r"^linux-image-(\d+\.\d+\.\d+(?:-\d+)?(?:\+deb\d+)?-[a-z0-9-]+)$")
+
+def _parts(release: str):
+    """The builder's parse of a release name (builder/providers/debian.py, one grammar for
+    both): a DebianRelease, or None for a name that is no Debian 12 or 13 kernel release."""
+    from builder.providers.debian import release_parts
+
+    return release_parts(release)
 
 
 def release_series(release: str) -> str:
-    """'6.1.0-56-amd64' -> '6.1'; '6.12.57+deb12-amd64' -> '6.12'."""
-    return ".".join(release.split(".")[:2])
+    """'6.1.0-56-amd64' -> '6.1'; '6.12.57+deb12-amd64' -> '6.12'; '' for no release."""
+    rel = _parts(release)
+    return rel.series if rel else ""
 
 
 def release_flavour(release: str) -> str:
     """'6.1.0-56-cloud-amd64' -> 'cloud-amd64'; '6.12.57+deb12-amd64' -> 'amd64'."""
-    m = re.match(r"^\d+\.\d+\.\d+(?:-\d+)?(?:\+deb\d+)?-(.+)$", release)
-    return m.group(1) if m else ""
+    rel = _parts(release)
+    return rel.flavour if rel else ""
 
 
 def release_key(release: str) -> tuple[int, ...]:
-    """Order releases of one series: every number in the name, left to right."""
-    return tuple(int(n) for n in re.findall(r"\d+", release.rsplit("-", 1)[0]))
+    """Order releases of one series: every number of the ABI, left to right."""
+    rel = _parts(release)
+    return rel.order if rel else ()
 
 
 def parse_search(text: str) -> list[str]:
-    """Releases from `apt-cache search --names-only` output ('linux-image-R - description')."""
+    """Releases from `apt-cache search --names-only` output ('linux-image-R - description').
+
+    A -dbg or -unsigned package, or a meta package, names no release (the parser says so).
+    """
     releases = []
     for line in text.splitlines():
-        m = _IMAGE_NAME.match(line.split(" - ", 1)[0].strip())
-        if m and not m.group(1).endswith(("-dbg", "-unsigned")):
-            releases.append(m.group(1))
+        name = line.split(" - ", 1)[0].strip()
+        if name.startswith("linux-image-") and _parts(name.removeprefix("linux-image-")):
+            releases.append(name.removeprefix("linux-image-"))
     return sorted(set(releases))
 
 

@@ -55,22 +55,44 @@ class DebianRelease:
         """6.12-style ABIs ship one kbuild package per ABI, 6.1 one per series."""
         return "+deb" in self.abi
 
+    @property
+    def order(self) -> tuple[int, ...]:
+        """Every number of the ABI, left to right: orders the releases of one series
+        (6.1.0-9 before 6.1.0-56, 6.12.9+deb12 before 6.12.101+deb12)."""
+        return tuple(int(n) for n in re.findall(r"\d+", self.abi))
+
+
+def _split(release: str) -> DebianRelease | None:
+    """The parts of a release name of a supported flavour, whichever Debian it names."""
+    match = _RELEASE.match(release.strip())
+    if not match or match["flavour"] not in FLAVOURS:
+        return None
+    return DebianRelease(release=release.strip(), abi=match["abi"], series=match["series"],
+                         flavour=match["flavour"])
+
+
+def release_parts(release: str) -> DebianRelease | None:
+    """A Debian 12 or 13 kernel release split into its parts; None for any other name
+    (an image package's -dbg or -unsigned twin, a meta package, another Debian's kernel).
+    The one grammar of release names: the builder's and the lab's (lab/kernels.py)."""
+    rel = _split(release)
+    return rel if rel is not None and debian_release_of(rel.release) in SUITES else None
+
 
 def parse_release(release: str) -> DebianRelease:
     """Split a Debian kernel release; refuse anything else with an example."""
-    match = _RELEASE.match(release.strip())
-    if not match or match["flavour"] not in FLAVOURS:
+    rel = release_parts(release)
+    if rel is not None:
+        return rel
+    if _split(release) is None:
         raise BuildError(
             stage="resolve", message=f"{release!r} is not a Debian 12 or 13 kernel release",
             hint="use the target's `uname -r`, e.g. 6.1.0-56-amd64, 6.1.0-56-cloud-amd64, "
                  f"6.12.57+deb12-amd64 or 6.12.57+deb13-amd64 (flavours: {', '.join(FLAVOURS)})")
-    if debian_release_of(release) not in SUITES:
-        raise BuildError(
-            stage="resolve", message=f"{release!r} is a kernel of a Debian release the "
-                                     "builder does not know",
-            hint="supported: " + ", ".join(f"Debian {n} ({s})" for n, s in SUITES.items()))
-    return DebianRelease(release=release.strip(), abi=match["abi"], series=match["series"],
-                         flavour=match["flavour"])
+    raise BuildError(
+        stage="resolve", message=f"{release!r} is a kernel of a Debian release the "
+                                 "builder does not know",
+        hint="supported: " + ", ".join(f"Debian {n} ({s})" for n, s in SUITES.items()))
 
 
 def package_names_for(rel: DebianRelease) -> dict[str, str]:
@@ -121,8 +143,7 @@ def available_releases(archive: Archive) -> list[str]:
     releases = set()
     for name in out.split():
         rel = name.removeprefix("linux-image-").removesuffix("-unsigned")
-        match = _RELEASE.match(rel)
-        if match and match["flavour"] in FLAVOURS:
+        if _split(rel) is not None:
             releases.add(rel)
     return sorted(releases, key=lambda r: [int(x) if x.isdigit() else x
                                            for x in re.split(r"[.+-]", r)])
@@ -192,5 +213,6 @@ class DebianProvider(Provider):
         return acquire_packages(kernel, names, cache, self.archive)
 
 
-__all__ = ["DebianProvider", "DebianRelease", "parse_release", "package_names_for",
+__all__ = ["DebianProvider", "DebianRelease", "parse_release", "release_parts",
+           "package_names_for",
            "available_releases", "madison_versions", "missing_packages", "ARCHIVE_ROLES"]

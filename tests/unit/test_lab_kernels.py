@@ -106,3 +106,37 @@ def test_pick_errors_name_the_problem():
 def test_release_parts(release, series, flavour):
     assert kernels.release_series(release) == series
     assert kernels.release_flavour(release) == flavour
+
+
+@pytest.mark.parametrize("name", [
+    "6.1.0-56-amd64", "6.1.0-56-cloud-amd64", "6.12.57+deb12-rt-amd64", "6.12.57+deb13-amd64",
+    "6.1.0-50-amd64-dbg", "6.1.0-56-amd64-unsigned", "amd64", "6.12.57+deb11-amd64",
+    "6.1.0-56-arm64", "6.1.5-amd64",
+])
+def test_the_lab_reads_release_names_with_the_builders_parser(name):
+    """One grammar of release names: what the builder refuses is no release to the lab."""
+    from builder.errors import BuildError
+    from builder.providers.debian import parse_release
+
+    try:
+        rel = parse_release(name)
+    except BuildError:
+        rel = None
+    found = kernels.parse_search(f"linux-image-{name} - a package\n")
+    assert found == ([name] if rel else [])
+    assert kernels.release_series(name) == (rel.series if rel else "")
+    assert kernels.release_flavour(name) == (rel.flavour if rel else "")
+
+
+def test_the_lab_parses_releases_without_pyelftools():
+    """lab/ needs the builder's stdlib-only modules only: no ELF reader is imported."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.modules['elftools'] = None\n"
+            "import lab, lab.kernels\n"
+            "assert lab.kernels.release_key('6.12.9+deb12-amd64') == (6, 12, 9, 12)\n"
+            "assert lab.kernels.builder_packages('6.1.0-55-amd64')\n")
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   cwd=Path(__file__).resolve().parents[2])

@@ -214,5 +214,5 @@ class DebianProvider(Provider):
 
 
 __all__ = ["DebianProvider", "DebianRelease", "parse_release", "release_parts",
-           "package_names_for",
-           "available_releases", "madison_versions", "missing_packages", "ARCHIVE_ROLES"]
+           "package_names_for", "available_releases", "madison_versions", "missing_packages",
+           "ARCHIVE_ROLES"]

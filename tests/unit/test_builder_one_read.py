@@ -20,8 +20,8 @@ from builder.stages import verify as verify_stage
 from builder.symbols import KSymbol, VmlinuxImage
 from tests.unit.test_builder_diff import BASE, CFLAGS, LAYOUT_6_1, Exports, patch_text
 
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("ld") is None,
-                                reason="needs gcc and ld")
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("ld") is None,
+                               reason="needs gcc and ld")
 
 NEW = BASE.replace("return hidden_counter;", "return hidden_counter + 1;")
 # What the fixture's code calls and reads, for a vmlinux-like link.
@@ -60,6 +60,7 @@ def _vmlinux(tmp_path: Path, objects: list[Path]) -> VmlinuxImage:
     return VmlinuxImage(exe, sorted(symbols, key=lambda s: s.address))
 
 
+@needs_gcc
 def test_diff_verify_and_generate_parse_each_object_once(tmp_path, monkeypatch):
     orig = _cc(tmp_path / "orig", "f", BASE, CFLAGS)
     patched = _cc(tmp_path / "patched", "f", NEW, CFLAGS)
@@ -92,6 +93,7 @@ def test_diff_verify_and_generate_parse_each_object_once(tmp_path, monkeypatch):
     assert reads == {str(orig): 1, str(patched): 1}
 
 
+@needs_gcc
 def test_verify_reads_the_original_the_diff_stage_parsed(tmp_path, monkeypatch):
     """The verify stage takes the parsed object: it opens no file of its own."""
     orig = _cc(tmp_path / "orig", "f", BASE, CFLAGS)
@@ -103,3 +105,11 @@ def test_verify_reads_the_original_the_diff_stage_parsed(tmp_path, monkeypatch):
                         original=orig, patched=orig)
     found = verify_stage.verify(unit, parsed, ["other", "show"], image)
     assert [(v.name, v.sympos) for v in found] == [("other", 0), ("show", 0)]
+
+
+def test_the_builder_opens_elf_in_one_place():
+    """pyelftools is entered through builder/elf.py:open_elf only (objects and images)."""
+    root = Path(__file__).resolve().parents[2]
+    found = subprocess.run(["grep", "-rln", "--include=*.py", "ELFFile(", "builder"], cwd=root,
+                           capture_output=True, text=True, check=False).stdout.split()
+    assert found == ["builder/elf.py"]

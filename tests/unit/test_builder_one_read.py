@@ -10,15 +10,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from elftools.elf.elffile import ELFFile
 
 from builder import pipeline
 from builder.artifacts import CompiledUnit, CompileResult
 from builder.elf import ElfObject
 from builder.patchset import PatchSet
 from builder.stages import verify as verify_stage
-from builder.symbols import KSymbol, VmlinuxImage
+from builder.symbols import VmlinuxImage
 from tests.unit.test_builder_diff import BASE, CFLAGS, LAYOUT_6_1, Exports, patch_text
+from tests.unit.test_symbols import _linked_image
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("ld") is None,
                                reason="needs gcc and ld")
@@ -45,19 +45,7 @@ def _cc(directory: Path, name: str, source: str, flags: list[str]) -> Path:
 
 
 def _vmlinux(tmp_path: Path, objects: list[Path]) -> VmlinuxImage:
-    """Link like vmlinux and list its symbols as kallsyms would (by address)."""
-    exe = tmp_path / "vmlinux"
-    subprocess.run(["ld", "-static", "-e", "_start", "-Ttext=0x1000000", "-o", str(exe),
-                    *map(str, objects)], check=True)
-    symbols = []
-    with open(exe, "rb") as fh:
-        for sym in ELFFile(fh).get_section_by_name(".symtab").iter_symbols():
-            letter = KALLSYMS_TYPES.get(sym["st_info"]["type"])
-            if letter and sym.name:
-                global_ = sym["st_info"]["bind"] != "STB_LOCAL"
-                symbols.append(KSymbol(sym.name, sym["st_value"],
-                                       letter.upper() if global_ else letter))
-    return VmlinuxImage(exe, sorted(symbols, key=lambda s: s.address))
+    return _linked_image(tmp_path, objects, KALLSYMS_TYPES)
 
 
 @needs_gcc

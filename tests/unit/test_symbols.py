@@ -77,18 +77,24 @@ def _verify(obj: Path, functions: list[str], image, target: str = "vmlinux"):
     return verify(_unit(obj, target), ElfObject.read(obj), functions, image)
 
 
-def _linked_image(tmp: Path, objs: list[Path]) -> VmlinuxImage:
-    """Link like vmlinux: relocations resolved, so reloc sites hold real values."""
+def _linked_image(tmp: Path, objs: list[Path], letters: dict[str, str] | None = None
+                  ) -> VmlinuxImage:
+    """Link like vmlinux: relocations resolved, so reloc sites hold real values. The
+    symbols are listed as kallsyms lists them (by address), with a letter per ELF type
+    (functions only unless `letters` says more; upper case for globals)."""
+    letters = letters or {"STT_FUNC": "t"}
     exe = tmp / "vmlinux"
     subprocess.run(["ld", "-static", "-e", "_start", "-Ttext=0x1000000", "-o", str(exe),
                     *map(str, objs)], check=True)
     symbols = []
     with open(exe, "rb") as fh:
         for sym in ELFFile(fh).get_section_by_name(".symtab").iter_symbols():
-            if sym["st_info"]["type"] == "STT_FUNC":
-                local = sym["st_info"]["bind"] == "STB_LOCAL"
-                symbols.append(KSymbol(sym.name, sym["st_value"], "t" if local else "T"))
-    symbols.sort(key=lambda s: s.address)  # kallsyms order: by address
+            letter = letters.get(sym["st_info"]["type"])
+            if letter and sym.name:
+                if sym["st_info"]["bind"] != "STB_LOCAL":
+                    letter = letter.upper()
+                symbols.append(KSymbol(sym.name, sym["st_value"], letter))
+    symbols.sort(key=lambda s: s.address)
     return VmlinuxImage(exe, symbols)
 
 

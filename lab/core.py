@@ -11,7 +11,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lab import images, inventory, kernels, qemu
+import lab.images as images
+import lab.inventory as inventory
+import lab.kernels as kernels
+import lab.qemu as qemu
 from lab.errors import LabError
 from lab.progress import step, tail
 from lab.specs import Spec, default_name, parse_spec

@@ -87,6 +87,30 @@ def work_dir(root: Path, name: str, release: str) -> Path:
     return root / "work" / f"{name}-{release}"
 
 
+def temporary_for(dest: Path) -> Path:
+    """This process's temporary name beside `dest` (`.NAME.tmp-PID`), renamed into place
+    when complete; a leftover of a process that no longer runs (a killed build) is
+    removed first, so an interrupted build never leaves a half tree for good."""
+    for leftover in dest.parent.glob(f".{dest.name}.tmp-*"):
+        pid = leftover.name.rpartition("-")[2]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _running(int(pid))):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+    return dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def stamped(path: Path, wanted: dict) -> bool:
     """Does the JSON stamp at `path` record exactly `wanted` (a cached step is current)?"""
     try:

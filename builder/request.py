@@ -69,7 +69,8 @@ def option(flag: str, *, default: Any = MISSING, **spec) -> Any:
     described = Option(flag, **spec)
     if default is MISSING and not described.required:
         default = {"switch": False, "negated": True}.get(described.form)
-    return field(default=default, metadata={"option": described})
+    # Called only in BuildRequest's body below, so the field is a dataclass's after all.
+    return field(default=default, metadata={"option": described})  # pylint: disable=invalid-field-call
 
 
 # ---------------------------------------------------------------- parts of the key

@@ -14,7 +14,6 @@ import gzip
 import io
 import json
 import lzma
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import NoteSection, SymbolTableSection
 
+from builder.cache import temporary_for
 from builder.elf import open_elf
 from builder.errors import BuildError
 
@@ -206,7 +206,7 @@ def ensure_vmlinux(vmlinuz: Path, cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     vmlinux = cache_dir / "vmlinux"
     if not vmlinux.is_file():
-        tmp = cache_dir / f".vmlinux.tmp-{os.getpid()}"
+        tmp = temporary_for(vmlinux)
         tmp.write_bytes(extract_vmlinux(vmlinuz))
         tmp.replace(vmlinux)
     return vmlinux

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from builder.cache import cache_dir, exclusive, root_dir, stamped
+from builder.cache import cache_dir, exclusive, root_dir, stamped, temporary_for
 from builder.errors import BuildError
 from builder.providers.archive import Archive
 
@@ -104,8 +104,7 @@ def build_root(suite: str, cc: str) -> Path:
     with exclusive(root):
         if stamped(stamp, wanted):
             return root  # another build made it while we waited
-        tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = temporary_for(root)
         try:
             proc = subprocess.run(
                 ["debootstrap", "--variant=minbase", "--include=" + ",".join(wanted["packages"]),

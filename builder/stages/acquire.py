@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from builder.artifacts import KernelId, KernelPackages
-from builder.cache import kernel_dir, source_root
+from builder.cache import kernel_dir, source_root, temporary_for
 from builder.errors import BuildError
 from builder.providers.archive import Archive
 from builder.stages.prepare import read_config
@@ -101,8 +101,7 @@ def extract_atomically(debs: list[Path], dest: Path,
     if dest.is_dir():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temporary_for(dest)
     tmp.mkdir()
     try:
         for deb in debs:

@@ -31,7 +31,7 @@ import subprocess
 from pathlib import Path
 
 from builder.artifacts import KernelPackages, PreparedTree
-from builder.cache import cache_dir, kernel_dir, source_root, stamped
+from builder.cache import cache_dir, kernel_dir, source_root, stamped, temporary_for
 from builder.errors import BuildError
 from builder.progress import Timer
 from builder.toolchain import toolchain_for
@@ -86,9 +86,9 @@ def extract_source(tarball: Path, dest_root: Path) -> Path:
     tree = dest_root / name
     if (tree / "Makefile").is_file():
         return tree
-    tmp = dest_root / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    dest_root.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_for(tree)
+    tmp.mkdir()
     try:
         _make_run(["tar", "-xf", str(tarball), "-C", str(tmp)], "extract the kernel source")
         inner = tmp / name
@@ -220,8 +220,7 @@ def install_host_tools(source: Path, build: Path, config: dict[str, str], dest: 
         raise BuildError(stage=STAGE, file=str(build),
                          message="modules_prepare did not build " + ", ".join(missing),
                          hint=f"delete {build} so the tree is prepared again")
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temporary_for(dest)
     try:
         for name in TOOL_DIRS:
             (tmp / name).mkdir(parents=True)

@@ -105,7 +105,7 @@ def test_the_certificate_goes_with_the_key_only():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_a_field_changes_the_key_exactly_when_it_is_part_of_it(request_, tmp_path, name):
-    described = {n: d for n, d, _ in FIELDS}[name]
+    described = {n: d for n, d, _form in FIELDS}[name]
     changed = dataclasses.replace(
         request_, **{name: other(name, described, getattr(request_, name), tmp_path)})
     assert (changed.key() != request_.key()) == (described.key is not None)

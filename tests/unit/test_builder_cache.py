@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +80,24 @@ def test_a_bad_budget_is_refused(root, capsys):
     assert main(["cache", "prune", "--max-size", "lots"]) == 2
     assert "not a size such as 20G" in capsys.readouterr().err
     assert main(["cache", "prune"]) == 2
+
+
+def test_a_killed_builds_leftover_goes_and_a_running_ones_stays(tmp_path):
+    """temporary_for: what a build that no longer runs left beside the destination (a
+    half-extracted tree, a half-written file) is removed; a running build's is not."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    dest = tmp_path / "pkgs"
+    half_tree = tmp_path / f".pkgs.tmp-{dead.pid}"
+    (half_tree / "usr").mkdir(parents=True)
+    no_such_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    half_file = tmp_path / f".pkgs.tmp-{no_such_pid}"
+    half_file.write_text("half")
+    running = tmp_path / f".pkgs.tmp-{os.getppid()}"
+    running.mkdir()
+    other = tmp_path / ".src.tmp-1"  # another destination's: not this one's business
+    other.mkdir()
+    mine = cache.temporary_for(dest)
+    assert mine == tmp_path / f".pkgs.tmp-{os.getpid()}"
+    assert not half_tree.exists() and not half_file.exists()
+    assert running.is_dir() and other.is_dir()

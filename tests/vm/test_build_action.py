@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""klp.livepatch.build from a playbook: builds once per kernel, then reuses the artifact.
+"""klp.livepatch.build from a playbook: builds once per kernel, then reuses the artifact;
+builds that meet each other, and a build killed over a damaged cache.
 
 Runs on the controller only (no VM needed), but builds real modules, so it lives
 with the slow tier.
@@ -12,10 +13,12 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import yaml
 
-from lab.kernels import resolve
+from lab.kernels import package_version, resolve
 from tests.vm.corpus import CORPUS, REPO
 from tests.vm.playbook import ANSIBLE_PLAYBOOK
 
@@ -77,3 +80,45 @@ def test_two_runs_of_the_same_build_at_once_take_turns(tmp_path):
     module = tmp_path / "out" / "klp_twice.ko"
     manifest = json.loads((tmp_path / "out" / "klp_twice.json").read_text())
     assert hashlib.sha256(module.read_bytes()).hexdigest() == manifest["module_sha256"]
+
+
+def test_a_build_killed_mid_way_over_a_truncated_package_completes_on_the_rerun(tmp_path):
+    """Faults on the controller, in a cache of its own: the kernel's headers package in
+    the cache is cut short (a full disk, a killed copy) and the build is killed (-9)
+    while it extracts packages or the source. The rerun fetches the package again,
+    completes, and its module checks out; no half tree or half file is left anywhere."""
+    release = resolve("newest-6.1-amd64")
+    version = package_version(release)
+    shared = Path(os.environ.get("KLP_CACHE") or Path.home() / ".cache" / "klp-livepatch")
+    cache = tmp_path / "cache"
+    (cache / "debs").mkdir(parents=True)
+    for deb in (shared / "debs").glob(f"*_{version}_*.deb"):  # what the archive gave
+        os.link(deb, cache / "debs" / deb.name)
+    (cache / "apt").symlink_to(shared / "apt")  # the archive's index, not its packages
+    headers = cache / "debs" / f"linux-headers-{release}_{version}_amd64.deb"
+    whole = headers.stat().st_size
+    headers.unlink()  # a copy of its own to cut short: the shared one stays whole
+    headers.write_bytes((shared / "debs" / headers.name).read_bytes()[:whole // 3])
+    argv = [sys.executable, "-m", "builder", "build", "--kernel", release, "--patch",
+            str(PATCH), "--name", "klp_killed", "--output", str(tmp_path / "out")]
+    env = dict(os.environ, KLP_CACHE=str(cache))
+
+    first = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not list(cache.glob("*/*/.*.tmp-*")) and first.poll() is None:
+        assert time.monotonic() < deadline, "the build never started extracting"
+        time.sleep(0.05)
+    first.kill()
+    first.wait()
+    assert first.returncode == -9, "the build finished before it could be killed"
+
+    rerun = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True,
+                           check=False, timeout=1800)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert headers.stat().st_size == whole  # fetched again, whole
+    manifest = json.loads((tmp_path / "out" / "klp_killed.json").read_text())
+    module = (tmp_path / "out" / "klp_killed.ko").read_bytes()
+    assert hashlib.sha256(module).hexdigest() == manifest["module_sha256"]
+    assert manifest["kernel_release"] == release
+    assert not [str(p) for p in cache.rglob(".*.tmp-*")]  # the killed build's are gone

@@ -166,6 +166,14 @@ class Archive:
                     "its 'updated' file to read the archive again")
         return "run `apt-get update`; check that the archive is reachable"
 
+    def sources_hint(self) -> str:
+        """What the controller's own apt sources must list (its suite is read through them)."""
+        if self.private:
+            return ""
+        return (f"; this controller's own apt sources are read for {self.suite}: they must "
+                f"list {self.suite}, {self.suite}-updates and {self.suite}-security (as a "
+                "standard Debian installation does), then `apt-get update`")
+
 
 __all__ = ["SUITES", "Archive", "debian_release_of", "host_suite", "parse_madison",
            "sorted_versions", "version_newer"]

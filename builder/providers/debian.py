@@ -173,7 +173,8 @@ class DebianProvider(Provider):
                 stage="resolve",
                 message=f"Debian's {self.archive.suite} archive has no kernel {release}",
                 hint="available releases: " + (", ".join(known) if known else
-                                               "none; " + self.archive.update_hint()))
+                                               "none; " + self.archive.update_hint())
+                     + self.archive.sources_hint())
         if package_version is None:
             package_version = versions[0]
         else:

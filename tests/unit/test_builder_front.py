@@ -112,6 +112,17 @@ def test_another_suite_is_read_through_a_private_apt_root(tmp_path, monkeypatch)
     assert len(calls) == 1
 
 
+def test_a_kernel_missing_from_the_controllers_own_suite_names_the_sources_it_needs(
+        monkeypatch):
+    """The controller's own suite is read through its apt sources; a Debian 13 machine
+    made by debootstrap lists only `trixie`, where the newest kernels (from
+    trixie-security) are missing: the hint says which suites the sources must list."""
+    monkeypatch.setattr(archive_mod, "host_suite", lambda: "trixie")
+    assert Archive("bookworm").sources_hint() == ""  # a private root lists all three
+    hint = Archive("trixie").sources_hint()
+    assert all(suite in hint for suite in ("trixie-updates", "trixie-security"))
+
+
 # ---------------------------------------------------------------- acquire helpers
 def test_absolute_symlinks_and_makefile_are_rerooted(tmp_path):
     root = tmp_path / "pkgs"

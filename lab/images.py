@@ -25,7 +25,7 @@ from lab.progress import step, tail
 # Bump when a recipe changes: cached trees with another recipe are not reused. The base
 # rootfs (debootstrap, slow) and the images (kernels and boot settings) bump separately.
 BASE_RECIPE = "r2"
-RECIPE = "r2"
+RECIPE = "r3"
 MIRROR = os.environ.get("KLP_LAB_MIRROR", "http://deb.debian.org/debian")
 SECURITY_MIRROR = os.environ.get("KLP_LAB_SECURITY_MIRROR", "http://deb.debian.org/debian-security")
 DISK_SIZE = "2G"
@@ -40,7 +40,8 @@ MASKED_UNITS = ["apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer
                 "systemd-networkd-wait-online.service"]
 # QEMU user networking always gives the guest this address. systemd-networkd sets it
 # statically: no DHCP exchange to wait for (ifupdown with dhclient took 17-30 s under TCG).
-GUEST_NETWORK = "[Match]\nName=eth0\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\n"
+# No gateway: SSH comes in from 10.0.2.2, on the link, and the guest has nowhere to go.
+GUEST_NETWORK = "[Match]\nName=eth0\n\n[Network]\nAddress=10.0.2.15/24\n"
 ENABLED_UNITS = {"systemd-networkd.service": "multi-user.target.wants",
                  "systemd-networkd.socket": "sockets.target.wants"}
 

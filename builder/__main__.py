@@ -44,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--consistency", choices=("default", "freeze"), default="default")
     u.add_argument("--work", type=Path, metavar="DIR",
                    help="work directory; unit results kept there make a rerun resume")
+    u.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="fix units built at once (default: the number of CPUs)")
     u.add_argument("--check", action="store_true",
                    help="only resolve the versions and say what would be done")
     c = sub.add_parser("cache", help="list the controller cache or prune it to a size")
@@ -84,7 +86,7 @@ def run_update(args) -> int:
     request = UpdateRequest(
         kernel=args.kernel, to=args.to, name=args.name, output=args.output,
         package_version=args.package_version, work=args.work, sign_key=args.sign_key,
-        sign_cert=args.sign_cert, consistency=args.consistency)
+        sign_cert=args.sign_cert, consistency=args.consistency, jobs=max(1, args.jobs))
     planned = plan(request)
     if args.check:
         built = args.output / f"{planned['name']}.ko"

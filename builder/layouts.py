@@ -5,6 +5,12 @@ A live patch replaces code, never the data the running kernel already holds: if 
 patch moves a member, resizes a struct or adds one, the new code would read old
 objects with the new layout. The diff stage compares the layouts of the original and
 patched build of each unit and refuses any that changed, naming the type.
+
+What running data relies on is each member's name, place (offset, size, nesting) and
+the kind of value kept there. A qualifier (const, volatile) or the signedness of an
+integer of the same size changes none of the bytes, so those are not layout changes; a
+member of another type at the same place is, and so is a member renamed in place
+(which cannot be told from two members swapped).
 """
 
 from __future__ import annotations
@@ -17,8 +23,12 @@ from pathlib import Path
 from builder.errors import BuildError
 
 _START = re.compile(r"^(struct|union) (\S+) \{$")
-# "\t<declaration>;  /* offset size */" (bit fields: "/* offset: bit size */")
-_MEMBER = re.compile(r"^\t([^/\s].*?;)\s+/\*\s+(\d+)(?::\s*\d+)?\s+(\d+)\s+\*/")
+# "\t<declaration>;  /* offset size */" (bit fields: "/* offset: bit size */"); members
+# of nested anonymous structs and unions carry one tab more per level.
+_MEMBER = re.compile(r"^\t+([^/\s].*?;)\s+/\*\s+(\d+)(?::\s*\d+)?\s+(\d+)\s+\*/")
+_POINTER_NAME = re.compile(r"\(\s*\*\s*(\w+)\s*\)")  # int (*show)(void *);
+_PLAIN_NAME = re.compile(r"(\w+)\s*(?:\[[^\]]*\]\s*)*(?::\s*\d+\s*)?;$")
+_SAME_BYTES = {"const", "volatile", "signed", "unsigned"}
 _SIZE = re.compile(r"/\* size: (\d+)")
 
 Layout = tuple[tuple[str, int, int], ...]  # (declaration, offset, size) …, ("", size, 0)
@@ -64,11 +74,29 @@ def parse(text: str) -> dict[str, Layout]:
     return found
 
 
+def placement(layout: Layout) -> tuple:
+    """What running data relies on: each member's name, kind of value, offset and size."""
+    return tuple((*_name_and_kind(declaration), offset, size)
+                 for declaration, offset, size in layout)
+
+
+def _name_and_kind(declaration: str) -> tuple[str, str]:
+    """The member's name, and its declaration without the name and the words that
+    change no byte."""
+    name = ""
+    named = _POINTER_NAME.search(declaration) or _PLAIN_NAME.search(declaration)
+    if named:
+        name = named.group(1)
+        declaration = declaration[:named.start(1)] + declaration[named.end(1):]
+    return name, " ".join(word for word in re.findall(r"\w+|[^\w\s]", declaration)
+                          if word not in _SAME_BYTES)
+
+
 def changed_layouts(orig: Path, patched: Path) -> list[str]:
-    """Types described by both builds whose members, offsets or size differ."""
+    """Types described by both builds whose members moved, resized or changed kind."""
     before, after = layouts(orig), layouts(patched)
     return sorted(name for name, layout in before.items()
-                  if name in after and after[name] != layout)
+                  if name in after and placement(after[name]) != placement(layout))
 
 
-__all__ = ["changed_layouts", "layouts", "parse"]
+__all__ = ["changed_layouts", "layouts", "parse", "placement"]

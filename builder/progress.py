@@ -52,10 +52,12 @@ class Progress:
     stream: object = sys.stderr
     clock: Timer = field(default_factory=Timer)
     seconds: dict[str, float] = field(default_factory=dict)
+    label: str = ""  # names the run on each line when several share the stream
 
     def note(self, text: str) -> None:
         """A line of progress inside a long stage (e.g. hundreds of units to compile)."""
-        print(f"[{self.clock.seconds:6.1f}s]           {text}", file=self.stream, flush=True)
+        print(f"[{self.clock.seconds:6.1f}s]           {self._labelled(text)}",
+              file=self.stream, flush=True)
 
     def stage(self, name: str, detail: str, fn, *args, **kwargs):
         """fn(*args, **kwargs), timed as stage `name`; its result."""
@@ -63,13 +65,16 @@ class Progress:
         result = fn(*args, **kwargs)
         took = timer.seconds
         self.seconds[name] = round(took, 3)
-        print(f"[{self.clock.seconds:6.1f}s] {name:<9} {detail} ({took:.1f}s)",
+        print(f"[{self.clock.seconds:6.1f}s] {name:<9} {self._labelled(detail)} ({took:.1f}s)",
               file=self.stream, flush=True)
         return result
 
-    def nested(self) -> Progress:
+    def nested(self, label: str = "") -> Progress:
         """Progress of a run inside this one: the same stream and clock, its own seconds."""
-        return Progress(stream=self.stream, clock=self.clock)
+        return Progress(stream=self.stream, clock=self.clock, label=label)
+
+    def _labelled(self, text: str) -> str:
+        return f"{self.label}: {text}" if self.label else text
 
 
 __all__ = ["Progress", "Timer", "timed"]

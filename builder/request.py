@@ -164,10 +164,11 @@ class BuildRequest:
         return digest.hexdigest()
 
     def key(self) -> dict:
-        """What makes two builds the same: the builder's version and each option's part."""
-        from builder import __version__
+        """What makes two builds the same: the builder's version and code, and each
+        option's part."""
+        from builder import __version__, code_digest
 
-        key = {"builder_version": __version__}
+        key = {"builder_version": __version__, "builder_code": code_digest()}
         for name, described, _default in described_fields():
             if described.key:
                 key.update(described.key(name, self))

@@ -30,11 +30,13 @@ live units and those left for a reboot.
 from __future__ import annotations
 
 import json
+import queue
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder import __version__
+from builder import __version__, code_digest
 from builder.cache import sha256_file, source_root
 from builder.errors import BuildError
 from builder.manifest import SCHEMA_VERSION
@@ -51,7 +53,6 @@ from builder.update.units import Unit, cut_units, tree_diff, unit_patch
 
 STAGE = "update"
 NO_CHANGE = "no functional change"
-UPDATE_RECIPE = 1  # bump when unit results cached by an older builder must be redone
 
 
 @dataclass
@@ -65,6 +66,7 @@ class UpdateRequest:
     sign_key: Path | None = None
     sign_cert: Path | None = None
     consistency: str = "default"
+    jobs: int = 1  # units built at once; their compile stages take turns on the tree
 
 
 def source_tree(version: str, series: str, archive: Archive) -> tuple[Path, Path]:
@@ -98,9 +100,11 @@ def _slug(name: str) -> str:
 
 
 def _unit_result(request: UpdateRequest, kernel, unit: Unit, patch: Path, work: Path,
-                 progress: Progress) -> dict:
-    """Build one unit alone; cached by its patch, kernel and builder version."""
-    key = {"recipe": UPDATE_RECIPE, "builder_version": __version__, "kernel": kernel.release,
+                 unit_work: Path, progress: Progress) -> dict:
+    """Build one unit alone, in `unit_work` (no other build uses it meanwhile); cached
+    by its patch, kernel and the builder's version and code."""
+    key = {"builder_version": __version__, "builder_code": code_digest(),
+           "kernel": kernel.release,
            "package_version": kernel.package_version,
            "patch_sha256": sha256_file(patch)}
     cached = patch.with_suffix(".result.json")
@@ -110,11 +114,11 @@ def _unit_result(request: UpdateRequest, kernel, unit: Unit, patch: Path, work: 
             return result
     sub = BuildRequest(kernel=kernel.release, package_version=kernel.package_version,
                        patches=[patch], name=f"u_{_slug(unit.name)}"[:50],
-                       output=work / "units" / _slug(unit.name), work=work / "unit-work")
+                       output=work / "units" / _slug(unit.name), work=unit_work)
     result = {"key": key}
     timer = Timer()
     try:
-        manifest = build(sub, progress.nested())
+        manifest = build(sub, progress)
     except BuildError as err:
         text = str(err)
         result.update(status="no-change" if NO_CHANGE in text else "needs-reboot",
@@ -153,18 +157,7 @@ def update(request: UpdateRequest, progress: Progress | None = None) -> dict:
                                          source_tree, newer, series, provider.archive)
     units, left_out, patches = progress.stage(
         "units", "difference cut into fix units", _cut, tree, new_tree, work)
-    records = []
-    for index, unit in enumerate(units, 1):
-        record = {"name": unit.name, "files": unit.files, "unbuilt": unit.unbuilt,
-                  "placements": unit.placements}
-        if not unit.in_config:
-            record.update(status="not-in-config",
-                          reason=unit.reason or "no file of it is built in this configuration")
-        else:
-            progress.note(f"unit {index}/{len(units)}: {unit.name}")
-            result = _unit_result(request, kernel, unit, patches[unit.name], work, progress)
-            record.update({k: v for k, v in result.items() if k != "key"})
-        records.append(record)
+    records = _unit_records(request, kernel, units, patches, work, progress)
     info["left_out"] = left_out
     items = items_between(read_changelog(changelog), kernel.package_version, newer) \
         if changelog.is_file() else []
@@ -198,6 +191,39 @@ def update(request: UpdateRequest, progress: Progress | None = None) -> dict:
     manifest.setdefault("schema_version", SCHEMA_VERSION)
     manifest["update"] = {**info, "state": "update"}
     return _write(manifest_path, manifest)
+
+
+def _unit_records(request: UpdateRequest, kernel, units: list[Unit], patches: dict[str, Path],
+                  work: Path, progress: Progress) -> list[dict]:
+    """Every unit's record, in the units' order; up to `request.jobs` built at once, each
+    in a work directory of its own slot."""
+    slots: queue.Queue[Path] = queue.Queue()
+    for slot in range(request.jobs):
+        slots.put(work / ("unit-work" if slot == 0 else f"unit-work-{slot + 1}"))
+
+    def built(index: int, unit: Unit) -> dict:
+        unit_work = slots.get()
+        try:
+            progress.note(f"unit {index}/{len(units)}: {unit.name}")
+            return _unit_result(request, kernel, unit, patches[unit.name], work, unit_work,
+                                progress.nested(label=unit.name))
+        finally:
+            slots.put(unit_work)
+
+    records = [{"name": unit.name, "files": unit.files, "unbuilt": unit.unbuilt,
+                "placements": unit.placements} for unit in units]
+    with ThreadPoolExecutor(max_workers=request.jobs) as pool:
+        running = {}
+        for index, (unit, record) in enumerate(zip(units, records, strict=True), 1):
+            if unit.in_config:
+                running[pool.submit(built, index, unit)] = record
+            else:
+                record.update(status="not-in-config", reason=unit.reason
+                              or "no file of it is built in this configuration")
+        for future, record in running.items():
+            result = future.result()
+            record.update({k: v for k, v in result.items() if k != "key"})
+    return records
 
 
 def _cut(tree, new_tree: Path, work: Path):

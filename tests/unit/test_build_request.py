@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
 from dataclasses import MISSING
 from pathlib import Path
 
 import pytest
 
-from builder import __version__
+from builder import __version__, code_digest
 from builder.__main__ import parser
 from builder.request import BuildRequest, command_line, described_fields
 
@@ -117,8 +118,31 @@ def test_the_key_keeps_the_shape_existing_manifests_carry(request_):
     assert request_.key() == {
         "kernel": "6.1.0-56-amd64", "package_version": "6.1.192-1",
         "patch_sha256": patch_sha256.hexdigest(), "builder_version": __version__,
-        "replace": True, "signed": True, "consistency": "default", "name": "fix",
+        "builder_code": code_digest(), "replace": True, "signed": True,
+        "consistency": "default", "name": "fix",
         "sign_cert_sha256": hashlib.sha256(b"cert").hexdigest()}
     unsigned = dataclasses.replace(request_, sign_key=None, skip_init_changes=True)
     assert unsigned.key()["signed"] is False and "sign_cert_sha256" not in unsigned.key()
     assert unsigned.key()["skip_init_changes"] is True
+
+
+def test_the_code_digest_changes_with_the_builders_code(tmp_path, monkeypatch):
+    import builder
+
+    tree = tmp_path / "copy"
+    shutil.copytree(Path(builder.__file__).parent, tree / "builder",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(builder.__file__).parents[1] / "kmod", tree / "kmod")
+
+    def digest_of(root: Path) -> str:
+        monkeypatch.setattr(builder, "__file__", str(root / "builder" / "__init__.py"))
+        builder.code_digest.cache_clear()
+        try:
+            return builder.code_digest()
+        finally:
+            builder.code_digest.cache_clear()
+
+    same = digest_of(tree)
+    assert same == code_digest()  # a copy of the same code (an installed collection)
+    (tree / "kmod" / "klp_hook.c").write_text((tree / "kmod" / "klp_hook.c").read_text() + "\n")
+    assert digest_of(tree) != same

@@ -46,3 +46,27 @@ def test_changed_layouts_names_exactly_the_types_that_moved(tmp_path, edit, chan
     orig = compile_c(tmp_path, "orig", SOURCE)
     patched = compile_c(tmp_path, "patched", SOURCE.replace(*edit))
     assert changed_layouts(orig, patched) == changed
+
+
+@pytest.mark.parametrize(("edit", "changed"), [
+    (("struct keep { int a;", "struct keep { unsigned int a;"), []),  # same bytes
+    (("struct keep { int a;", "struct keep { const int a;"), []),
+    (("struct keep { int a;", "struct keep { float a;"), ["struct keep"]),  # another kind
+    (("struct keep { int a; long b;", "struct keep { int a; long z;"), ["struct keep"]),  # renamed
+    (("int (*show)(void *)", "int (*shown)(void *)"), ["struct moved"]),
+    (("union u { int i; char c[8]; }", "union u { int i; struct { int lo; int hi; } w; }"),
+     ["union u"]),
+])
+def test_changed_layouts_ignore_only_what_changes_no_byte(tmp_path, edit, changed):
+    orig = compile_c(tmp_path, "orig", SOURCE)
+    patched = compile_c(tmp_path, "patched", SOURCE.replace(*edit))
+    assert changed_layouts(orig, patched) == changed
+
+
+def test_members_of_nested_anonymous_types_are_compared(tmp_path):
+    source = ("struct n { int a; union { int x; struct { short lo; short hi; }; }; };\n"
+              "int use(struct n *p) { return p->a + p->lo; }\n")
+    orig = compile_c(tmp_path, "orig", source)
+    patched = compile_c(tmp_path, "patched", source.replace("short lo; short hi;",
+                                                            "short hi; short lo;"))
+    assert changed_layouts(orig, patched) == ["struct n"]

@@ -101,3 +101,41 @@ def test_latest_is_the_newest_source_the_archive_offers(monkeypatch):
     assert target_version("6.1", "6.1.192-2", "6.1.192-1", BOOKWORM) == "6.1.192-2"
     with pytest.raises(BuildError, match="has no version 6.1.999-1"):
         target_version("6.1", "6.1.999-1", "6.1.192-1", BOOKWORM)
+
+
+def test_units_build_concurrently_each_in_a_work_directory_no_other_build_uses(
+        monkeypatch, tmp_path):
+    import threading
+    import time
+
+    from builder.progress import Progress
+    from builder.update import UpdateRequest, _unit_records
+    from builder.update.units import Unit
+
+    in_use: set = set()
+    most = [0]
+    guard = threading.Lock()
+
+    def fake_result(request, kernel, unit, patch, work, unit_work, progress):
+        with guard:
+            assert unit_work not in in_use, f"{unit_work} used by two builds at once"
+            in_use.add(unit_work)
+            most[0] = max(most[0], len(in_use))
+        time.sleep(0.05 if unit.name.endswith("0") else 0.01)  # finish out of order
+        with guard:
+            in_use.discard(unit_work)
+        return {"key": {}, "status": "live", "reason": "", "built_in": unit_work.name}
+
+    monkeypatch.setattr("builder.update._unit_result", fake_result)
+    units = [Unit(name=f"dir{i}", sources=[f"dir{i}/a.c"]) for i in range(7)]
+    units.insert(3, Unit(name="off", unbuilt=["off/x.c"], reason="CONFIG_OFF is not set"))
+    patches = {u.name: tmp_path / f"{u.name}.patch" for u in units}
+    request = UpdateRequest(kernel="k", to="latest", name="n", output=tmp_path, jobs=2)
+    records = _unit_records(request, None, units, patches, tmp_path, Progress())
+
+    assert [r["name"] for r in records] == [u.name for u in units]  # the units' order
+    assert records[3]["status"] == "not-in-config"
+    assert records[3]["reason"] == "CONFIG_OFF is not set"
+    assert {r["built_in"] for r in records if r["status"] == "live"} == {"unit-work",
+                                                                         "unit-work-2"}
+    assert most[0] == 2

@@ -152,7 +152,7 @@ def _generate_all(compiled, diffs, images, verified, exports, layout):
     for index, (unit, diff) in enumerate(zip(compiled.units, diffs, strict=True)):
         if not (diff.changed or diff.callbacks or diff.provides):
             continue  # nothing of this file is needed (e.g. a comment-only hunk)
-        units.append(generate_unit(diff, diff.original, diff.patched, images[unit.target_object],
+        units.append(generate_unit(diff, images[unit.target_object],
                                    exports, prefix=f"u{index}", layout=layout,
                                    provided=provided,
                                    sympos={v.name: v.sympos for v in verified[unit.source]}))

@@ -491,12 +491,12 @@ def _resolved_late(sym: Symbol) -> bool:
     return sym.name.startswith(KLP_SYM_PREFIX) and klp_symbol_parts(sym.name)[0] != "vmlinux"
 
 
-def generate_unit(diff: UnitDiff, orig: ElfObject, patched: ElfObject, symbols: SymbolSource,
-                  exports: Exports, prefix: str, layout: Layout,
-                  provided: frozenset[str] = frozenset(),
+def generate_unit(diff: UnitDiff, symbols: SymbolSource, exports: Exports, prefix: str,
+                  layout: Layout, provided: frozenset[str] = frozenset(),
                   sympos: dict[str, int] | None = None) -> GeneratedUnit:
-    return _Generator(diff, orig, patched, symbols, exports, prefix, layout, provided,
-                      sympos).run()
+    """The patch's part of one translation unit, from the two objects its diff read."""
+    return _Generator(diff, diff.original, diff.patched, symbols, exports, prefix, layout,
+                      provided, sympos).run()
 
 
 __all__ = ["FunctionEntry", "GeneratedUnit", "SymbolSource", "Exports", "generate_unit"]

@@ -103,7 +103,7 @@ def generate(tmp_path: Path, feature: str = ""):
                                         "a/m.c", "b/m.c"))
     diff = diff_unit(orig, patched, "m.c", "demo_mod",
                      PatchFile.parse(text, "m.patch").files[0].line_map)
-    return generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0",
+    return generate_unit(diff, Symbols(), Exports(), prefix="u0",
                          layout=LAYOUT_6_1)
 
 

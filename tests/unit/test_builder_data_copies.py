@@ -114,7 +114,7 @@ def test_a_descriptor_only_a_jump_label_names_comes_with_the_patch(tmp_path):
     base = BASE + JUMP_LABEL_DEBUG
     orig, patched, diff = diff_of(tmp_path, base, base.replace("v + 1", "v + 2"))
     assert changed_names(diff) == ["dump"]
-    unit = generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0",
+    unit = generate_unit(diff, Symbols(), Exports(), prefix="u0",
                          layout=LAYOUT_6_1)
     jump_table = unit.object.section("__jump_table")
     assert jump_table is not None and unit.object.section("__dyndbg") is not None
@@ -142,7 +142,7 @@ class TwoLimits(Symbols):
 def test_a_duplicate_named_variable_is_pinned_by_the_shipped_codes_reference(tmp_path):
     new = BASE.replace("return x * 3 + limit;", "return x * 5 + limit;")
     orig, patched, diff = diff_of(tmp_path, BASE, new)
-    unit = generate_unit(diff, orig, patched, TwoLimits(orig), Exports(), prefix="u0",
+    unit = generate_unit(diff, TwoLimits(orig), Exports(), prefix="u0",
                          layout=LAYOUT_6_1)
     assert ".klp.sym.vmlinux.limit,2" in unit.klp_symbols
 
@@ -153,5 +153,5 @@ def test_references_that_name_no_candidate_pin_nothing(tmp_path):
     symbols = TwoLimits(orig)
     symbols.values = dict.fromkeys(symbols.values, 12288)
     with pytest.raises(BuildError) as err:
-        generate_unit(diff, orig, patched, symbols, Exports(), prefix="u0", layout=LAYOUT_6_1)
+        generate_unit(diff, symbols, Exports(), prefix="u0", layout=LAYOUT_6_1)
     assert "'limit' exists 2 times" in str(err.value)

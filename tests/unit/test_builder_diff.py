@@ -221,7 +221,7 @@ def test_comment_only_patch_is_refused(tmp_path):
 def test_generate_uses_livepatch_symbols_for_what_the_loader_cannot_resolve(tmp_path):
     new = BASE.replace("return hidden_counter;", "return hidden_counter + limit + helper(2);")
     orig, patched, diff = run_diff(tmp_path, new)
-    unit = generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0", layout=LAYOUT_6_1)
+    unit = generate_unit(diff, Symbols(), Exports(), prefix="u0", layout=LAYOUT_6_1)
     assert [f.old_name for f in unit.functions] == ["other"]
     # unexported global, static data and an unchanged static function: livepatch symbols
     assert unit.klp_symbols == [".klp.sym.vmlinux.helper,0",
@@ -245,7 +245,7 @@ def test_generate_copies_strings_and_new_functions(tmp_path):
         "__attribute__((noipa)) static int twice(int x) { return 2 * x; }\n"
         "int other(void)\n{\n\thidden_counter = twice(hidden_counter);\n")
     orig, patched, diff = run_diff(tmp_path, new)
-    unit = generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0", layout=LAYOUT_6_1)
+    unit = generate_unit(diff, Symbols(), Exports(), prefix="u0", layout=LAYOUT_6_1)
     names = {s.name for s in unit.object.sections}
     assert ".text.other" in names and ".text.twice" in names
     assert any(n.startswith(".rodata") for n in names)
@@ -272,7 +272,7 @@ def test_a_duplicate_named_static_helper_is_found_next_to_its_file(tmp_path):
     orig, patched, diff = run_diff(tmp_path, new)
     helper = orig.symbol("helper")
     symbols = DuplicateHelper(helper.section.data[helper.value:helper.value + helper.size])
-    unit = generate_unit(diff, orig, patched, symbols, Exports(), prefix="u0", layout=LAYOUT_6_1)
+    unit = generate_unit(diff, symbols, Exports(), prefix="u0", layout=LAYOUT_6_1)
     assert ".klp.sym.vmlinux.helper,2" in unit.klp_symbols
 
 
@@ -283,7 +283,7 @@ def test_a_duplicate_name_far_from_the_file_is_refused_saying_what_was_tried(tmp
     symbols = DuplicateHelper(helper.section.data[helper.value:helper.value + helper.size])
     symbols.addresses = lambda name: [0x1000, 0x2000] if name == "helper" else [0x1800]
     with pytest.raises(BuildError) as err:
-        generate_unit(diff, orig, patched, symbols, Exports(), prefix="u0", layout=LAYOUT_6_1)
+        generate_unit(diff, symbols, Exports(), prefix="u0", layout=LAYOUT_6_1)
     assert "'helper' exists 2 times" in str(err.value)
     assert "no symbol of this file with a unique name lies clearly nearer" in str(err.value)
 
@@ -303,7 +303,7 @@ def test_a_moved_pr_debug_is_not_changed_data_and_the_patch_brings_its_own(tmp_p
     orig, patched = build(tmp_path, "orig", base), build(tmp_path, "patched", new)
     diff = diff_unit(orig, patched, "f.c", "vmlinux", line_map(base, new))
     assert changed_names(diff) == ["noisy"] and diff.new_data == []
-    unit = generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0", layout=LAYOUT_6_1)
+    unit = generate_unit(diff, Symbols(), Exports(), prefix="u0", layout=LAYOUT_6_1)
     assert unit.object.section("__dyndbg") is not None
     assert not any("ddebug" in name for name in unit.klp_symbols)
 
@@ -321,12 +321,11 @@ def test_a_new_global_in_one_file_is_called_from_another_changed_file(tmp_path):
     b_orig, b_patched, b_diff = run_diff(tmp_path, b_new)
     require_change([a_diff, b_diff])
     provided = frozenset(a_diff.provides)
-    b_unit = generate_unit(b_diff, b_orig, b_patched, Symbols(), Exports(), prefix="u1",
+    b_unit = generate_unit(b_diff, Symbols(), Exports(), prefix="u1",
                            layout=LAYOUT_6_1, provided=provided)
     assert not any("shared_fix" in name for name in b_unit.klp_symbols)
-    a_unit = generate_unit(a_diff, build(tmp_path, "a_orig", a_old),
-                           build(tmp_path, "a_patched", a_new), Symbols(), Exports(),
-                           prefix="u0", layout=LAYOUT_6_1, provided=provided)
+    a_unit = generate_unit(a_diff, Symbols(), Exports(), prefix="u0", layout=LAYOUT_6_1,
+                           provided=provided)
     a_unit.object.write(tmp_path / "a.o")
     b_unit.object.write(tmp_path / "b.o")
     subprocess.run(["ld", "-r", "-o", str(tmp_path / "ab.o"), str(tmp_path / "a.o"),
@@ -349,7 +348,7 @@ def test_a_patch_of_callbacks_only_is_accepted_and_wired_to_its_object(tmp_path)
     orig, patched = build(tmp_path, "orig", old), build(tmp_path, "patched", new)
     diff = diff_unit(orig, patched, "m.c", "demo_mod", line_map(old, new))
     require_change([diff])
-    unit = generate_unit(diff, orig, patched, Symbols(), Exports(), prefix="u0",
+    unit = generate_unit(diff, Symbols(), Exports(), prefix="u0",
                          layout=LAYOUT_6_1)
     table = patch_table([unit], replace=True, description="test")
     assert '.name = "demo_mod", .funcs = klp_funcs_0, .callbacks = { .post_patch = ' in table

@@ -36,7 +36,7 @@ def generated(tmp_path, depends: frozenset[str]):
     new = BASE.replace('report("f.c", __LINE__);', 'report("f.c", 7);')
     orig, patched = build(tmp_path, "orig", BASE), build(tmp_path, "patched", new)
     diff = diff_unit(orig, patched, "f.c", "nfsd", line_map(BASE, new))
-    return generate_unit(diff, orig, patched, NfsdSymbols(depends), ModuleExports(),
+    return generate_unit(diff, NfsdSymbols(depends), ModuleExports(),
                          prefix="u0", layout=LAYOUT_6_1)
 
 

@@ -134,6 +134,19 @@ def _clean_stale_builds() -> None:
     # Called with the build lock held: any tmp-* directory is left over from a killed build.
     for tmp in cache_dir().glob("tmp-*"):
         _remove_tree(tmp)
+    for outdated in outdated_recipes(cache_dir()):
+        step(f"removing {outdated.name}: made by an older recipe")
+        _remove_tree(outdated)
+
+
+def outdated_recipes(root: Path) -> list[Path]:
+    """Images and base rootfs trees of another recipe than this code's: no lab of this
+    checkout boots them again, and each image holds about a gigabyte."""
+    images = [path for path in root.glob("images/*")
+              if path.name.count("-") >= 2 and path.name.rsplit("-", 2)[1] != RECIPE]
+    bases = [path for path in root.glob("base-*-*")
+             if path.name.rsplit("-", 1)[1] != BASE_RECIPE]
+    return sorted(images + bases)
 
 
 def _require_root() -> None:

@@ -51,3 +51,17 @@ def test_qemu_command_is_isolated(tmp_path: Path):
     assert "systemd.hostname=vm-x" in append
     assert argv[argv.index("-accel") + 1] == "tcg"
     assert json.dumps(argv)  # recordable in vm.json
+
+
+def test_only_trees_of_another_recipe_are_outdated(tmp_path):
+    from lab.images import BASE_RECIPE, RECIPE, outdated_recipes
+
+    current = image_key(["6.1.0-57-amd64"], "k1")
+    for name in (f"images/{current}", "images/6.1.0-57-amd64-r0-9d9b08a7",
+                 "images/6.12.118+deb13-amd64-r0-9d9b08a7", f"base-trixie-{BASE_RECIPE}",
+                 "base-trixie-r0", "images/logs-ignored"):
+        (tmp_path / name).mkdir(parents=True)
+    assert RECIPE in current and RECIPE != "r0" and BASE_RECIPE != "r0"
+    assert [p.relative_to(tmp_path).as_posix() for p in outdated_recipes(tmp_path)] == [
+        "base-trixie-r0", "images/6.1.0-57-amd64-r0-9d9b08a7",
+        "images/6.12.118+deb13-amd64-r0-9d9b08a7"]

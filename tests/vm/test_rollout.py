@@ -5,10 +5,12 @@ guest), so every run also builds with two toolchains (gcc-12 here, trixie's gcc-
 build root) and the report names each host's distribution.
 
 One playbook run per step, in order (each test depends on the state the previous one
-left): roll the example patch out (exactly one build per distinct kernel, batches that
-follow the plan, gates, report), rerun (nothing built, nothing changed), a failing probe
-halts the rollout after the first host and rolls that host back, then the rollback run
-(livepatch_state=absent) removes the patch everywhere.
+left): a dry run, roll the example patch out (exactly one build per distinct kernel,
+batches that follow the plan, gates, report), rerun and status from the installed
+collection (nothing built, nothing changed), a failing probe within the failure budget,
+the rollback (livepatch_state=absent), a failing kernel-log gate that halts the rollout
+after the canary, a patch one kernel cannot build, and its rollback with an unreachable
+host in the inventory. Nine runs: each costs minutes of Ansible tasks under TCG.
 """
 
 from __future__ import annotations
@@ -171,31 +173,6 @@ def test_fleet_status_shows_the_patch_everywhere(fleet, installed):
         assert loaded["state"] == "enabled" and loaded["functions"] >= 1
 
 
-def test_failed_gate_halts_and_rolls_back(fleet):
-    proc, report_dir = livepatch(fleet, "gate", livepatch_batches=[1, "100%"],
-                                 livepatch_probes=[PROBE, "test -e /klp-no-such-file"],
-                                 livepatch_rollback_failed_hosts=True)
-    assert proc.returncode != 0
-    hosts = hosts_of(report_dir)
-    by_status: dict[str, list[str]] = {}
-    for host, entry in hosts.items():
-        by_status.setdefault(entry["status"], []).append(host)
-    assert sorted(by_status) == ["failed", "not_attempted"], hosts
-    [failed_host] = by_status["failed"]
-    assert len(by_status["not_attempted"]) == 2  # halted after the canary batch
-    failed = hosts[failed_host]
-    assert (failed["gate"], failed["rolled_back"]) == ("probes", True)
-    assert "test -e /klp-no-such-file" in failed["reason"]
-    assert probe(fleet, failed_host) != 0  # rolled back
-    for untouched in by_status["not_attempted"]:
-        assert probe(fleet, untouched) == 0  # never touched: still patched
-
-    suite = ET.parse(report_dir / "latest" / "report.xml").getroot().find("testsuite")
-    cases = {case.get("name"): case for case in suite.findall("testcase")}
-    assert cases[failed_host].find("failure").get("message").startswith("probes: ")
-    assert all(cases[host].find("skipped") is not None for host in by_status["not_attempted"])
-
-
 def test_failures_within_budget_continue(fleet):
     """One host of three fails in a 100% batch with max_fail_percentage 50: the run goes on
     to verify, and the final report has the failed host beside the patched ones."""
@@ -225,38 +202,30 @@ def test_rollback_restores_every_host(fleet):
     assert "klp.livepatch.build : Build the livepatch" not in proc.stdout
 
 
-def test_kernel_log_gate_sees_what_the_load_logged(fleet):
-    """Treat the kernel's own "enabling patch" line as bad: the canary fails the
-    kernel_log gate with that line as the reason and is rolled back."""
-    proc, report_dir = livepatch(fleet, "kernel-log", livepatch_batches=[1, "100%"],
+def test_failed_gate_halts_and_rolls_back(fleet):
+    """On the rolled-back fleet, treat the kernel's own "enabling patch" line as bad: the
+    canary fails the kernel_log gate with that line as the reason and is rolled back, and
+    the rollout halts there: the two other hosts are not attempted (nothing loaded)."""
+    proc, report_dir = livepatch(fleet, "gate", livepatch_batches=[1, "100%"],
                                  livepatch_rollback_failed_hosts=True,
                                  rollout_kernel_log_patterns=["enabling patch"])
     assert proc.returncode != 0
-    [failed] = [entry for entry in hosts_of(report_dir).values() if entry["status"] == "failed"]
+    hosts = hosts_of(report_dir)
+    by_status: dict[str, list[str]] = {}
+    for host, entry in hosts.items():
+        by_status.setdefault(entry["status"], []).append(host)
+    assert sorted(by_status) == ["failed", "not_attempted"], hosts
+    [failed_host] = by_status["failed"]
+    assert len(by_status["not_attempted"]) == 2  # halted after the canary batch
+    failed = hosts[failed_host]
     assert (failed["gate"], failed["rolled_back"]) == ("kernel_log", True)
     assert f"livepatch: enabling patch '{NAME}'" in failed["reason"]
-    assert probe(fleet, failed["host"]) != 0
+    assert all(probe(fleet, host) != 0 for host in fleet["hosts"])  # rolled back, untouched
 
-
-def test_unreachable_host_is_reported(fleet):
-    """A host that does not answer is in the report (and the JUnit file) as unreachable."""
-    inventory = yaml.safe_load(fleet["inventory"].read_text())
-    lab_hosts = inventory["all"]["children"]["lab"]["hosts"]
-    ghost = dict(lab_hosts[next(iter(fleet["hosts"]))], ansible_port=1)
-    ghost["ansible_ssh_common_args"] += " -o ConnectTimeout=5"
-    lab_hosts["klp-ghost"] = ghost
-    path = fleet["base"] / "ghost-inventory.yml"
-    path.write_text(yaml.safe_dump(inventory))
-    proc, report_dir = livepatch(fleet, "ghost", inventory=path, livepatch_state="absent",
-                                 livepatch_patches=[],
-                                 livepatch_hosts=":".join([*fleet["hosts"], "klp-ghost"]))
-    assert proc.returncode == 4, proc.stdout[-6000:]  # ansible-playbook: a host unreachable
-    hosts = hosts_of(report_dir)
-    ghost_entry = hosts["klp-ghost"]
-    assert (ghost_entry["status"], ghost_entry["gate"]) == ("unreachable", "reachable")
-    assert all(hosts[host]["status"] == "ok" for host in fleet["hosts"])
     suite = ET.parse(report_dir / "latest" / "report.xml").getroot().find("testsuite")
-    assert suite.get("errors") == "1"
+    cases = {case.get("name"): case for case in suite.findall("testcase")}
+    assert cases[failed_host].find("failure").get("message").startswith("kernel_log: ")
+    assert all(cases[host].find("skipped") is not None for host in by_status["not_attempted"])
 
 
 def test_a_kernel_whose_build_fails_fails_only_its_hosts(fleet):
@@ -284,7 +253,29 @@ def test_a_kernel_whose_build_fails_fails_only_its_hosts(fleet):
         assert (hosts[host]["status"], hosts[host]["patch_state"]) == ("ok", "enabled"), host
         assert probe(fleet, host) == 0
 
-    proc, report_dir = livepatch(fleet, "partial-rollback", livepatch_name=name,
-                                 livepatch_state="absent", livepatch_patches=[])
-    assert proc.returncode == 0, proc.stdout[-6000:]
-    assert all(probe(fleet, host) != 0 for host in fleet["hosts"])
+
+
+def test_rollback_with_an_unreachable_host_reports_it(fleet):
+    """The partial rollout's rollback, with a fourth host that does not answer in the
+    inventory: every lab host loses the patch, and the report (and the JUnit file) has
+    the fourth as unreachable."""
+    inventory = yaml.safe_load(fleet["inventory"].read_text())
+    lab_hosts = inventory["all"]["children"]["lab"]["hosts"]
+    ghost = dict(lab_hosts[next(iter(fleet["hosts"]))], ansible_port=1)
+    ghost["ansible_ssh_common_args"] += " -o ConnectTimeout=5"
+    lab_hosts["klp-ghost"] = ghost
+    path = fleet["base"] / "ghost-inventory.yml"
+    path.write_text(yaml.safe_dump(inventory))
+    proc, report_dir = livepatch(fleet, "partial-rollback", inventory=path,
+                                 livepatch_name="klp_rollout_partial",
+                                 livepatch_state="absent", livepatch_patches=[],
+                                 livepatch_hosts=":".join([*fleet["hosts"], "klp-ghost"]))
+    assert proc.returncode == 4, proc.stdout[-6000:]  # ansible-playbook: a host unreachable
+    hosts = hosts_of(report_dir)
+    assert (hosts["klp-ghost"]["status"], hosts["klp-ghost"]["gate"]) == ("unreachable",
+                                                                          "reachable")
+    for host in fleet["hosts"]:
+        assert (hosts[host]["status"], hosts[host]["patch_state"]) == ("ok", "absent"), host
+        assert probe(fleet, host) != 0
+    suite = ET.parse(report_dir / "latest" / "report.xml").getroot().find("testsuite")
+    assert suite.get("errors") == "1"

@@ -16,6 +16,7 @@ ALIASES: dict[str, tuple[str, str, str, str]] = {
     "older-6.1-amd64": ("bookworm", "6.1", "amd64", "older"),
     "older-2-6.1-amd64": ("bookworm", "6.1", "amd64", "older-2"),
     "newest-6.12-amd64": ("bookworm", "6.12", "amd64", "newest"),
+    "older-6.12-amd64": ("bookworm", "6.12", "amd64", "older"),
     "newest-13-amd64": ("trixie", "6.12", "amd64", "newest"),
     "newest-13-cloud-amd64": ("trixie", "6.12", "cloud-amd64", "newest"),
 }

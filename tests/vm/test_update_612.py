@@ -1,0 +1,78 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""livepatch_update_to=latest on Debian 12's 6.12 line: a host one upload behind (an older
+6.12.N+deb12 kernel) and a current one, as an operator runs it.
+
+Each 6.12 upload of Debian 12 is an upstream stable release: hundreds of changed files
+(6.12.115-2 → 6.12.117-1: 458 fix units), so the cold build takes about an hour on two
+cores. That is too long for `make test`; run it with KLP_VM_UPDATE_612=1 (the builder's
+unit results are cached under the update's work directory, so a second run is minutes).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.vm.fleet import fleet_of, hosts_of, recap
+from tests.vm.test_update import NAME, live_functions, manifest_of, shell, update
+
+FLEET = ("older-6.12-amd64", "newest-6.12-amd64")
+
+pytestmark = pytest.mark.skipif(os.environ.get("KLP_VM_UPDATE_612") != "1",
+                                reason="about an hour of building: KLP_VM_UPDATE_612=1")
+
+
+@pytest.fixture(scope="module")
+def fleet(lab, lab_inventory, tmp_path_factory) -> dict:
+    return fleet_of(lab, FLEET, lab_inventory, tmp_path_factory.mktemp("update612"), NAME)
+
+
+def loaded_objects(fleet: dict, host: str, objects: dict) -> dict:
+    """The manifest's objects that are vmlinux or a module this guest can load (a driver
+    for hardware QEMU lacks may refuse to); the others are named in the failure."""
+    names = [obj for obj in objects if obj != "vmlinux"]
+    proc = shell(fleet, host, "for m in " + " ".join(names) + "; do modprobe $m 2>/dev/null; "
+                 "test -d /sys/module/$m && echo $m; done; true")
+    loadable = set(proc.stdout.split())
+    return {obj: fns for obj, fns in objects.items() if obj == "vmlinux" or obj in loadable}
+
+
+def test_update_brings_the_older_612_host_to_the_newest_upload(fleet):
+    older, newest = fleet["order"]
+    proc, report_dir = update(fleet, "update")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    hosts = hosts_of(report_dir)
+    target = hosts[newest]["package_version"]
+    assert (hosts[newest]["status"], hosts[newest]["update"]["state"]) == ("current", "current")
+
+    entry = hosts[older]
+    assert (entry["status"], entry["patch_state"], entry["verified"]) == \
+        ("ok", "enabled", True), entry
+    assert (entry["update"]["from"], entry["update"]["to"]) == (entry["package_version"],
+                                                                 target)
+    assert entry["update"]["live_units"], entry
+    manifest = manifest_of(fleet, fleet["hosts"][older])
+    assert manifest["replace"] is True and manifest["update"]["state"] == "update"
+    objects = loaded_objects(fleet, older, manifest["objects"])
+    names = {fn["name"] for fns in objects.values() for fn in fns}
+    assert names
+    missing = names - live_functions(fleet, older, objects)
+    assert not missing, f"not live: {sorted(missing)[:20]}"
+    kernel_log = shell(fleet, older, "dmesg | grep -E 'WARNING|BUG|Oops' || true")
+    assert not kernel_log.stdout.strip(), kernel_log.stdout
+
+
+def test_update_612_rerun_changes_nothing(fleet):
+    proc, _report_dir = update(fleet, "rerun")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert all(counters["changed"] == 0 for counters in recap(proc).values())
+
+
+def test_update_612_rollback_removes_the_module(fleet):
+    proc, report_dir = update(fleet, "rollback", livepatch_state="absent")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    for host in fleet["hosts"]:
+        assert hosts_of(report_dir)[host]["patch_state"] == "absent"
+        loaded = shell(fleet, host, f"ls /sys/kernel/livepatch | grep -c '^{NAME}_' || true")
+        assert loaded.stdout.strip().splitlines()[-1] == "0", loaded.stdout

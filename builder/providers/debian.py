@@ -164,6 +164,13 @@ class DebianProvider(Provider):
                              message=f"{release} is a Debian {debian_release_of(release)} "
                                      f"kernel, not one of {self.name}",
                              hint="let the builder pick the provider from the release")
+        if package_version is not None:
+            from builder.stages.acquire import extracted
+
+            known = KernelId(release=rel.release, package_version=package_version,
+                             distribution=self.name)
+            if extracted(known, cache_dir()):  # fetched from the archive before
+                return known
         names = package_names_for(rel)
         versions = (madison_versions(names["image"], self.archive)
                     or madison_versions(names["image_signed"], self.archive))
@@ -188,23 +195,32 @@ class DebianProvider(Provider):
         return KernelId(release=rel.release, package_version=package_version,
                         distribution=self.name)
 
-    def package_names(self, kernel: KernelId) -> dict[str, str]:
-        """Exact names for this version: the unsigned image when that version has one."""
+    def package_names(self, kernel: KernelId, debs: Path) -> dict[str, str]:
+        """Exact names for this version: the unsigned image when that version has one
+        (the archive is asked only when neither image is in `debs` already)."""
+        from builder.stages.acquire import deb_path
+
         names = package_names_for(parse_release(kernel.release))
-        if kernel.package_version not in madison_versions(names["image"], self.archive):
+        version = kernel.package_version
+        cached = {role: deb_path(debs, names[role], version) is not None
+                  for role in ("image", "image_signed")}
+        if not cached["image"] and (cached["image_signed"] or version not in
+                                    madison_versions(names["image"], self.archive)):
             names["image"] = names["image_signed"]
         del names["image_signed"]
         return names
 
     def acquire(self, kernel: KernelId, cache: Path | None = None) -> KernelPackages:
-        from builder.stages.acquire import acquire_packages, deb_path
+        from builder.stages.acquire import acquire_packages, deb_path, extracted
 
         cache = cache or cache_dir()
-        names = self.package_names(kernel)
+        names = self.package_names(kernel, cache / "debs")
         # Ask the archive once, before downloading anything, about every package not yet
         # cached: a kernel whose headers or source are gone is refused naming all of them.
-        wanted = {names[role]: None for role in ARCHIVE_ROLES
-                  if deb_path(cache / "debs", names[role], kernel.package_version) is None}
+        # (Not when all is extracted: the image .deb kept may be the -unsigned one.)
+        wanted = {} if extracted(kernel, cache) else {
+            names[role]: None for role in ARCHIVE_ROLES
+            if deb_path(cache / "debs", names[role], kernel.package_version) is None}
         if wanted:
             offered = self.archive.madison(*wanted, stage="acquire")
             offered = {name: offered.get(name, []) for name in wanted}

@@ -164,6 +164,12 @@ def fix_headers_makefile(headers_dir: Path, root: Path) -> None:
 KERNEL_ROLES = ("image", "headers", "common")  # extracted together into pkgs/
 
 
+def extracted(kernel: KernelId, cache: Path) -> bool:
+    """True when every package of the kernel is extracted already: nothing to download."""
+    return (kernel_dir(cache, kernel) / "pkgs").is_dir() and \
+        (source_root(cache, kernel.package_version) / "deb").is_dir()
+
+
 def acquire_packages(kernel: KernelId, names: dict[str, str], cache: Path,
                      archive: Archive) -> KernelPackages:
     """Download and extract everything; return where each piece is."""

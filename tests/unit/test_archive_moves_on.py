@@ -47,7 +47,13 @@ def archive_today() -> dict[str, list[tuple[str, str]]]:
                 "linux-kbuild-6.1": [("6.1.192-3", SECURITY), ("6.1.176-1", MAIN)],
                 "linux-source-6.1": [("6.1.192-3", SECURITY), ("6.1.192-2", SECURITY),
                                      ("6.1.176-1", MAIN)],
-                "linux-image-6.12.117+deb12-amd64": [("6.12.117-1~deb12u1", SECURITY)]}
+                "linux-source-6.12": [("6.12.117-1~deb12u1", SECURITY),
+                                      ("6.12.115-2~deb12u1", SECURITY)]}
+    for upstream, version in (("6.12.115", "6.12.115-2~deb12u1"),
+                              ("6.12.117", "6.12.117-1~deb12u1")):  # Debian 12's 6.12 line
+        for package in ("image", "headers"):
+            packages[f"linux-{package}-{upstream}+deb12-amd64"] = [(version, SECURITY)]
+        packages[f"linux-headers-{upstream}+deb12-common"] = [(version, SECURITY)]
     packages["linux-image-6.1.0-50-amd64-dbg"] = [("6.1.176-1", MAIN)]
     return packages
 
@@ -87,14 +93,16 @@ def archive(monkeypatch):
                      "older-6.1-amd64": "6.1.0-56-amd64",
                      # two uploads behind: -55 is not in this archive, the point release is
                      "older-2-6.1-amd64": "6.1.0-50-amd64",
-                     "newest-6.12-amd64": "6.12.117+deb12-amd64"}),
+                     "newest-6.12-amd64": "6.12.117+deb12-amd64",
+                     "older-6.12-amd64": "6.12.115+deb12-amd64"}),
     (archive_with_58, {"newest-6.1-amd64": "6.1.0-58-amd64",
                        "newest-6.1-cloud-amd64": "6.1.0-58-cloud-amd64",
                        # 6.1.0-57's kbuild left the security suite with the new upload;
                        # its headers and source did not
                        "older-6.1-amd64": "6.1.0-57-amd64",
                        "older-2-6.1-amd64": "6.1.0-56-amd64",
-                       "newest-6.12-amd64": "6.12.117+deb12-amd64"}),
+                       "newest-6.12-amd64": "6.12.117+deb12-amd64",
+                       "older-6.12-amd64": "6.12.115+deb12-amd64"}),
 ])
 def test_aliases_follow_the_archive(archive, packages, expected):
     archive(packages())

@@ -101,3 +101,29 @@ def test_a_killed_builds_leftover_goes_and_a_running_ones_stays(tmp_path):
     assert mine == tmp_path / f".pkgs.tmp-{os.getpid()}"
     assert not half_tree.exists() and not half_file.exists()
     assert running.is_dir() and other.is_dir()
+
+
+def test_a_kernel_extracted_before_is_resolved_and_acquired_without_the_archive(
+        tmp_path, monkeypatch):
+    """A warm build asks apt nothing (each question costs a second or more)."""
+    from builder.providers.debian import DebianProvider
+
+    monkeypatch.setenv("KLP_CACHE", str(tmp_path))
+    (tmp_path / "kernels" / "6.1.0-57-amd64_6.1.192-3" / "pkgs").mkdir(parents=True)
+    (tmp_path / "src" / "6.1.192-3" / "deb").mkdir(parents=True)
+    (tmp_path / "debs").mkdir()
+    (tmp_path / "debs" / "linux-image-6.1.0-57-amd64-unsigned_6.1.192-3_amd64.deb").touch()
+    provider = DebianProvider("12")
+
+    def no_archive(*args, **kwargs):
+        raise AssertionError(f"the archive was asked: {args}")
+
+    monkeypatch.setattr(type(provider.archive), "run", no_archive)
+    kernel = provider.resolve("6.1.0-57-amd64", "6.1.192-3")
+    assert (kernel.release, kernel.package_version) == ("6.1.0-57-amd64", "6.1.192-3")
+    monkeypatch.setattr("builder.stages.acquire.acquire_packages",
+                        lambda kernel, names, cache, archive: names)
+    names = provider.acquire(kernel)
+    assert names["image"] == "linux-image-6.1.0-57-amd64-unsigned"
+    with pytest.raises(AssertionError, match="the archive was asked"):
+        provider.resolve("6.1.0-57-amd64", "6.1.192-2")  # never fetched: asked

@@ -3,7 +3,7 @@
 6.12.N+deb12 kernel) and a current one, as an operator runs it.
 
 Each 6.12 upload of Debian 12 is an upstream stable release: hundreds of changed files
-(6.12.115-2 → 6.12.117-1: 458 fix units), so the cold build takes about an hour on two
+(the first tried had 458 fix units), so the cold build takes about an hour on two
 cores. That is too long for `make test`; run it with KLP_VM_UPDATE_612=1 (the builder's
 unit results are cached under the update's work directory, so a second run is minutes).
 """

@@ -78,6 +78,39 @@ REASONS = [
     (r"patch (creates|deletes|renames|copies)", "patch creates/deletes/renames a file"),
     (r"only with fuzz|does not apply", "patch does not apply to the older tree"),
 ]
+# Each reason judged: "right" when no live patch can do it safely without code written
+# by hand (a callback, a shadow variable) or a reboot; "gap" when the builder could do
+# better. The note of every run repeats this table beside the counts.
+RIGHT = {
+    "no ftrace entry (notrace, or kernel/trace/)":
+        "livepatch redirects through ftrace; a function without an ftrace site cannot be",
+    "function in a section ftrace cannot trace (noinstr)":
+        "noinstr code runs where tracing is not allowed",
+    "changes __init code":
+        "init code already ran (a built-in) or is gone; --skip-init-changes builds the rest",
+    "changes the initial value of existing data":
+        "the running kernel's variable keeps its value; a callback must change it",
+    "changes a struct/union layout":
+        "objects the kernel holds keep the old layout; needs a shadow variable",
+    "no functional change in the built objects":
+        "nothing to patch: the running code already is the fix",
+    "patch changes a non-C file": "assembly, linker scripts or Kconfig need a reboot",
+}
+GAP = {
+    "header included by too many built files":
+        "each including file is compiled twice; a limit (KLP_MAX_UNITS) keeps it bounded",
+    "duplicate symbol name, position unclear": "kallsyms order did not decide",
+    "reference the builder cannot resolve": "a symbol of another object kind",
+    "special-section entry for a symbol of a patched module": "static keys of modules",
+    "new contents in a special section": "a new entry the builder does not make",
+    "weak function": "the shipped image could say which definition it linked",
+    "patch creates/deletes/renames a file": "a new file's functions could join the patch",
+}
+
+
+def judgement(reason: str) -> str:
+    """'right' or 'gap' (a reason the table does not know is a gap until judged)."""
+    return "right" if reason in RIGHT else "gap"
 NOT_IN_CONFIG = re.compile(r"not built in this configuration|kbuild built nothing for it")
 NO_COMPILE = re.compile(r"compiling \S+\.o failed")
 
@@ -419,7 +452,9 @@ def report(result: dict, verbose: bool) -> None:
         reasons.setdefault(rec["reason"], []).append(rec["name"])
     for reason, names in sorted(reasons.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         shown = ", ".join(names[:8]) + (f", … (+{len(names) - 8})" if len(names) > 8 else "")
-        print(f"    {len(names):>4}  {reason}: {shown}")
+        why = RIGHT.get(reason) or GAP.get(reason) or "not judged yet"
+        print(f"    {len(names):>4}  [{judgement(reason)}] {reason}: {shown}")
+        print(f"          ({why})")
     print(f"  {'built':<44}{built:>6}")
     retried = [r for r in recs if r.get("init_skipped")]
     if retried:
@@ -452,6 +487,10 @@ def report(result: dict, verbose: bool) -> None:
         if empty and compiling > empty:
             print(f"    leaving out the {empty} with no functional change in the built objects:"
                   f" {good}/{compiling - empty} = {100 * good / (compiling - empty):.1f} %")
+        rightly = sum(len(v) for k, v in reasons.items() if judgement(k) == "right")
+        if rightly and compiling > rightly:
+            print(f"    leaving out the {rightly} refused for a right reason (above): "
+                  f"{good}/{compiling - rightly} = {100 * good / (compiling - rightly):.1f} %")
         if retried:
             print(f"    without the --skip-init-changes retries: {good - len(retried)}/"
                   f"{compiling} = {100 * (good - len(retried)) / compiling:.1f} %")

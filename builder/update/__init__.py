@@ -46,12 +46,13 @@ from builder.providers import cache_dir, provider_for
 from builder.providers.archive import Archive, version_newer
 from builder.providers.debian import madison_versions, parse_release
 from builder.stages.acquire import extract_packages
-from builder.stages.compile import pristine
+from builder.stages.compile import original_objects, pristine
 from builder.stages.prepare import extract_source, prepare
 from builder.update.changelog import items_between, read_changelog, tie
 from builder.update.units import Unit, cut_units, tree_diff, unit_patch
 
 STAGE = "update"
+WARM_BATCH = 32  # originals compiled per kbuild run before the units: progress between
 NO_CHANGE = "no functional change"
 
 
@@ -157,6 +158,8 @@ def update(request: UpdateRequest, progress: Progress | None = None) -> dict:
                                          source_tree, newer, series, provider.archive)
     units, left_out, patches = progress.stage(
         "units", "difference cut into fix units", _cut, tree, new_tree, work)
+    progress.stage("originals", "every unit's own .c files, compiled as shipped",
+                   _warm_originals, tree, units, progress)
     records = _unit_records(request, kernel, units, patches, work, progress)
     info["left_out"] = left_out
     items = items_between(read_changelog(changelog), kernel.package_version, newer) \
@@ -224,6 +227,24 @@ def _unit_records(request: UpdateRequest, kernel, units: list[Unit], patches: di
             result = future.result()
             record.update({k: v for k, v in result.items() if k != "key"})
     return records
+
+
+def _warm_originals(tree, units: list[Unit], progress: Progress) -> None:
+    """Compile the shipped version of every unit's .c files in batches on all cores.
+
+    Each unit's build then finds its originals cached and holds the kernel tree only for
+    its patched compile: units take turns there, one file at a time for most of them.
+    A file that fails here is left to its unit's build, which reports it.
+    """
+    sources = sorted({source for unit in units if unit.in_config for source in unit.sources})
+    with pristine(tree.source_dir):
+        for start in range(0, len(sources), WARM_BATCH):
+            try:
+                original_objects(tree, sources[start:start + WARM_BATCH])
+            except BuildError as err:
+                progress.note(f"originals: {err.message.splitlines()[0]}; its unit builds it")
+            progress.note(f"originals: {min(start + WARM_BATCH, len(sources))}/"
+                          f"{len(sources)} compiled")
 
 
 def _cut(tree, new_tree: Path, work: Path):

@@ -254,7 +254,6 @@ def test_a_kernel_whose_build_fails_fails_only_its_hosts(fleet):
         assert probe(fleet, host) == 0
 
 
-
 def test_rollback_with_an_unreachable_host_reports_it(fleet):
     """The partial rollout's rollback, with a fourth host that does not answer in the
     inventory: every lab host loses the patch, and the report (and the JUnit file) has

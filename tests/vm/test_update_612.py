@@ -50,8 +50,8 @@ def test_update_brings_the_older_612_host_to_the_newest_upload(fleet):
     entry = hosts[older]
     assert (entry["status"], entry["patch_state"], entry["verified"]) == \
         ("ok", "enabled", True), entry
-    assert (entry["update"]["from"], entry["update"]["to"]) == (entry["package_version"],
-                                                                 target)
+    update_info = entry["update"]
+    assert (update_info["from"], update_info["to"]) == (entry["package_version"], target)
     assert entry["update"]["live_units"], entry
     manifest = manifest_of(fleet, fleet["hosts"][older])
     assert manifest["replace"] is True and manifest["update"]["state"] == "update"

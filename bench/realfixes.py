@@ -52,65 +52,61 @@ from builder.update.units import Unit, cut_units, header_reach, tree_diff, unit_
 DEFAULT_PAIRS = [("6.1.192-1", "6.1.192-2"), ("6.1.192-2", "6.1.192-3"),
                  ("6.1.190-1", "6.1.192-1")]
 SEED = 9
-# Refusal messages of the builder -> a short reason key (first match wins).
+# Refusal messages of the builder -> (a short reason key, its judgement, why); the first
+# pattern that matches wins. A reason is "right" when no live patch can do it safely
+# without code written by hand (a callback, a shadow variable) or a reboot, a "gap" when
+# the builder could do better; None where no run has judged it yet (printed as a gap).
+RIGHT, GAP = "right", "gap"
 REASONS = [
-    (r"has no ftrace entry", "no ftrace entry (notrace, or kernel/trace/)"),
-    (r"cannot be traced by", "function in a section ftrace cannot trace (noinstr)"),
-    (r"changes __init code", "changes __init code"),
-    (r"initial value of existing data", "changes the initial value of existing data"),
-    (r"changes the layout of", "changes a struct/union layout"),
-    (r"no functional change", "no functional change in the built objects"),
-    (r"built files include the changed header", "header included by too many built files"),
-    (r"differs from the shipped", "rebuilt original differs from the shipped kernel"),
-    (r"not in the symbol table of the shipped", "function not in the shipped symbol table"),
-    (r"is not a function of the rebuilt", "function not in the rebuilt object"),
-    (r"identical copies of", "identical copies: which one is this file's"),
-    (r"is a weak function", "weak function"),
-    (r"exists \d+ times in .* cannot tell", "duplicate symbol name, position unclear"),
-    (r"needs new contents in", "new contents in a special section"),
-    (r"needs a \S+ entry for", "special-section entry for a symbol of a patched module"),
-    (r"cannot resolve a reference", "reference the builder cannot resolve"),
-    (r"is not in the symbol table of", "symbol missing from the target's symbol table"),
-    (r"would not load safely", "check stage: the module would not load safely"),
-    (r"neither exported nor", "link: symbols neither exported nor resolvable"),
-    (r"kbuild failed to link", "link: kbuild failed"),
-    (r"only C sources and headers", "patch changes a non-C file"),
-    (r"patch (creates|deletes|renames|copies)", "patch creates/deletes/renames a file"),
-    (r"only with fuzz|does not apply", "patch does not apply to the older tree"),
+    (r"has no ftrace entry", "no ftrace entry (notrace, or kernel/trace/)", RIGHT,
+     "livepatch redirects through ftrace; a function without an ftrace site cannot be"),
+    (r"cannot be traced by", "function in a section ftrace cannot trace (noinstr)", RIGHT,
+     "noinstr code runs where tracing is not allowed"),
+    (r"changes __init code", "changes __init code", RIGHT,
+     "init code already ran (a built-in) or is gone; --skip-init-changes builds the rest"),
+    (r"initial value of existing data", "changes the initial value of existing data", RIGHT,
+     "the running kernel's variable keeps its value; a callback must change it"),
+    (r"changes the layout of", "changes a struct/union layout", RIGHT,
+     "objects the kernel holds keep the old layout; needs a shadow variable"),
+    (r"no functional change", "no functional change in the built objects", RIGHT,
+     "nothing to patch: the running code already is the fix"),
+    (r"built files include the changed header", "header included by too many built files",
+     GAP, "each including file is compiled twice; a limit (KLP_MAX_UNITS) keeps it bounded"),
+    (r"differs from the shipped", "rebuilt original differs from the shipped kernel", None,
+     None),
+    (r"not in the symbol table of the shipped", "function not in the shipped symbol table",
+     None, None),
+    (r"is not a function of the rebuilt", "function not in the rebuilt object", None, None),
+    (r"identical copies of", "identical copies: which one is this file's", None, None),
+    (r"is a weak function", "weak function", GAP,
+     "the shipped image could say which definition it linked"),
+    (r"exists \d+ times in .* cannot tell", "duplicate symbol name, position unclear", GAP,
+     "kallsyms order did not decide"),
+    (r"needs new contents in", "new contents in a special section", GAP,
+     "a new entry the builder does not make"),
+    (r"needs a \S+ entry for", "special-section entry for a symbol of a patched module", GAP,
+     "static keys of modules"),
+    (r"cannot resolve a reference", "reference the builder cannot resolve", GAP,
+     "a symbol of another object kind"),
+    (r"is not in the symbol table of", "symbol missing from the target's symbol table", None,
+     None),
+    (r"would not load safely", "check stage: the module would not load safely", None, None),
+    (r"neither exported nor", "link: symbols neither exported nor resolvable", None, None),
+    (r"kbuild failed to link", "link: kbuild failed", None, None),
+    (r"only C sources and headers", "patch changes a non-C file", RIGHT,
+     "assembly, linker scripts or Kconfig need a reboot"),
+    (r"patch (creates|deletes|renames|copies)", "patch creates/deletes/renames a file", GAP,
+     "a new file's functions could join the patch"),
+    (r"only with fuzz|does not apply", "patch does not apply to the older tree", None, None),
 ]
-# Each reason judged: "right" when no live patch can do it safely without code written
-# by hand (a callback, a shadow variable) or a reboot; "gap" when the builder could do
-# better. The note of every run repeats this table beside the counts.
-RIGHT = {
-    "no ftrace entry (notrace, or kernel/trace/)":
-        "livepatch redirects through ftrace; a function without an ftrace site cannot be",
-    "function in a section ftrace cannot trace (noinstr)":
-        "noinstr code runs where tracing is not allowed",
-    "changes __init code":
-        "init code already ran (a built-in) or is gone; --skip-init-changes builds the rest",
-    "changes the initial value of existing data":
-        "the running kernel's variable keeps its value; a callback must change it",
-    "changes a struct/union layout":
-        "objects the kernel holds keep the old layout; needs a shadow variable",
-    "no functional change in the built objects":
-        "nothing to patch: the running code already is the fix",
-    "patch changes a non-C file": "assembly, linker scripts or Kconfig need a reboot",
-}
-GAP = {
-    "header included by too many built files":
-        "each including file is compiled twice; a limit (KLP_MAX_UNITS) keeps it bounded",
-    "duplicate symbol name, position unclear": "kallsyms order did not decide",
-    "reference the builder cannot resolve": "a symbol of another object kind",
-    "special-section entry for a symbol of a patched module": "static keys of modules",
-    "new contents in a special section": "a new entry the builder does not make",
-    "weak function": "the shipped image could say which definition it linked",
-    "patch creates/deletes/renames a file": "a new file's functions could join the patch",
-}
+JUDGED = {key: (judged or GAP, why or "not judged yet") for _p, key, judged, why in REASONS}
 
 
-def judgement(reason: str) -> str:
-    """'right' or 'gap' (a reason the table does not know is a gap until judged)."""
-    return "right" if reason in RIGHT else "gap"
+def judgement(reason: str) -> tuple[str, str]:
+    """(right or gap, why) of a reason key; a reason no run has judged counts as a gap."""
+    return JUDGED.get(reason, (GAP, "not judged yet"))
+
+
 NOT_IN_CONFIG = re.compile(r"not built in this configuration|kbuild built nothing for it")
 NO_COMPILE = re.compile(r"compiling \S+\.o failed")
 
@@ -155,7 +151,7 @@ def classify(proc: subprocess.CompletedProcess) -> tuple[str, str, str, str]:
         first = next((line.strip() for line in text.splitlines()[1:] if "error" in line),
                      head)
         return "no-compile", stage, "does not compile against the older tree", first
-    for pattern, key in REASONS:
+    for pattern, key, _judged, _why in REASONS:
         if re.search(pattern, text):
             return "refused", stage, key, head
     return "refused", stage, re.sub(r"\S*/\S*", "…", head)[:80], head
@@ -452,8 +448,8 @@ def report(result: dict, verbose: bool) -> None:
         reasons.setdefault(rec["reason"], []).append(rec["name"])
     for reason, names in sorted(reasons.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         shown = ", ".join(names[:8]) + (f", … (+{len(names) - 8})" if len(names) > 8 else "")
-        why = RIGHT.get(reason) or GAP.get(reason) or "not judged yet"
-        print(f"    {len(names):>4}  [{judgement(reason)}] {reason}: {shown}")
+        judged, why = judgement(reason)
+        print(f"    {len(names):>4}  [{judged}] {reason}: {shown}")
         print(f"          ({why})")
     print(f"  {'built':<44}{built:>6}")
     retried = [r for r in recs if r.get("init_skipped")]
@@ -487,7 +483,7 @@ def report(result: dict, verbose: bool) -> None:
         if empty and compiling > empty:
             print(f"    leaving out the {empty} with no functional change in the built objects:"
                   f" {good}/{compiling - empty} = {100 * good / (compiling - empty):.1f} %")
-        rightly = sum(len(v) for k, v in reasons.items() if judgement(k) == "right")
+        rightly = sum(len(v) for k, v in reasons.items() if judgement(k)[0] == RIGHT)
         if rightly and compiling > rightly:
             print(f"    leaving out the {rightly} refused for a right reason (above): "
                   f"{good}/{compiling - rightly} = {100 * good / (compiling - rightly):.1f} %")

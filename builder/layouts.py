@@ -74,7 +74,7 @@ def parse(text: str) -> dict[str, Layout]:
     return found
 
 
-def placement(layout: Layout) -> tuple:
+def relied_on(layout: Layout) -> tuple:
     """What running data relies on: each member's name, kind of value, offset and size."""
     return tuple((*_name_and_kind(declaration), offset, size)
                  for declaration, offset, size in layout)
@@ -96,7 +96,7 @@ def changed_layouts(orig: Path, patched: Path) -> list[str]:
     """Types described by both builds whose members moved, resized or changed kind."""
     before, after = layouts(orig), layouts(patched)
     return sorted(name for name, layout in before.items()
-                  if name in after and placement(after[name]) != placement(layout))
+                  if name in after and relied_on(after[name]) != relied_on(layout))
 
 
-__all__ = ["changed_layouts", "layouts", "parse", "placement"]
+__all__ = ["changed_layouts", "layouts", "parse", "relied_on"]

@@ -234,7 +234,8 @@ def _warm_originals(tree, units: list[Unit], progress: Progress) -> None:
 
     Each unit's build then finds its originals cached and holds the kernel tree only for
     its patched compile: units take turns there, one file at a time for most of them.
-    A file that fails here is left to its unit's build, which reports it.
+    A batch with a file that fails is not cached: its units compile their originals
+    themselves, and the one whose file fails reports it.
     """
     sources = sorted({source for unit in units if unit.in_config for source in unit.sources})
     with pristine(tree.source_dir):

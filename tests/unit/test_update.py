@@ -115,13 +115,18 @@ def test_units_build_concurrently_each_in_a_work_directory_no_other_build_uses(
     in_use: set = set()
     most = [0]
     guard = threading.Lock()
+    both_running = threading.Event()
 
     def fake_result(request, kernel, unit, patch, work, unit_work, progress):
         with guard:
             assert unit_work not in in_use, f"{unit_work} used by two builds at once"
             in_use.add(unit_work)
             most[0] = max(most[0], len(in_use))
-        time.sleep(0.05 if unit.name.endswith("0") else 0.01)  # finish out of order
+            if len(in_use) == 2:
+                both_running.set()
+        # the first builds wait for a second one to start: one at a time would time out
+        both_running.wait(timeout=10)
+        time.sleep(0.02 if unit.name.endswith("0") else 0.0)  # finish out of order
         with guard:
             in_use.discard(unit_work)
         return {"key": {}, "status": "live", "reason": "", "built_in": unit_work.name}

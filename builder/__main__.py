@@ -20,6 +20,7 @@ from builder.errors import BuildError
 from builder.pipeline import build, manifest_matches, resolve_version
 from builder.providers import cache_dir
 from builder.request import BuildRequest, add_arguments
+from builder.update import MAX_FILES as UPDATE_MAX_FILES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
                    help="work directory; unit results kept there make a rerun resume")
     u.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
                    help="fix units built at once (default: the number of CPUs)")
+    u.add_argument("--max-files", type=int, default=UPDATE_MAX_FILES, metavar="N",
+                   help="a unit whose changed headers more than N built files include "
+                        f"needs a reboot (default {UPDATE_MAX_FILES}; each is compiled twice)")
     u.add_argument("--check", action="store_true",
                    help="only resolve the versions and say what would be done")
     c = sub.add_parser("cache", help="list the controller cache or prune it to a size")
@@ -86,7 +90,8 @@ def run_update(args) -> int:
     request = UpdateRequest(
         kernel=args.kernel, to=args.to, name=args.name, output=args.output,
         package_version=args.package_version, work=args.work, sign_key=args.sign_key,
-        sign_cert=args.sign_cert, consistency=args.consistency, jobs=max(1, args.jobs))
+        sign_cert=args.sign_cert, consistency=args.consistency, jobs=max(1, args.jobs),
+        max_files=args.max_files)
     planned = plan(request)
     if args.check:
         built = args.output / f"{planned['name']}.ko"

@@ -59,7 +59,7 @@ def build(request: BuildRequest, progress: Progress | None = None) -> dict:
     mark_used(kernel_dir(cache_dir(), packages.kernel), tree.source_dir.parent, work)
     compiled = progress.stage("compile", ", ".join(patches.sources),
                               compile_stage.compile_units, tree, patches, work,
-                              progress=progress.note)
+                              progress=progress.note, max_files=request.max_files)
     diffs = progress.stage("diff", f"{len(compiled.units)} unit(s)", _diff_all, compiled,
                            request.skip_init_changes)
     images, verified = progress.stage("verify", "originals against the shipped binaries",

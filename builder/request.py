@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -38,9 +39,10 @@ ARGPARSE = {
     "paths": {"action": "append", "type": Path},  # --flag PATH, repeated, in order
     "switch": {"action": "store_true"},  # --flag sets True
     "negated": {"action": "store_false"},  # --flag sets False (--no-replace)
+    "count": {"type": int},  # --flag N
 }
 ANSIBLE_TYPE = {"value": "str", "path": "path", "paths": "path", "switch": "bool",
-                "negated": "bool"}
+                "negated": "bool", "count": "int"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,10 @@ def option(flag: str, *, default: Any = MISSING, **spec) -> Any:
         default = {"switch": False, "negated": True}.get(described.form)
     # Called only in BuildRequest's body below, so the field is a dataclass's after all.
     return field(default=default, metadata={"option": described})  # pylint: disable=invalid-field-call
+
+
+# A header change recompiles every built file that includes it, twice; past this, refuse.
+MAX_FILES = int(os.environ.get("KLP_MAX_UNITS", "1500"))
 
 
 # ---------------------------------------------------------------- parts of the key
@@ -135,6 +141,10 @@ class BuildRequest:
         help="leave changed __init code out (it already ran) instead of refusing; "
              "recorded in the manifest")
     # How to run the build rather than what to build: none of these is in the key.
+    max_files: int = option(
+        "--max-files", form="count", default=MAX_FILES, metavar="N",
+        help="refuse a header change that more than N built files include (each is "
+             f"compiled twice; default {MAX_FILES}, or KLP_MAX_UNITS)")
     if_changed: bool = option(
         "--if-changed", form="switch",
         help="do nothing when DIR already holds this exact build (same key)")
@@ -188,7 +198,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         for attr in ("required", "metavar", "choices", "help"):
             if getattr(described, attr):
                 kwargs[attr] = getattr(described, attr)
-        if described.form in ("value", "path") and default not in (MISSING, None):
+        if described.form in ("value", "path", "count") and default not in (MISSING, None):
             kwargs["default"] = default
         parser.add_argument(described.flag, **kwargs)
 

@@ -31,12 +31,11 @@ from builder.includes import IncludeGraph
 from builder.kbuild import Kbuild
 from builder.patchset import PatchFile, PatchSet
 from builder.progress import Timer, timed
+from builder.request import MAX_FILES
 
 STAGE = "compile"
 RECIPE = 2  # bump when KCFLAGS or the way originals are built changes
 BATCH = 16  # objects per make run: both cores busy, progress between runs
-# A header change rebuilds every built file including it; past this many, refuse.
-MAX_UNITS = int(os.environ.get("KLP_MAX_UNITS", "1500"))
 KCFLAGS = "-ffunction-sections -fdata-sections"
 # The kmod/ compat headers (e.g. <linux/livepatch_helpers.h> for kernels before 6.19),
 # searched after the kernel's own include paths so they never shadow a real header.
@@ -92,8 +91,10 @@ class Planned:
     because: str = ""  # "" when the patch changes it, else the changed header it includes
 
 
-def plan_units(tree: PreparedTree, patches: PatchSet, progress=None) -> list[Planned]:
-    """The changed .c files, and every built file that includes a changed header.
+def plan_units(tree: PreparedTree, patches: PatchSet, progress=None,
+               max_files: int = MAX_FILES) -> list[Planned]:
+    """The changed .c files, and every built file that includes a changed header
+    (at most `max_files` in all).
 
     Where a file is built comes from kbuild itself (builder/kbuild.py); which files
     include a header from the tree's include graph (builder/includes.py), narrowed later
@@ -124,12 +125,12 @@ def plan_units(tree: PreparedTree, patches: PatchSet, progress=None) -> list[Pla
             progress(f"{header}: {len(users)} files include it; asking kbuild which are built")
         planned += [Planned(c, f"includes {header}") for c in users
                     if c not in {p.source for p in planned} and kbuild.placement(c).target]
-    if len(planned) > MAX_UNITS:
+    if len(planned) > max_files:
         raise BuildError(stage=STAGE, file=", ".join(headers),
                          message=f"{len(planned)} built files include the changed header(s); "
-                                 f"the builder compares at most {MAX_UNITS}",
+                                 f"the builder compares at most {max_files}",
                          hint="move the change out of a header this widely used (e.g. into "
-                              "the .c files that need it), or raise KLP_MAX_UNITS")
+                              "the .c files that need it), or raise --max-files")
     return planned
 
 
@@ -263,10 +264,12 @@ def _guard_in(tree: PreparedTree, directory: Path, entry: str) -> str | None:
 
 
 def build_objects(tree: PreparedTree, sources: list[str], extra_cflags: str = "",
-                  progress=None, label: str = "") -> dict[str, tuple[Path, str]]:
+                  progress=None, label: str = "", missing_ok: bool = False
+                  ) -> dict[str, tuple[Path, str]]:
     """Build objects with kbuild's single-object targets, a batch per make run (all cores).
 
-    Returns source -> (object, kbuild's command line).
+    Returns source -> (object, kbuild's command line). A source that does not compile
+    raises, or with `missing_ok` is left out.
     """
     built: dict[str, tuple[Path, str]] = {}
     kcflags = f"{KCFLAGS} {extra_cflags}".strip()
@@ -279,11 +282,13 @@ def build_objects(tree: PreparedTree, sources: list[str], extra_cflags: str = ""
                               capture_output=True, text=True, check=False)
         for source, obj in zip(batch, objects, strict=True):
             path = tree.build_dir / obj
-            if not path.is_file():
+            if path.is_file():
+                built[source] = (path, kbuild_command(tree, obj))
+            elif not missing_ok:
                 _compile_failed(tree, source, obj, proc)
-            built[source] = (path, kbuild_command(tree, obj))
         if progress and len(sources) > 1:
-            progress(f"{label}{len(built)}/{len(sources)} compiled (last: {batch[-1]})")
+            progress(f"{label}{start + len(batch)}/{len(sources)} compiled "
+                     f"(last: {batch[-1]})")
     return built
 
 
@@ -303,13 +308,15 @@ def _compile_failed(tree: PreparedTree, source: str, obj: str, proc) -> None:
                      hint="fix the patch so the file compiles against this kernel")
 
 
-def dependencies(tree: PreparedTree, obj: str) -> list[str]:
-    """The headers kbuild recorded for an object (its .cmd file), relative to the tree."""
+def dependencies(tree: PreparedTree, obj: str, suffixes: tuple[str, ...] = (".h",)
+                 ) -> list[str]:
+    """The files kbuild recorded an object as read from (its .cmd file), relative to the
+    tree: headers, or with `suffixes` other kinds too."""
     cmd_file = tree.build_dir / Path(obj).parent / f".{Path(obj).name}.cmd"
     found = []
     for line in cmd_file.read_text(errors="replace").splitlines() if cmd_file.is_file() else []:
         item = line.strip().rstrip("\\").strip()
-        if item.endswith(".h") and not item.startswith("$("):
+        if item.endswith(suffixes) and not item.startswith("$("):
             found.append(item.removeprefix(f"{tree.source_dir}/"))
     return found
 
@@ -336,42 +343,93 @@ def target_object(command: str) -> str:
 
 
 @dataclass(frozen=True)
-class Original:
+class CachedObject:
+    """An object kept in the per-kernel cache, and what kbuild recorded for it."""
+
     path: Path
     command: str
     headers: tuple[str, ...]  # what the compiler read, as kbuild recorded it
 
 
 def original_objects(tree: PreparedTree, sources: list[str], progress=None
-                     ) -> dict[str, Original]:
+                     ) -> dict[str, CachedObject]:
     """Pristine objects, cached by the source's content (warm runs skip kbuild).
 
     The tree is pristine here (the caller holds the lock and has restored it), so a
     source's content and the kernel's headers decide the object.
     """
-    cache = {s: tree.build_dir / ".klp-orig" / _cache_key(tree, s) / object_of(s)
-             for s in sources}
-    missing = [s for s in sources if not (cache[s].is_file() and
-                                          cache[s].with_suffix(".json").is_file())]
+    cache = {s: _cached(tree, "orig", _original_key(tree, s), s) for s in sources}
+    missing = [s for s in sources if not is_cached(cache[s])]
     fresh = build_objects(tree, missing, progress=progress, label="originals: ")
     for source in missing:
-        path, command = fresh[source]
-        target = cache[source]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target.with_suffix(".tmp"))
-        target.with_suffix(".json").write_text(json.dumps({
-            "command": command, "headers": dependencies(tree, object_of(source))}))
-        target.with_suffix(".tmp").replace(target)
-    result = {}
-    for source in sources:
-        meta = json.loads(cache[source].with_suffix(".json").read_text())
-        result[source] = Original(cache[source], meta["command"], tuple(meta["headers"]))
-    return result
+        store_object(tree, source, fresh[source], cache[source])
+    return {source: _load(cache[source]) for source in sources}
 
 
-def _cache_key(tree: PreparedTree, source: str) -> str:
+def patched_objects(tree: PreparedTree, patches: PatchSet, sources: list[str],
+                    compat_include: Path | None, progress=None) -> dict[str, CachedObject]:
+    """Objects of the tree with `patches` applied (the caller applied them), cached by
+    the patches, the flags and the compat headers: a rebuild by a changed builder
+    compiles nothing it compiled before."""
+    cache = {s: patched_cache(tree, patches, s, compat_include) for s in sources}
+    missing = [s for s in sources if not is_cached(cache[s])]
+    fresh = build_objects(tree, missing, compat_flags(compat_include), progress,
+                          label="patched: ")
+    for source in missing:
+        store_object(tree, source, fresh[source], cache[source])
+    return {source: _load(cache[source]) for source in sources}
+
+
+def compat_flags(compat_include: Path | None) -> str:
+    return f"-idirafter {compat_include}" if compat_include and compat_include.is_dir() else ""
+
+
+def patched_cache(tree: PreparedTree, patches: PatchSet, source: str,
+                  compat_include: Path | None) -> Path:
+    """Where the object of `source` built with `patches` applied is kept: the compat
+    headers count by content, not by where this checkout keeps them."""
+    compat = _digest_of(compat_include) if compat_flags(compat_include) else "-"
+    key = hashlib.sha256(f"{RECIPE}:{KCFLAGS}:{compat}:{patches.sha256}:{source}"
+                         .encode()).hexdigest()[:24]
+    return _cached(tree, "patched", key, source)
+
+
+def store_object(tree: PreparedTree, source: str, built: tuple[Path, str], target: Path
+                 ) -> None:
+    """Keep a fresh object and what kbuild recorded for it (command, headers read)."""
+    path, command = built
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, target.with_suffix(".tmp"))
+    target.with_suffix(".json").write_text(json.dumps({
+        "command": command, "headers": dependencies(tree, object_of(source))}))
+    target.with_suffix(".tmp").replace(target)
+
+
+def _cached(tree: PreparedTree, kind: str, key: str, source: str) -> Path:
+    folder = ".klp-orig" if kind == "orig" else f".klp-{kind}"
+    return tree.build_dir / folder / key / object_of(source)
+
+
+def is_cached(path: Path) -> bool:
+    return path.is_file() and path.with_suffix(".json").is_file()
+
+
+def _load(path: Path) -> CachedObject:
+    meta = json.loads(path.with_suffix(".json").read_text())
+    return CachedObject(path, meta["command"], tuple(meta["headers"]))
+
+
+def _original_key(tree: PreparedTree, source: str) -> str:
     return hashlib.sha256(f"{RECIPE}:{KCFLAGS}:{sha256_file(tree.source_dir / source)}"
                           .encode()).hexdigest()[:24]
+
+
+def _digest_of(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.h")):
+        digest.update(f"{path.relative_to(folder)}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _copy_out(obj: Path, dest: Path) -> Path:
@@ -458,7 +516,8 @@ def _check_landed(tree: PreparedTree, patch: PatchFile) -> None:
 
 # ---------------------------------------------------------------- the stage
 def compile_units(tree: PreparedTree, patches: PatchSet, work: Path,
-                  compat_include: Path | None = COMPAT_INCLUDE, progress=None) -> CompileResult:
+                  compat_include: Path | None = COMPAT_INCLUDE, progress=None,
+                  max_files: int = MAX_FILES) -> CompileResult:
     """Build originals and patched objects into work/orig and work/patched.
 
     The result's `patches` are the patches as they applied (hunks where patch found
@@ -467,11 +526,9 @@ def compile_units(tree: PreparedTree, patches: PatchSet, work: Path,
     timer = Timer()
     timings: dict[str, float] = {}
     with timed(timings, "plan"):
-        planned = plan_units(tree, patches, progress)
-    extra = f"-idirafter {compat_include}" if compat_include and compat_include.is_dir() else ""
+        planned = plan_units(tree, patches, progress, max_files)
     units: list[CompiledUnit] = []
     applied: list[PatchFile] = []
-    built: list[str] = []
     with locked(tree):
         with timed(timings, "restore"):
             restore_files(tree)  # a previous run was interrupted: start from pristine
@@ -488,25 +545,25 @@ def compile_units(tree: PreparedTree, patches: PatchSet, work: Path,
                     apply_patch(tree, patch, dry_run=True)  # is written if a hunk fails
                     applied.append(apply_patch(tree, patch, dry_run=False))
             with timed(timings, "patched"):
-                built = [p.source for p in planned]
-                patched = build_objects(tree, built, extra, progress, label="patched: ")
-            for plan in planned:
-                obj = object_of(plan.source)
-                original = originals[plan.source]
-                path, command = patched[plan.source]
-                units.append(CompiledUnit(
-                    source=plan.source, object_name=obj,
-                    target_object=target_object(original.command),
-                    original=_copy_out(original.path, work / "orig" / obj),
-                    patched=_copy_out(path, work / "patched" / obj), command=command,
-                    because=plan.because))
+                patched = patched_objects(tree, patches, [p.source for p in planned],
+                                          compat_include, progress)
         finally:
             restore_files(tree)
-            for source in built:  # the tree's .o must not outlive the patched source
-                (tree.build_dir / object_of(source)).unlink(missing_ok=True)
+            for plan in planned:  # the tree's .o must not outlive the patched source
+                (tree.build_dir / object_of(plan.source)).unlink(missing_ok=True)
+    for plan in planned:
+        obj = object_of(plan.source)
+        units.append(CompiledUnit(
+            source=plan.source, object_name=obj,
+            target_object=target_object(originals[plan.source].command),
+            original=_copy_out(originals[plan.source].path, work / "orig" / obj),
+            patched=_copy_out(patched[plan.source].path, work / "patched" / obj),
+            command=patched[plan.source].command, because=plan.because))
     return CompileResult(units=units, seconds=round(timer.seconds, 3), timings=timings,
                          patches=replace(patches, patches=tuple(applied)))
 
 
 __all__ = ["compile_units", "apply_patch", "check_compilable", "plan_units", "target_object",
-           "config_guard", "restore_files", "pristine", "build_objects", "original_objects"]
+           "config_guard", "restore_files", "pristine", "build_objects", "original_objects",
+           "patched_objects", "patched_cache", "store_object", "compat_flags", "is_cached",
+           "dependencies", "object_of", "save_files"]

@@ -16,7 +16,11 @@ that takes over by atomic replace, so one update is loaded at a time and never a
    files this configuration builds is `not-in-config`.
 4. **Each unit alone.** Built with the builder's full pipeline (verify, check…); a unit
    the builder refuses `needs-reboot`, with the builder's reason; a unit whose built
-   code does not change is `no-change`. Results are cached per unit (resumable).
+   code does not change is `no-change`. Results are cached per unit (resumable). The
+   compiles come first, in batches on all cores: every unit's original `.c` files, then
+   the patched ones of the units that change no header. A unit whose header more than
+   `max_files` built files include (300 by default) needs a reboot: each such file is
+   compiled twice, and one subsystem header would cost hours on a small controller.
 5. **One cumulative module** from every unit that built, with atomic replace, so a
    later update replaces this one on the host instead of stacking.
 6. **What it fixes.** The changelog items of the uploads in between, with their CVE
@@ -40,11 +44,13 @@ from builder import __version__, code_digest
 from builder.cache import sha256_file, source_root
 from builder.errors import BuildError
 from builder.manifest import SCHEMA_VERSION
+from builder.patchset import PatchSet
 from builder.pipeline import BuildRequest, build, manifest_matches
 from builder.progress import Progress, Timer
 from builder.providers import cache_dir, provider_for
 from builder.providers.archive import Archive, version_newer
 from builder.providers.debian import madison_versions, parse_release
+from builder.stages import compile as compiling
 from builder.stages.acquire import extract_packages
 from builder.stages.compile import original_objects, pristine
 from builder.stages.prepare import extract_source, prepare
@@ -52,7 +58,8 @@ from builder.update.changelog import items_between, read_changelog, tie
 from builder.update.units import Unit, cut_units, tree_diff, unit_patch
 
 STAGE = "update"
-WARM_BATCH = 32  # originals compiled per kbuild run before the units: progress between
+WARM_BATCH = 32  # objects compiled per kbuild run before the units: progress between
+MAX_FILES = 300  # a unit's header may reach this many built files (see 4. above)
 NO_CHANGE = "no functional change"
 
 
@@ -68,6 +75,7 @@ class UpdateRequest:
     sign_cert: Path | None = None
     consistency: str = "default"
     jobs: int = 1  # units built at once; their compile stages take turns on the tree
+    max_files: int = MAX_FILES  # built files a unit's headers may reach
 
 
 def source_tree(version: str, series: str, archive: Archive) -> tuple[Path, Path]:
@@ -107,7 +115,7 @@ def _unit_result(request: UpdateRequest, kernel, unit: Unit, patch: Path, work: 
     key = {"builder_version": __version__, "builder_code": code_digest(),
            "kernel": kernel.release,
            "package_version": kernel.package_version,
-           "patch_sha256": sha256_file(patch)}
+           "patch_sha256": sha256_file(patch), "max_files": request.max_files}
     cached = patch.with_suffix(".result.json")
     if cached.is_file():
         result = json.loads(cached.read_text())
@@ -115,7 +123,8 @@ def _unit_result(request: UpdateRequest, kernel, unit: Unit, patch: Path, work: 
             return result
     sub = BuildRequest(kernel=kernel.release, package_version=kernel.package_version,
                        patches=[patch], name=f"u_{_slug(unit.name)}"[:50],
-                       output=work / "units" / _slug(unit.name), work=unit_work)
+                       output=work / "units" / _slug(unit.name), work=unit_work,
+                       max_files=request.max_files)
     result = {"key": key}
     timer = Timer()
     try:
@@ -160,6 +169,8 @@ def update(request: UpdateRequest, progress: Progress | None = None) -> dict:
         "units", "difference cut into fix units", _cut, tree, new_tree, work)
     progress.stage("originals", "every unit's own .c files, compiled as shipped",
                    _warm_originals, tree, units, progress)
+    progress.stage("patched", "the patched .c files of the units that change no header",
+                   _warm_patched, tree, units, patches, progress)
     records = _unit_records(request, kernel, units, patches, work, progress)
     info["left_out"] = left_out
     items = items_between(read_changelog(changelog), kernel.package_version, newer) \
@@ -246,6 +257,55 @@ def _warm_originals(tree, units: list[Unit], progress: Progress) -> None:
                 progress.note(f"originals: {err.message.splitlines()[0]}; its unit builds it")
             progress.note(f"originals: {min(start + WARM_BATCH, len(sources))}/"
                           f"{len(sources)} compiled")
+
+
+def _warm_patched(tree, units: list[Unit], patches: dict[str, Path],
+                  progress: Progress) -> None:
+    """Compile the patched .c files of every unit that changes no header, with all their
+    patches applied at once, in batches on all cores.
+
+    Such an object equals the one its unit builds alone as long as it read no file that
+    another unit changes, which kbuild's record of what it read proves; only those are
+    cached, and the units' builds find them. A patch that does not apply or a file that
+    does not compile is left to its unit, which reports it.
+    """
+    sets = {u.name: PatchSet.read([patches[u.name]])
+            for u in units if u.in_config and u.sources and not u.headers}
+
+    def cache_of(name: str, source: str) -> Path:
+        return compiling.patched_cache(tree, sets[name], source, compiling.COMPAT_INCLUDE)
+
+    todo = {(name, source) for name, patchset in sets.items() for source in patchset.sources
+            if source.endswith(".c") and not compiling.is_cached(cache_of(name, source))}
+    pending = {name for name, _ in todo}
+    owner = {path: name for name in pending for path in sets[name].sources}
+    if not todo:
+        return
+    with pristine(tree.source_dir):
+        compiling.save_files(tree, list(owner))
+        try:
+            for name in sorted(pending):
+                try:
+                    for patch in sets[name].patches:
+                        compiling.apply_patch(tree, patch, dry_run=True)
+                        compiling.apply_patch(tree, patch, dry_run=False)
+                except BuildError:
+                    todo = {(n, source) for n, source in todo if n != name}
+            sources = sorted(source for _, source in todo)
+            flags = compiling.compat_flags(compiling.COMPAT_INCLUDE)
+            for start in range(0, len(sources), WARM_BATCH):
+                batch = sources[start:start + WARM_BATCH]
+                built = compiling.build_objects(tree, batch, flags, missing_ok=True)
+                for source, made in built.items():
+                    name = owner[source]
+                    read = compiling.dependencies(tree, compiling.object_of(source), (".h", ".c"))
+                    if all(owner.get(path, name) == name for path in read):
+                        compiling.store_object(tree, source, made, cache_of(name, source))
+                progress.note(f"patched: {start + len(batch)}/{len(sources)} compiled")
+        finally:
+            compiling.restore_files(tree)
+            for _, source in todo:  # the tree's .o must not outlive the patched source
+                (tree.build_dir / compiling.object_of(source)).unlink(missing_ok=True)
 
 
 def _cut(tree, new_tree: Path, work: Path):

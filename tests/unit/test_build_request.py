@@ -25,6 +25,8 @@ def other(name: str, described, current, tmp_path: Path):
     form = described.form
     if form in ("switch", "negated"):
         return not current
+    if form == "count":
+        return current + 1
     if form == "paths":
         other_patch = tmp_path / "other.patch"
         other_patch.write_text("--- a/g.c\n+++ b/g.c\n")

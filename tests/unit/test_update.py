@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import sys
 
 import pytest
 
@@ -144,3 +145,87 @@ def test_units_build_concurrently_each_in_a_work_directory_no_other_build_uses(
     assert {r["built_in"] for r in records if r["status"] == "live"} == {"unit-work",
                                                                          "unit-work-2"}
     assert most[0] == 2
+
+
+# A stand-in for kbuild's single-object targets: "compiles" a .c file by copying it, and
+# records what it read (the source and the files it #includes) in .<obj>.cmd as kbuild does.
+FAKE_MAKE = r'''
+import re, sys
+from pathlib import Path
+src, build = Path(sys.argv[1]), Path(sys.argv[2])
+with open(build / "make.log", "a") as log:
+    log.write(" ".join(sys.argv[3:]) + "\n")
+for target in [a for a in sys.argv[3:] if a.endswith(".o")]:
+    source = src / (target[:-2] + ".c")
+    text = source.read_text()
+    if "BROKEN" in text:
+        continue
+    read = [source] + [src / inc for inc in re.findall(r'#include "(.+)"', text)]
+    (build / target).parent.mkdir(parents=True, exist_ok=True)
+    (build / target).write_text(text)
+    cmd = build / Path(target).parent / f".{Path(target).name}.cmd"
+    cmd.write_text(f"cmd_{target} := gcc -c -o {target} {source}\n"
+                   f"deps_{target} := \\\n" + "".join(f"  {p} \\\n" for p in read) + "\n")
+'''
+
+
+def _diff(path: str, old: str, new: str) -> str:
+    return f"--- a/{path}\n+++ b/{path}\n@@ -1 +1 @@\n-{old}\n+{new}\n"
+
+
+@pytest.mark.skipif(shutil.which("patch") is None, reason="needs GNU patch")
+def test_patched_files_of_units_without_headers_compile_together_and_are_cached(tmp_path):
+    from builder.artifacts import KernelId, PreparedTree
+    from builder.patchset import PatchSet
+    from builder.progress import Progress
+    from builder.stages.compile import COMPAT_INCLUDE, patched_cache, patched_objects
+    from builder.update import _warm_patched
+    from builder.update.units import Unit
+
+    source, build = tmp_path / "src" / "linux", tmp_path / "build"
+    build.mkdir(parents=True)
+    pristine = {"a/x.c": "int x;", "b/y.c": "int y;", "c/z.c": "int z;",
+                "c/z.h": "int h;", "d/w.c": "int w;"}
+    for rel, text in pristine.items():
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_text(text + "\n")
+    fake = tmp_path / "make.py"
+    fake.write_text(FAKE_MAKE)
+    tree = PreparedTree(kernel=KernelId("6.1.0-56-amd64", "6.1.192-2"), source_dir=source,
+                        build_dir=build, make_args=[sys.executable, str(fake), str(source),
+                                                    str(build)])
+    changes = {"a": _diff("a/x.c", "int x;", "int x = 1;"),
+               # b's patched file reads a file another unit changes: not its object alone
+               "b": _diff("b/y.c", "int y;", '#include "a/x.c"'),
+               "c": _diff("c/z.c", "int z;", "int z = 1;") + _diff("c/z.h", "int h;", "int i;"),
+               "d": _diff("d/w.c", "int w;", "BROKEN")}
+    patches = {}
+    for name, text in changes.items():
+        patches[name] = tmp_path / f"{name}.patch"
+        patches[name].write_text(text)
+    units = [Unit(name="a", sources=["a/x.c"]), Unit(name="b", sources=["b/y.c"]),
+             Unit(name="c", sources=["c/z.c"], headers=["c/z.h"]),
+             Unit(name="d", sources=["d/w.c"]), Unit(name="off", unbuilt=["e/v.c"])]
+
+    _warm_patched(tree, units, patches, Progress())
+
+    def cache(name, rel):
+        return patched_cache(tree, PatchSet.read([patches[name]]), rel, COMPAT_INCLUDE)
+
+    assert cache("a", "a/x.c").read_text() == "int x = 1;\n"
+    assert not cache("b", "b/y.c").exists()  # it read a/x.c, which unit a changes
+    assert not cache("c", "c/z.c").exists()  # a header unit compiles alone
+    assert not cache("d", "d/w.c").exists()  # does not compile: its unit reports it
+    for rel, text in pristine.items():  # the shared tree is as shipped again
+        assert (source / rel).read_text() == text + "\n"
+    assert not [o for o in build.rglob("*.o") if ".klp-" not in str(o)]
+    assert not list(source.rglob("*.orig"))
+    compiled = (build / "make.log").read_text().splitlines()
+    assert len(compiled) == 1 and "c/z.o" not in compiled[0]  # one batch, both units
+
+    # The unit's own build finds its object: the patch applied, nothing compiled.
+    objects = patched_objects(tree, PatchSet.read([patches["a"]]), ["a/x.c"], COMPAT_INCLUDE)
+    assert objects["a/x.c"].path == cache("a", "a/x.c")
+    assert (build / "make.log").read_text().splitlines() == compiled
+    _warm_patched(tree, units[:1], patches, Progress())  # and a rerun compiles nothing
+    assert (build / "make.log").read_text().splitlines() == compiled

@@ -19,7 +19,7 @@ per unit (median, max) and wall times.
 
 Usage: .venv/bin/python bench/realfixes.py [--from V --to V] [--flavour amd64]
            [--sample N] [--build-sample N] [--only DIR/] [--no-vm] [--units-only]
-           [--jobs N] [--json FILE] [--keep DIR]
+           [--max-files N] [--jobs N] [--json FILE] [--keep DIR]
 Default pairs: 6.1.192-1 → 6.1.192-2, 6.1.192-2 → 6.1.192-3 and 6.1.190-1 → 6.1.192-1.
 """
 
@@ -71,7 +71,7 @@ REASONS = [
     (r"no functional change", "no functional change in the built objects", RIGHT,
      "nothing to patch: the running code already is the fix"),
     (r"built files include the changed header", "header included by too many built files",
-     GAP, "each including file is compiled twice; a limit (KLP_MAX_UNITS) keeps it bounded"),
+     GAP, "each including file is compiled twice; --max-files keeps it bounded"),
     (r"differs from the shipped", "rebuilt original differs from the shipped kernel", None,
      None),
     (r"not in the symbol table of the shipped", "function not in the shipped symbol table",
@@ -160,7 +160,8 @@ def classify(proc: subprocess.CompletedProcess) -> tuple[str, str, str, str]:
 INIT_REASON = "changes __init code"
 
 
-def build_unit(rec: dict, release: str, version: str, root: Path, init_retry: bool) -> dict:
+def build_unit(rec: dict, release: str, version: str, root: Path, init_retry: bool,
+               max_files: int | None = None) -> dict:
     """Run the builder on one unit's patch; fill in status, reason and timing.
 
     A unit refused only for changed __init code is built again the way the refusal's hint
@@ -171,6 +172,8 @@ def build_unit(rec: dict, release: str, version: str, root: Path, init_retry: bo
     argv = [sys.executable, "-m", "builder", "build", "--kernel", release,
             "--package-version", version, "--patch", rec["patch"], "--name", rec["module"],
             "--output", str(out), "--work", str(root / "work" / rec["module"])]
+    if max_files:
+        argv += ["--max-files", str(max_files)]
     start = time.monotonic()
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=7200,
                           check=False)
@@ -369,7 +372,7 @@ def run_pair(args, old_version: str, new_version: str, root: Path) -> dict:
 
     def one(rec: dict) -> dict:
         nonlocal done
-        build_unit(rec, release, old_version, pair_dir, not args.no_init_retry)
+        build_unit(rec, release, old_version, pair_dir, not args.no_init_retry, args.max_files)
         done += 1
         say(f"[{done}/{len(todo)}] {rec['name']}: {rec['status']} {rec['reason']} "
             f"({rec['build_seconds']} s)")
@@ -530,6 +533,8 @@ def main() -> None:
     ap.add_argument("--no-init-retry", action="store_true",
                     help="do not rebuild units refused for __init code with "
                          "--skip-init-changes")
+    ap.add_argument("--max-files", type=int, metavar="N",
+                    help="the builder's --max-files: built files a unit's headers may reach")
     ap.add_argument("--jobs", type=int, default=1,
                     help="builder runs at a time (their compile stages still take turns on "
                          "the tree's lock, and a unit's time then includes that wait)")

@@ -308,17 +308,25 @@ def _compile_failed(tree: PreparedTree, source: str, obj: str, proc) -> None:
                      hint="fix the patch so the file compiles against this kernel")
 
 
-def dependencies(tree: PreparedTree, obj: str, suffixes: tuple[str, ...] = (".h",)
+def dependencies(tree: PreparedTree, obj: str, suffixes: tuple[str, ...] | None = (".h",)
                  ) -> list[str]:
     """The files kbuild recorded an object as read from (its .cmd file), relative to the
-    tree: headers, or with `suffixes` other kinds too."""
+    tree: the headers, or those with `suffixes`, or (None) all of them, source included."""
     cmd_file = tree.build_dir / Path(obj).parent / f".{Path(obj).name}.cmd"
     found = []
+    in_deps = False
     for line in cmd_file.read_text(errors="replace").splitlines() if cmd_file.is_file() else []:
-        item = line.strip().rstrip("\\").strip()
-        if item.endswith(suffixes) and not item.startswith("$("):
-            found.append(item.removeprefix(f"{tree.source_dir}/"))
-    return found
+        if line.startswith(f"source_{obj} :="):
+            found.append(line.split(":=", 1)[1].strip())
+        elif line.startswith(f"deps_{obj} :="):
+            in_deps = True
+        elif in_deps:
+            item = line.strip().rstrip("\\").strip()
+            if item and not item.startswith("$("):
+                found.append(item)
+            in_deps = line.endswith("\\")
+    return [item.removeprefix(f"{tree.source_dir}/") for item in found
+            if suffixes is None or item.endswith(suffixes)]
 
 
 def kbuild_command(tree: PreparedTree, obj: str) -> str:
@@ -358,7 +366,7 @@ def original_objects(tree: PreparedTree, sources: list[str], progress=None
     The tree is pristine here (the caller holds the lock and has restored it), so a
     source's content and the kernel's headers decide the object.
     """
-    cache = {s: _cached(tree, "orig", _original_key(tree, s), s) for s in sources}
+    cache = {s: _cached(tree, _original_key(tree, s), s) for s in sources}
     missing = [s for s in sources if not is_cached(cache[s])]
     fresh = build_objects(tree, missing, progress=progress, label="originals: ")
     for source in missing:
@@ -368,46 +376,89 @@ def original_objects(tree: PreparedTree, sources: list[str], progress=None
 
 def patched_objects(tree: PreparedTree, patches: PatchSet, sources: list[str],
                     compat_include: Path | None, progress=None) -> dict[str, CachedObject]:
-    """Objects of the tree with `patches` applied (the caller applied them), cached by
-    the patches, the flags and the compat headers: a rebuild by a changed builder
-    compiles nothing it compiled before."""
-    cache = {s: patched_cache(tree, patches, s, compat_include) for s in sources}
-    missing = [s for s in sources if not is_cached(cache[s])]
+    """Objects of the tree with `patches` applied (the caller applied them).
+
+    Cached the way ccache's direct mode caches: an object is reused when every file it
+    read has the content it has now. Files no patch touches are as shipped, so only the
+    touched ones are compared: those the object read, and any the patches create (a new
+    header may be found before one it read). So an object built for one fix unit serves
+    every build that changes the same among its files, and a changed builder (whose code
+    is not in this key) compiles nothing it compiled before.
+    """
+    changed = changed_content(tree, patches)
+    found = {s: find_patched(tree, s, compat_include, changed) for s in sources}
+    missing = [s for s in sources if found[s] is None]
     fresh = build_objects(tree, missing, compat_flags(compat_include), progress,
                           label="patched: ")
     for source in missing:
-        store_object(tree, source, fresh[source], cache[source])
-    return {source: _load(cache[source]) for source in sources}
+        found[source] = store_patched(tree, source, fresh[source], compat_include, changed)
+    return found
+
+
+def changed_content(tree: PreparedTree, patches: PatchSet) -> dict[str, str]:
+    """Each file the applied patches touch: a digest of what they made of it."""
+    created = {fp.path for fp in patches.files if fp.created}
+    digests = {}
+    for path in patches.sources:
+        file = tree.source_dir / path
+        digest = sha256_file(file) if file.is_file() else "absent"
+        digests[path] = f"new:{digest}" if path in created else digest
+    return digests
+
+
+def store_patched(tree: PreparedTree, source: str, built: tuple[Path, str],
+                  compat_include: Path | None, changed: dict[str, str]) -> CachedObject:
+    """Keep a patched object under what it read of the touched files."""
+    reads = dependencies(tree, object_of(source), None)
+    relevant = _relevant(changed, set(reads))
+    entry = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:24]
+    target = _patched_base(tree, source, compat_include) / entry / object_of(source)
+    store_object(tree, source, built, target, {"reads": reads, "changed": relevant})
+    return _load(target)
+
+
+def find_patched(tree: PreparedTree, source: str, compat_include: Path | None,
+                  changed: dict[str, str]) -> CachedObject | None:
+    base = _patched_base(tree, source, compat_include)
+    for meta_path in sorted(base.glob(f"*/{object_of(source)[:-2]}.json")):
+        meta = json.loads(meta_path.read_text())
+        if _relevant(changed, set(meta["reads"])) == meta["changed"] and \
+                meta_path.with_suffix(".o").is_file():
+            return _load(meta_path.with_suffix(".o"))
+    return None
+
+
+def _relevant(changed: dict[str, str], reads: set[str]) -> dict[str, str]:
+    return {path: digest for path, digest in changed.items()
+            if path in reads or digest.startswith("new:")}
 
 
 def compat_flags(compat_include: Path | None) -> str:
     return f"-idirafter {compat_include}" if compat_include and compat_include.is_dir() else ""
 
 
-def patched_cache(tree: PreparedTree, patches: PatchSet, source: str,
-                  compat_include: Path | None) -> Path:
-    """Where the object of `source` built with `patches` applied is kept: the compat
-    headers count by content, not by where this checkout keeps them."""
+def _patched_base(tree: PreparedTree, source: str, compat_include: Path | None) -> Path:
+    """The compile flags decide the object too: the compat headers by their content,
+    not by where this checkout keeps them."""
     compat = _digest_of(compat_include) if compat_flags(compat_include) else "-"
-    key = hashlib.sha256(f"{RECIPE}:{KCFLAGS}:{compat}:{patches.sha256}:{source}"
-                         .encode()).hexdigest()[:24]
-    return _cached(tree, "patched", key, source)
+    key = hashlib.sha256(f"{RECIPE}:{KCFLAGS}:{compat}:{source}".encode()).hexdigest()[:24]
+    return tree.build_dir / ".klp-patched" / key
 
 
-def store_object(tree: PreparedTree, source: str, built: tuple[Path, str], target: Path
-                 ) -> None:
+def store_object(tree: PreparedTree, source: str, built: tuple[Path, str], target: Path,
+                 extra: dict | None = None) -> None:
     """Keep a fresh object and what kbuild recorded for it (command, headers read)."""
     path, command = built
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, target.with_suffix(".tmp"))
     target.with_suffix(".json").write_text(json.dumps({
-        "command": command, "headers": dependencies(tree, object_of(source))}))
+        "command": command, "headers": dependencies(tree, object_of(source)),
+        **(extra or {})}))
     target.with_suffix(".tmp").replace(target)
 
 
-def _cached(tree: PreparedTree, kind: str, key: str, source: str) -> Path:
-    folder = ".klp-orig" if kind == "orig" else f".klp-{kind}"
-    return tree.build_dir / folder / key / object_of(source)
+def _cached(tree: PreparedTree, key: str, source: str) -> Path:
+    return tree.build_dir / ".klp-orig" / key / object_of(source)
 
 
 def is_cached(path: Path) -> bool:
@@ -565,5 +616,5 @@ def compile_units(tree: PreparedTree, patches: PatchSet, work: Path,
 
 __all__ = ["compile_units", "apply_patch", "check_compilable", "plan_units", "target_object",
            "config_guard", "restore_files", "pristine", "build_objects", "original_objects",
-           "patched_objects", "patched_cache", "store_object", "compat_flags", "is_cached",
+           "patched_objects", "store_patched", "find_patched", "changed_content", "compat_flags",
            "dependencies", "object_of", "save_files"]

@@ -264,47 +264,46 @@ def _warm_patched(tree, units: list[Unit], patches: dict[str, Path],
     """Compile the patched .c files of every unit that changes no header, with all their
     patches applied at once, in batches on all cores.
 
-    Such an object equals the one its unit builds alone as long as it read no file that
-    another unit changes, which kbuild's record of what it read proves; only those are
-    cached, and the units' builds find them. A patch that does not apply or a file that
+    The patched-object cache (compile.patched_objects) keeps each object under what it
+    read of the changed files: one that read only its own unit's is the object of that
+    unit built alone, and the unit finds it; one that read another unit's change serves
+    no unit, and its unit compiles it alone. A patch that does not apply or a file that
     does not compile is left to its unit, which reports it.
     """
+    compat = compiling.COMPAT_INCLUDE
     sets = {u.name: PatchSet.read([patches[u.name]])
             for u in units if u.in_config and u.sources and not u.headers}
-
-    def cache_of(name: str, source: str) -> Path:
-        return compiling.patched_cache(tree, sets[name], source, compiling.COMPAT_INCLUDE)
-
-    todo = {(name, source) for name, patchset in sets.items() for source in patchset.sources
-            if source.endswith(".c") and not compiling.is_cached(cache_of(name, source))}
-    pending = {name for name, _ in todo}
-    owner = {path: name for name in pending for path in sets[name].sources}
-    if not todo:
-        return
+    sets = {name: patchset for name, patchset in sets.items()
+            if not any(fp.created for fp in patchset.files)}
     with pristine(tree.source_dir):
-        compiling.save_files(tree, list(owner))
+        compiling.save_files(tree, [path for patchset in sets.values()
+                                    for path in patchset.sources])
+        todo: list[str] = []
         try:
-            for name in sorted(pending):
+            applied = []
+            for patchset in sets.values():
                 try:
-                    for patch in sets[name].patches:
+                    for patch in patchset.patches:
                         compiling.apply_patch(tree, patch, dry_run=True)
                         compiling.apply_patch(tree, patch, dry_run=False)
                 except BuildError:
-                    todo = {(n, source) for n, source in todo if n != name}
-            sources = sorted(source for _, source in todo)
-            flags = compiling.compat_flags(compiling.COMPAT_INCLUDE)
-            for start in range(0, len(sources), WARM_BATCH):
-                batch = sources[start:start + WARM_BATCH]
+                    continue  # its unit reports it
+                applied.append(patchset)
+                own = compiling.changed_content(tree, patchset)
+                todo += [source for source in patchset.sources if source.endswith(".c")
+                         and not compiling.find_patched(tree, source, compat, own)]
+            together = compiling.changed_content(
+                tree, PatchSet(tuple(p for patchset in applied for p in patchset.patches)))
+            flags = compiling.compat_flags(compat)
+            for start in range(0, len(todo), WARM_BATCH):
+                batch = todo[start:start + WARM_BATCH]
                 built = compiling.build_objects(tree, batch, flags, missing_ok=True)
                 for source, made in built.items():
-                    name = owner[source]
-                    read = compiling.dependencies(tree, compiling.object_of(source), (".h", ".c"))
-                    if all(owner.get(path, name) == name for path in read):
-                        compiling.store_object(tree, source, made, cache_of(name, source))
-                progress.note(f"patched: {start + len(batch)}/{len(sources)} compiled")
+                    compiling.store_patched(tree, source, made, compat, together)
+                progress.note(f"patched: {start + len(batch)}/{len(todo)} compiled")
         finally:
             compiling.restore_files(tree)
-            for _, source in todo:  # the tree's .o must not outlive the patched source
+            for source in todo:  # the tree's .o must not outlive the patched source
                 (tree.build_dir / compiling.object_of(source)).unlink(missing_ok=True)
 
 

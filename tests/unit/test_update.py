@@ -178,7 +178,7 @@ def test_patched_files_of_units_without_headers_compile_together_and_are_cached(
     from builder.artifacts import KernelId, PreparedTree
     from builder.patchset import PatchSet
     from builder.progress import Progress
-    from builder.stages.compile import COMPAT_INCLUDE, patched_cache, patched_objects
+    from builder.stages import compile as compiling
     from builder.update import _warm_patched
     from builder.update.units import Unit
 
@@ -208,14 +208,6 @@ def test_patched_files_of_units_without_headers_compile_together_and_are_cached(
              Unit(name="d", sources=["d/w.c"]), Unit(name="off", unbuilt=["e/v.c"])]
 
     _warm_patched(tree, units, patches, Progress())
-
-    def cache(name, rel):
-        return patched_cache(tree, PatchSet.read([patches[name]]), rel, COMPAT_INCLUDE)
-
-    assert cache("a", "a/x.c").read_text() == "int x = 1;\n"
-    assert not cache("b", "b/y.c").exists()  # it read a/x.c, which unit a changes
-    assert not cache("c", "c/z.c").exists()  # a header unit compiles alone
-    assert not cache("d", "d/w.c").exists()  # does not compile: its unit reports it
     for rel, text in pristine.items():  # the shared tree is as shipped again
         assert (source / rel).read_text() == text + "\n"
     assert not [o for o in build.rglob("*.o") if ".klp-" not in str(o)]
@@ -223,9 +215,23 @@ def test_patched_files_of_units_without_headers_compile_together_and_are_cached(
     compiled = (build / "make.log").read_text().splitlines()
     assert len(compiled) == 1 and "c/z.o" not in compiled[0]  # one batch, both units
 
-    # The unit's own build finds its object: the patch applied, nothing compiled.
-    objects = patched_objects(tree, PatchSet.read([patches["a"]]), ["a/x.c"], COMPAT_INCLUDE)
-    assert objects["a/x.c"].path == cache("a", "a/x.c")
-    assert (build / "make.log").read_text().splitlines() == compiled
-    _warm_patched(tree, units[:1], patches, Progress())  # and a rerun compiles nothing
-    assert (build / "make.log").read_text().splitlines() == compiled
+    def alone(name: str, rel: str) -> str:
+        """What the unit's own build of `rel` gets: the object's text; compiles counted."""
+        patchset = PatchSet.read([patches[name]])
+        with compiling.locked(tree):
+            compiling.save_files(tree, list(patchset.sources))
+            try:
+                compiling.apply_patch(tree, patchset.patches[0], dry_run=False)
+                objects = compiling.patched_objects(tree, patchset, [rel], compiling.COMPAT_INCLUDE)
+                return objects[rel].path.read_text()
+            finally:
+                compiling.restore_files(tree)
+
+    assert alone("a", "a/x.c") == "int x = 1;\n"
+    assert (build / "make.log").read_text().splitlines() == compiled  # found, not compiled
+    # b's batch object read unit a's change: b's own build compiles it without a's.
+    assert alone("b", "b/y.c") == '#include "a/x.c"\n'
+    assert len((build / "make.log").read_text().splitlines()) == len(compiled) + 1
+    _warm_patched(tree, units, patches, Progress())  # a rerun compiles only what failed
+    assert "d/w.o" in (build / "make.log").read_text().splitlines()[-1]
+    assert "a/x.o" not in (build / "make.log").read_text().splitlines()[-1]

@@ -44,6 +44,7 @@ KLP_SYM_PREFIX = ".klp.sym."
 # Static keys whose sites may stay off while a patch is live: tracing and debug output.
 INERT_KEYS = ("__tracepoint_", "__UNIQUE_ID_ddebug")
 NOP5, NOP2 = bytes.fromhex("0f1f440000"), bytes.fromhex("6690")
+JMP8, JMP32 = b"\xeb", b"\xe9"  # jmp rel8, jmp rel32
 # Sections never copied: build metadata, and objtool hints consumed at compile time.
 DROPPED_PREFIXES = (".debug", ".comment", ".note", ".discard", ".kpatch", ".orc_unwind",
                     ".ibt_endbr_seal", ".initcall", ".init.", ".exit.", ".modinfo",
@@ -438,7 +439,7 @@ class _Generator:
                               "its trampoline")
             return
         if sec.name == "__jump_table" and symbol.startswith(INERT_KEYS) and \
-                self._site_is_off(sec, start):
+                self._turn_site_off(sec, start):
             kind = "tracepoint" if symbol.startswith("__tracepoint_") else "pr_debug"
             self.notes.append(f"{where}: {kind} {symbol} ({objname}) stays off in the "
                               "patched function")
@@ -453,15 +454,31 @@ class _Generator:
                     f"before livepatch can resolve symbols of {objname}",
             hint=hint)
 
-    def _site_is_off(self, sec: Section, start: int) -> bool:
-        """A jump-label site that is a NOP and whose entry says 'not taken by default'."""
+    def _turn_site_off(self, sec: Section, start: int) -> bool:
+        """Leave a jump-label site in its default state, off, if that is what it starts
+        as; False if it starts on.
+
+        The entry says "not taken by default" (bit 0 clear). Its code is a NOP, or, where
+        objtool runs on the linked module (6.12's IBT kernels), still the `jmp` that
+        objtool turns into a NOP of the same length when the entry's bit 1 asks it to:
+        without the entry objtool would leave that jmp taken, so it is made the NOP here.
+        """
         site_rel = next(r for r in sec.relocs if r.offset == start)
         key_rel = next((r for r in sec.relocs if r.offset == start + 8), None)
         if key_rel is None or key_rel.addend & 1:
             return False
-        code = site_rel.symbol.section
+        out = self.included[id(site_rel.symbol.section)]
         offset = self.pside.target_offset(sec, site_rel)
-        return code.data[offset:offset + 5] == NOP5 or code.data[offset:offset + 2] == NOP2
+        code = out.data[offset:offset + 5]
+        if code == NOP5 or code[:2] == NOP2:
+            return True
+        length = {JMP8: 2, JMP32: 5}.get(code[:1])
+        if length is None or not key_rel.addend & 2:
+            return False
+        nop = NOP2 if length == 2 else NOP5
+        out.data = out.data[:offset] + nop + out.data[offset + length:]
+        out.relocs = [r for r in out.relocs if not offset <= r.offset < offset + length]
+        return True
 
     def _belongs(self, rel: Reloc) -> bool:
         sec = rel.symbol.section

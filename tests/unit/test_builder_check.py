@@ -95,8 +95,17 @@ def compile_c(tmp_path: Path, name: str, source: str) -> ElfObject:
     return ElfObject.read(tmp_path / f"{name}.o")
 
 
-def generate(tmp_path: Path, feature: str = ""):
-    old = MODULE.replace("FEATURE", feature)
+# The same site where objtool runs on the linked module (6.12's IBT kernels): still the
+# jmp that objtool turns into a NOP, and the entry's key + 2 asks it to.
+JMP_BRANCH = """#define BRANCH(key, label) asm goto("1: jmp %l[" #label "]\\n\\t" \\
+\t".pushsection __jump_table, \\"aw\\"\\n\\t.balign 8\\n\\t" \\
+\t".long 1b - ., %l[" #label "] - .\\n\\t.quad %c0 + 2 - .\\n\\t.popsection" \\
+\t: : "i"(key) : : label)
+"""
+
+
+def generate(tmp_path: Path, feature: str = "", module: str = MODULE):
+    old = module.replace("FEATURE", feature)
     new = old.replace("v + 1", "v + 2")
     orig, patched = compile_c(tmp_path, "orig", old), compile_c(tmp_path, "patched", new)
     text = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
@@ -128,6 +137,30 @@ def test_tracepoint_sites_of_a_module_are_left_out_with_a_note(tmp_path):
     report = check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
     # the trampoline call: resolved when demo_mod is patched, before the function runs
     assert report.functions == 1 and report.late_relocations == 1
+
+
+def test_a_tracepoint_site_objtool_would_turn_off_is_turned_off(tmp_path):
+    nop_define = MODULE[MODULE.index("#define BRANCH"):MODULE.index("int handle")]
+    module = MODULE.replace(nop_define, JMP_BRANCH + "\n")
+    unit = generate(tmp_path, module=module)
+    assert unit.notes[0] == ("handle: tracepoint __tracepoint_demo (demo_mod) stays off in "
+                             "the patched function")
+    compiled = ElfObject.read(tmp_path / "patched.o").section(".text.handle").data
+    emitted = unit.object.section(".text.handle").data
+    changed = [i for i, (a, b) in enumerate(zip(compiled, emitted, strict=True)) if a != b]
+    site = changed[0]  # the jmp became a NOP of its length; nothing else changed
+    length = {0xeb: 2, 0xe9: 5}[compiled[site]]
+    assert emitted[site:site + length] in (b"\x66\x90", b"\x0f\x1f\x44\x00\x00")
+    assert changed[-1] < site + length
+    ko = link(tmp_path, unit)
+    assert check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols()).functions == 1
+
+
+def test_a_tracepoint_site_that_starts_taken_is_refused(tmp_path):
+    nop_define = MODULE[MODULE.index("#define BRANCH"):MODULE.index("int handle")]
+    module = MODULE.replace(nop_define, JMP_BRANCH.replace("%c0 + 2", "%c0") + "\n")
+    with pytest.raises(BuildError, match="needs a __jump_table entry for __tracepoint_demo"):
+        generate(tmp_path, module=module)
 
 
 def test_a_branch_on_a_module_key_is_refused_naming_function_and_key(tmp_path):

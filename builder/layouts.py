@@ -99,4 +99,56 @@ def changed_layouts(orig: Path, patched: Path) -> list[str]:
                   if name in after and relied_on(after[name]) != relied_on(layout))
 
 
-__all__ = ["changed_layouts", "layouts", "parse", "relied_on"]
+__all__ = ["changed_layouts", "changed_types", "layouts", "parse", "refuse_layout_changes",
+           "relied_on"]
+
+
+def changed_types(old_text: str, hunks) -> list[str]:
+    """The named structs and unions of a file whose bodies the hunks change (a member
+    removed, added or edited), innermost named one for nested anonymous types."""
+    text = re.sub(r"/\*.*?\*/", lambda m: "\n" * m[0].count("\n"), old_text, flags=re.S)
+    inside: list[str | None] = [None]  # after each line (1-based): the innermost named type
+    stack: list[str | None] = []
+    previous = ""  # the code of the last two non-blank lines, for "struct x\n{"
+    for line in text.splitlines():
+        code = re.sub(r"//.*", "", line)
+        for match in re.finditer(r"[{}]", code):
+            if match[0] == "{":
+                before = code[:match.start()].strip() or previous
+                opener = re.search(r"\b(?:struct|union)\s+(\w+)\s*$", before.replace("\n", " "))
+                stack.append(opener[1] if opener else None)
+            elif stack:
+                stack.pop()
+        inside.append(next((name for name in reversed(stack) if name), None))
+        if code.strip():
+            previous = f"{previous.splitlines()[-1] if previous else ''}\n{code.strip()}"
+    found: dict[str, None] = {}
+    for hunk in hunks:
+        line = hunk.old_first
+        for tag, _text in hunk.body:
+            if tag == "-":
+                name = inside[min(line, len(inside) - 1)]
+                line += 1
+            elif tag == "+":
+                name = inside[min(line - 1, len(inside) - 1)]
+            else:
+                line += tag == " "
+                continue
+            if name:
+                found[name] = None
+    return list(found)
+
+
+def refuse_layout_changes(unit) -> None:
+    """Running code and the data the kernel holds keep the old layout of every type
+    (`unit`: a CompiledUnit)."""
+    changed = changed_layouts(unit.original, unit.patched)
+    if changed:
+        where = f" ({unit.because})" if unit.because else ""
+        raise BuildError(
+            stage="diff", file=unit.source,
+            message=f"the patch changes the layout of {', '.join(changed)}, as {unit.source}"
+                    f"{where} sees it: the running kernel's objects of that type keep the old "
+                    "layout, which the new code would misread",
+            hint="leave existing types as they are: keep new per-object state in a shadow "
+                 "variable (klp_shadow_get_or_alloc) and new global state in new variables")

@@ -113,6 +113,7 @@ def _verify_all(packages, compiled, diffs):
 def _diff_all(compiled, skip_init: bool = False):
     """One UnitDiff per unit. Each object file is read here, once: the UnitDiff carries
     both parsed objects on to verify and generate."""
+    from builder.layouts import refuse_layout_changes
     from builder.stages.diff import diff_unit, require_change
 
     # the patches as applied: line maps follow hunks that patch found at an offset
@@ -120,28 +121,12 @@ def _diff_all(compiled, skip_init: bool = False):
     headers = [patches.line_map(path) for path in patches.sources if path.endswith(".h")]
     diffs = []
     for unit in compiled.units:
-        _refuse_layout_changes(unit)
+        refuse_layout_changes(unit)
         diffs.append(diff_unit(ElfObject.read(unit.original), ElfObject.read(unit.patched),
                                unit.source, unit.target_object, patches.line_map(unit.source),
                                headers, skip_init))
     require_change(diffs)
     return diffs
-
-
-def _refuse_layout_changes(unit) -> None:
-    """Running code and the data the kernel holds keep the old layout of every type."""
-    from builder.layouts import changed_layouts
-
-    changed = changed_layouts(unit.original, unit.patched)
-    if changed:
-        where = f" ({unit.because})" if unit.because else ""
-        raise BuildError(
-            stage="diff", file=unit.source,
-            message=f"the patch changes the layout of {', '.join(changed)}, as {unit.source}"
-                    f"{where} sees it: the running kernel's objects of that type keep the old "
-                    "layout, which the new code would misread",
-            hint="leave existing types as they are: keep new per-object state in a shadow "
-                 "variable (klp_shadow_get_or_alloc) and new global state in new variables")
 
 
 def _generate_all(compiled, diffs, images, verified, exports, layout):

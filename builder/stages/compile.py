@@ -29,6 +29,7 @@ from builder.cache import sha256_file
 from builder.errors import BuildError
 from builder.includes import IncludeGraph
 from builder.kbuild import Kbuild
+from builder.layouts import changed_types, refuse_layout_changes
 from builder.patchset import PatchFile, PatchSet
 from builder.progress import Timer, timed
 from builder.request import MAX_FILES
@@ -83,6 +84,12 @@ def check_compilable(patches: PatchSet) -> tuple[list[str], list[str]]:
     return sources, headers
 
 
+class TooManyFiles(BuildError):
+    """More built files include the changed headers than the build may compile."""
+
+    planned: list[Planned]  # all of them
+
+
 @dataclass(frozen=True)
 class Planned:
     """A translation unit to build twice, and why it is in the build."""
@@ -126,11 +133,13 @@ def plan_units(tree: PreparedTree, patches: PatchSet, progress=None,
         planned += [Planned(c, f"includes {header}") for c in users
                     if c not in {p.source for p in planned} and kbuild.placement(c).target]
     if len(planned) > max_files:
-        raise BuildError(stage=STAGE, file=", ".join(headers),
-                         message=f"{len(planned)} built files include the changed header(s); "
-                                 f"the builder compares at most {max_files}",
-                         hint="move the change out of a header this widely used (e.g. into "
-                              "the .c files that need it), or raise --max-files")
+        wide = TooManyFiles(stage=STAGE, file=", ".join(headers),
+                            message=f"{len(planned)} built files include the changed "
+                                    f"header(s); the builder compares at most {max_files}",
+                            hint="move the change out of a header this widely used (e.g. "
+                                 "into the .c files that need it), or raise --max-files")
+        wide.planned = planned
+        raise wide
     return planned
 
 
@@ -572,12 +581,48 @@ def compile_units(tree: PreparedTree, patches: PatchSet, work: Path,
     """Build originals and patched objects into work/orig and work/patched.
 
     The result's `patches` are the patches as they applied (hunks where patch found
-    them), for the line maps of the diff stage.
+    them), for the line maps of the diff stage. When the changed headers reach more
+    files than `max_files`, the patch's own .c files are compiled all the same: a
+    layout change they show is the reason to give (more files would not help).
     """
     timer = Timer()
     timings: dict[str, float] = {}
-    with timed(timings, "plan"):
-        planned = plan_units(tree, patches, progress, max_files)
+    try:
+        with timed(timings, "plan"):
+            planned = plan_units(tree, patches, progress, max_files)
+    except TooManyFiles as wide:
+        # More files would not help if the change alters a type's layout: say that.
+        probes = layout_probes(tree, patches, wide.planned)
+        result = _compile(tree, patches, probes, work, compat_include, progress, timings)
+        for unit in result.units:
+            refuse_layout_changes(unit)
+        raise
+    result = _compile(tree, patches, planned, work, compat_include, progress, timings)
+    return replace(result, seconds=round(timer.seconds, 3))
+
+
+def layout_probes(tree: PreparedTree, patches: PatchSet, planned: list[Planned],
+                  per_type: int = 2) -> list[Planned]:
+    """The patch's own .c files, and for each struct or union whose body a changed
+    header edits, the first `per_type` planned files that name it: what shows a layout
+    change without compiling every includer."""
+    own = [p for p in planned if not p.because]
+    with pristine(tree.source_dir):
+        types = [name for path, touched in patches.touched.items() if path.endswith(".h")
+                 and (tree.source_dir / path).is_file()
+                 for name in changed_types((tree.source_dir / path).read_text(
+                     errors="replace"), touched.hunks)]
+    probes = []
+    for name in dict.fromkeys(types):
+        word = re.compile(rf"\b{re.escape(name)}\b")
+        probes += [p for p in planned if p.because and p not in probes and word.search(
+            (tree.source_dir / p.source).read_text(errors="replace"))][:per_type]
+    return own + probes
+
+
+def _compile(tree: PreparedTree, patches: PatchSet, planned: list[Planned], work: Path,
+             compat_include: Path | None, progress, timings: dict[str, float]
+             ) -> CompileResult:
     units: list[CompiledUnit] = []
     applied: list[PatchFile] = []
     with locked(tree):
@@ -610,7 +655,7 @@ def compile_units(tree: PreparedTree, patches: PatchSet, work: Path,
             original=_copy_out(originals[plan.source].path, work / "orig" / obj),
             patched=_copy_out(patched[plan.source].path, work / "patched" / obj),
             command=patched[plan.source].command, because=plan.because))
-    return CompileResult(units=units, seconds=round(timer.seconds, 3), timings=timings,
+    return CompileResult(units=units, seconds=0.0, timings=timings,
                          patches=replace(patches, patches=tuple(applied)))
 
 

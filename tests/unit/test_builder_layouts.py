@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 import shutil
 import subprocess
 from pathlib import Path
@@ -70,3 +71,45 @@ def test_members_of_nested_anonymous_types_are_compared(tmp_path):
     patched = compile_c(tmp_path, "patched", source.replace("short lo; short hi;",
                                                             "short hi; short lo;"))
     assert changed_layouts(orig, patched) == ["struct n"]
+
+
+HEADER = """\
+/* a { brace in a comment */
+struct outer {
+\tint a;
+\tunion {
+\t\tint b;
+\t\tlong c;
+\t};
+\tstruct inner {
+\t\tint d;
+\t} in;
+};
+
+struct
+spaced
+{
+\tint e;
+};
+
+#define NEW_FLAG 1
+static inline int f(struct outer *o) { return o->a; }
+"""
+
+
+@pytest.mark.parametrize(("old", "new", "types"), [
+    ("\t\tint b;\n", "\t\tint b;\n\t\tint b2;\n", ["outer"]),  # in an anonymous union
+    ("\t\tint d;\n", "", ["inner"]),  # removed from the nested named struct
+    ("\tint e;\n", "\tlong e;\n", ["spaced"]),  # opened on a line of its own
+    ("#define NEW_FLAG 1\n", "#define NEW_FLAG 2\n", []),  # not a type's body
+    ("return o->a;", "return o->a + 1;", []),  # a function's body
+    ("};\n\nstruct\n", "};\nint x;\n\nstruct\n", []),  # after a closing brace
+])
+def test_changed_types_are_the_named_types_whose_bodies_the_hunks_edit(old, new, types):
+    from builder.layouts import changed_types
+    from builder.patchset import PatchFile
+
+    edited = HEADER.replace(old, new, 1)
+    text = "".join(difflib.unified_diff(HEADER.splitlines(True), edited.splitlines(True),
+                                        "a/h.h", "b/h.h", n=1))
+    assert changed_types(HEADER, PatchFile.parse(text).files[0].hunks) == types

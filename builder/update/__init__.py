@@ -190,7 +190,9 @@ def update(request: UpdateRequest, progress: Progress | None = None) -> dict:
         kernel=kernel.release, package_version=kernel.package_version,
         patches=[patches[r["name"]] for r in live], name=name, output=request.output,
         replace=True, sign_key=request.sign_key, sign_cert=request.sign_cert,
-        work=work / "module", consistency=request.consistency)
+        work=work / "module", consistency=request.consistency,
+        # Each unit kept within max_files alone; together they may reach more.
+        max_files=request.max_files * len(live))
     if not manifest_matches(manifest_path, cumulative):
         try:
             build(cumulative, progress)

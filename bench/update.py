@@ -10,8 +10,9 @@ uploads behind, the lab's `older-2-6.1-amd64`), the update to `--to` (default la
          measures a cold originals cache)
   warm — the same directories again: unit results and the module are reused, what a
          rerun of the playbook costs
-each as the median of --runs runs, with the units by status, the functions patched and
-the CVE ids covered.
+each as the median of --runs runs, with the units by status, the reasons of those that
+need a reboot (judged right or gap as bench/realfixes.py judges them), the functions
+patched and the CVE ids covered.
 
 Usage: .venv/bin/python bench/update.py [--kernel RELEASE|ALIAS] [--to VERSION]
                                         [--runs N] [--cold-runs N]
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -31,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.realfixes import NO_COMPILE, REASONS, judgement  # noqa: E402
 from lab.kernels import package_version, resolve  # noqa: E402
 
 
@@ -44,6 +47,20 @@ def run(release: str, version: str, to: str, work: Path, out: Path) -> tuple[flo
     if proc.returncode != 0:
         sys.exit(f"update for {release} failed:\n{proc.stderr[-3000:]}")
     return took, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def reboot_reasons(units: list[dict]) -> dict[str, int]:
+    """needs-reboot units by reason key (as bench/realfixes.py names them)."""
+    counts: dict[str, int] = {}
+    for unit in units:
+        if unit.get("status") != "needs-reboot":
+            continue
+        reason = unit.get("reason", "")
+        key = "does not compile alone" if NO_COMPILE.search(reason) else next(
+            (k for pattern, k, _judged, _why in REASONS if re.search(pattern, reason)),
+            reason[:70])
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def main() -> int:
@@ -72,7 +89,11 @@ def main() -> int:
     print(f"update {release} ({version}) -> {outcome['to']}: state {outcome['state']}")
     print(f"  units: {outcome['units']}; functions patched: {functions}; CVEs live: "
           f"{outcome['cves_live']}, not live: {outcome['cves_not_live']}")
-    print(f"  cold (fresh work dir, originals cached): median {statistics.median(cold):.1f} s "
+    for key, count in reboot_reasons(manifest.get("update", {}).get("units", [])).items():
+        verdict = "gap" if key == "does not compile alone" else judgement(key)[0]
+        print(f"    needs-reboot {count:4d}  [{verdict}] {key}")
+    print(f"  cold (fresh work dir, compile caches as they were): median "
+          f"{statistics.median(cold):.1f} s "
           f"of {len(cold)} run(s) {[round(t, 1) for t in cold]}")
     print(f"  warm (same work dir, a rerun):           median {statistics.median(warm):.1f} s "
           f"of {len(warm)} run(s) {[round(t, 1) for t in warm]}")

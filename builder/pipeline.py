@@ -118,7 +118,16 @@ def _diff_all(compiled, skip_init: bool = False):
 
     # the patches as applied: line maps follow hunks that patch found at an offset
     patches = compiled.patches
-    headers = [patches.line_map(path) for path in patches.sources if path.endswith(".h")]
+    if not compiled.units:
+        files = ", ".join(patches.sources)
+        raise BuildError(stage="diff", file=files,
+                         message=f"no functional change in {files}: no file this kernel "
+                                 "builds reads them",
+                         hint="check that the patch changes code compiled in this kernel's "
+                              "configuration")
+    # changed files compiled through others: headers, and .c files other files #include
+    built = {unit.source for unit in compiled.units}
+    headers = [patches.line_map(path) for path in patches.sources if path not in built]
     diffs = []
     for unit in compiled.units:
         refuse_layout_changes(unit)

@@ -109,7 +109,8 @@ def plan_units(tree: PreparedTree, patches: PatchSet, progress=None,
     """
     sources, headers = check_compilable(patches)
     kbuild = Kbuild(tree.source_dir, tree.build_dir, tree.make_args)
-    for source in sources:
+    graph: IncludeGraph | None = None
+    for source in list(sources):
         if not (tree.source_dir / source).is_file():
             raise BuildError(stage=STAGE, file=source,
                              message=f"{source} does not exist in {tree.source_dir.name} "
@@ -117,6 +118,14 @@ def plan_units(tree: PreparedTree, patches: PatchSet, progress=None,
                              hint="check the path in the patch header (patch -p1 is used)")
         placement = kbuild.placement(source)
         if placement.target is None:
+            # kernel/sched/rt.c is built as part of build_policy.c, which #includes it:
+            # a .c file that built files include is compiled through them, as a header.
+            graph = graph or IncludeGraph.load(tree.source_dir, tree.build_dir)
+            if any(kbuild.placement(c).target for c in graph.dependents([source])
+                   if c != source and c.endswith(".c")):
+                sources.remove(source)
+                headers.append(source)
+                continue
             symbol = config_guard(tree, source)
             unset = f"; {symbol} is not set in config-{tree.kernel.release}" if symbol else ""
             raise BuildError(stage=STAGE, file=source, message=placement.reason + unset,
@@ -124,7 +133,7 @@ def plan_units(tree: PreparedTree, patches: PatchSet, progress=None,
     planned = [Planned(source) for source in sources]
     if not headers:
         return planned
-    graph = IncludeGraph.load(tree.source_dir, tree.build_dir)
+    graph = graph or IncludeGraph.load(tree.source_dir, tree.build_dir)
     for header in headers:
         users = [c for c in graph.dependents([header])
                  if c not in sources and (tree.source_dir / c).is_file()]
@@ -365,7 +374,15 @@ class CachedObject:
 
     path: Path
     command: str
-    headers: tuple[str, ...]  # what the compiler read, as kbuild recorded it
+    headers: tuple[str, ...]  # the headers the compiler read, as kbuild recorded them
+    reads: tuple[str, ...] | None = None  # every file it read (None: kept before recorded)
+
+    def read_any(self, paths: set[str]) -> bool:
+        """Whether the compiler read one of `paths` (a .c file it may have #included
+        counts as read when only headers were recorded)."""
+        if self.reads is None:
+            return bool(paths & set(self.headers)) or any(not p.endswith(".h") for p in paths)
+        return bool(paths & set(self.reads))
 
 
 def original_objects(tree: PreparedTree, sources: list[str], progress=None
@@ -418,12 +435,10 @@ def changed_content(tree: PreparedTree, patches: PatchSet) -> dict[str, str]:
 def store_patched(tree: PreparedTree, source: str, built: tuple[Path, str],
                   compat_include: Path | None, changed: dict[str, str]) -> CachedObject:
     """Keep a patched object under what it read of the touched files."""
-    reads = dependencies(tree, object_of(source), None)
-    relevant = _relevant(changed, set(reads))
+    relevant = _relevant(changed, set(dependencies(tree, object_of(source), None)))
     entry = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:24]
     target = _patched_base(tree, source, compat_include) / entry / object_of(source)
-    store_object(tree, source, built, target, {"reads": reads, "changed": relevant})
-    return _load(target)
+    return store_object(tree, source, built, target, changed)
 
 
 def find_patched(tree: PreparedTree, source: str, compat_include: Path | None,
@@ -431,7 +446,7 @@ def find_patched(tree: PreparedTree, source: str, compat_include: Path | None,
     base = _patched_base(tree, source, compat_include)
     for meta_path in sorted(base.glob(f"*/{object_of(source)[:-2]}.json")):
         meta = json.loads(meta_path.read_text())
-        if _relevant(changed, set(meta["reads"])) == meta["changed"] and \
+        if _relevant(changed, set(meta["reads"])) == meta.get("changed") and \
                 meta_path.with_suffix(".o").is_file():
             return _load(meta_path.with_suffix(".o"))
     return None
@@ -455,15 +470,20 @@ def _patched_base(tree: PreparedTree, source: str, compat_include: Path | None) 
 
 
 def store_object(tree: PreparedTree, source: str, built: tuple[Path, str], target: Path,
-                 extra: dict | None = None) -> None:
-    """Keep a fresh object and what kbuild recorded for it (command, headers read)."""
+                 changed: dict[str, str] | None = None) -> CachedObject:
+    """Keep a fresh object and what kbuild recorded for it (command, files read), and
+    for a patched one what it read of the changed files."""
     path, command = built
+    reads = dependencies(tree, object_of(source), None)
+    meta: dict = {"command": command, "headers": [r for r in reads if r.endswith(".h")],
+                  "reads": reads}
+    if changed is not None:
+        meta["changed"] = _relevant(changed, set(reads))
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, target.with_suffix(".tmp"))
-    target.with_suffix(".json").write_text(json.dumps({
-        "command": command, "headers": dependencies(tree, object_of(source)),
-        **(extra or {})}))
+    target.with_suffix(".json").write_text(json.dumps(meta))
     target.with_suffix(".tmp").replace(target)
+    return _load(target)
 
 
 def _cached(tree: PreparedTree, key: str, source: str) -> Path:
@@ -476,7 +496,9 @@ def is_cached(path: Path) -> bool:
 
 def _load(path: Path) -> CachedObject:
     meta = json.loads(path.with_suffix(".json").read_text())
-    return CachedObject(path, meta["command"], tuple(meta["headers"]))
+    reads = meta.get("reads")
+    return CachedObject(path, meta["command"], tuple(meta["headers"]),
+                        tuple(reads) if reads is not None else None)
 
 
 def _original_key(tree: PreparedTree, source: str) -> str:
@@ -632,8 +654,8 @@ def _compile(tree: PreparedTree, patches: PatchSet, planned: list[Planned], work
             originals = original_objects(tree, [p.source for p in planned], progress)
         # A file the include graph named but whose compiler never read the header is out.
         changed = set(patches.sources)
-        planned = [p for p in planned if not p.because or changed & set(
-            originals[p.source].headers)]
+        planned = [p for p in planned if not p.because
+                   or originals[p.source].read_any(changed)]
         save_files(tree, list(patches.sources))  # every file patch may write, not only .c
         try:
             with timed(timings, "apply"):

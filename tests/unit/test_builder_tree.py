@@ -84,3 +84,28 @@ def test_include_graph_finds_direct_indirect_and_local_includers(tree):
                                                             "fs/proc/meminfo.c"]
     assert graph.dependents(["fs/nfsd/nfsfh.h"]) == ["fs/nfsd/nfsfh.c"]
     assert IncludeGraph.load(src, build).includers == graph.includers  # from the cache
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_a_c_file_built_only_through_a_file_that_includes_it_is_planned_as_a_header(tree):
+    from builder.artifacts import KernelId, PreparedTree
+    from builder.errors import BuildError
+    from builder.patchset import PatchSet
+    from builder.stages.compile import Planned, plan_units
+
+    src, build = tree
+    # like kernel/sched/rt.c, which build_policy.c #includes
+    write(src, {"fs/proc/meminfo.c": '#include "table.c"\n', "fs/proc/table.c": "int t;\n",
+                "fs/proc/orphan.c": "int o;\n"})
+    prepared = PreparedTree(kernel=KernelId("6.1.0-56-amd64", "6.1.192-2"), source_dir=src,
+                            build_dir=build)
+
+    def patch(path: str) -> PatchSet:
+        (src.parent / "p.patch").write_text(f"--- a/{path}\n+++ b/{path}\n@@ -1 +1 @@\n"
+                                            f"-int t;\n+int t = 1;\n")
+        return PatchSet.read([src.parent / "p.patch"])
+
+    assert plan_units(prepared, patch("fs/proc/table.c")) == [
+        Planned("fs/proc/meminfo.c", "includes fs/proc/table.c")]
+    with pytest.raises(BuildError, match="fs/proc/orphan.c is not built"):
+        plan_units(prepared, patch("fs/proc/orphan.c"))  # built nowhere, included by none

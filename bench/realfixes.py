@@ -66,7 +66,7 @@ REASONS = [
      "init code already ran (a built-in) or is gone; --skip-init-changes builds the rest"),
     (r"initial value of existing data", "changes the initial value of existing data", RIGHT,
      "the running kernel's variable keeps its value; a callback must change it"),
-    (r"changes read-only data .* holds its address", "changes read-only data other data "
+    (r"changes read-only data .* holds? its address", "changes read-only data other data "
      "points to (a device ID table)", RIGHT, "the running kernel keeps the registered table; "
      "a new ID needs the driver reloaded"),
     (r"changes the layout of", "changes a struct/union layout", RIGHT,

@@ -442,7 +442,8 @@ def store_patched(tree: PreparedTree, source: str, built: tuple[Path, str],
 
 
 def find_patched(tree: PreparedTree, source: str, compat_include: Path | None,
-                  changed: dict[str, str]) -> CachedObject | None:
+                 changed: dict[str, str]) -> CachedObject | None:
+    """A patched object of `source` kept before that read what it reads now."""
     base = _patched_base(tree, source, compat_include)
     for meta_path in sorted(base.glob(f"*/{object_of(source)[:-2]}.json")):
         meta = json.loads(meta_path.read_text())

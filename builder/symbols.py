@@ -10,6 +10,7 @@ Modules are plain relocatable ELF files with a full symtab.
 from __future__ import annotations
 
 import bz2
+import functools
 import gzip
 import io
 import json
@@ -406,6 +407,30 @@ def _modinfo_field(elf: ELFFile, field: str) -> str | None:
 def module_name_of(data: bytes) -> str | None:
     """`name=` from .modinfo (what the kernel calls the module: underscores)."""
     return modinfo_field(data, "name")
+
+
+@functools.lru_cache(maxsize=8)
+def _module_index(modules_dir: Path) -> dict[str, Path]:
+    return {re.sub(r"\.ko(\.(xz|zst|gz))?$", "", path.name).replace("-", "_"): path
+            for path in sorted(modules_dir.rglob("*.ko*"))}
+
+
+def all_depends(modules_dir: Path, depends: frozenset[str]) -> frozenset[str]:
+    """`depends` and everything they depend on: the modules the kernel has loaded
+    whenever one that depends on them is loaded (what depmod writes to modules.dep, which
+    Debian's image package does not ship)."""
+    index = _module_index(modules_dir)
+    found: set[str] = set()
+    todo = list(depends)
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        if name in index:
+            todo += [d.replace("-", "_") for d in (modinfo_field(
+                read_module_bytes(index[name]), "depends") or "").split(",") if d]
+    return frozenset(found)
 
 
 def find_module(modules_dir: Path, name: str) -> Path:

@@ -85,6 +85,7 @@ def check_module(ko: ElfObject, layout: Layout, functions: Iterable[FunctionEntr
         report.late_relocations += late is not None
         _check_location(sec, rel, problems)
     _check_overlaps(relocs, problems)
+    _check_no_dependencies(ko, problems)
     _check_livepatch_sections(ko, symbol_table, problems)
     _check_livepatch_symbols(ko, symbol_table, problems)
     late_sites = {(id(sec), rel.offset) for sec, rel, late in relocs if late}
@@ -118,6 +119,17 @@ def _all_relocations(ko: ElfObject) -> list[tuple[Section, Reloc, str | None]]:
         found += [(target, rel, objname) for rel in relocs]
     # the loader relocates only what it loads (SHF_ALLOC), as the kernel does
     return [(s, r, o) for s, r, o in found if s.flags & SHF_ALLOC and r.type != R_X86_64_NONE]
+
+
+def _check_no_dependencies(ko: ElfObject, problems: _Problems) -> None:
+    """The patch module is loaded with insmod, alone: a module it depends on (modpost's
+    depends=, for a symbol it links against) would make the load fail unless that module
+    happens to be loaded."""
+    modinfo = ko.section(".modinfo")
+    for entry in (modinfo.data if modinfo is not None else b"").split(b"\0"):
+        if entry.startswith(b"depends=") and entry[len(b"depends="):]:
+            problems.add(f"the module depends on {entry[len(b'depends='):].decode()}: insmod "
+                         "fails unless it is loaded (a patched function calls its exports)")
 
 
 def _check_location(sec: Section, rel: Reloc, problems: _Problems) -> None:

@@ -259,6 +259,14 @@ class _Generator:
             # reference would make the patch module need it loaded at insmod; livepatch
             # resolves it when the patched module loads, after its dependencies.
             return self._klp_symbol(owner, name, 0)
+        if owner not in ("vmlinux", "patch"):
+            raise BuildError(
+                stage="generate", file=self.diff.source,
+                message=f"the patched code calls {name}, exported by module {owner}, which "
+                        f"{self.objname} does not depend on: the patch module would need "
+                        f"{owner} loaded, and a live patch cannot add a module dependency",
+                hint="this fix changes which modules depend on which: it needs a reboot "
+                     "(or the new module versions loaded)")
         if self.exports.namespace(name):
             return self._klp_symbol(owner, name, 0)  # no MODULE_IMPORT_NS needed
         if name not in self.undefined:

@@ -20,6 +20,7 @@ from builder.errors import BuildError
 from builder.symbols import (
     ModuleImage,
     VmlinuxImage,
+    all_depends,
     find_module,
     nearest_to_neighbours,
     reloc_size,
@@ -221,7 +222,11 @@ def load_image(packages: KernelPackages, target_object: str):
     if target_object == "vmlinux":
         return VmlinuxImage.load(  # the kernel's cache dir holds pkgs/boot/vmlinuz-*
             packages.vmlinuz, symbols_dir(packages.vmlinuz.parents[2]))
-    return ModuleImage(find_module(packages.modules_dir, target_object))
+    image = ModuleImage(find_module(packages.modules_dir, target_object))
+    # A module this one needs through another (mt76_usb → mt76 → mac80211) is loaded
+    # whenever it is: livepatch can resolve its exports when it patches this one.
+    image.depends = all_depends(packages.modules_dir, image.depends)
+    return image
 
 
 def verify_units(packages: KernelPackages, units: list[CompiledUnit], diffs: list[UnitDiff]

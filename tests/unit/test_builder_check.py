@@ -236,3 +236,11 @@ def test_a_function_without_ftrace_entry_is_refused(tmp_path):
     with pytest.raises(BuildError) as err:
         diff_unit(orig, patched, "kernel/trace/m.c", "demo_mod", LineMap())
     assert "handle has no ftrace entry" in str(err.value)
+
+
+def test_check_refuses_a_module_that_depends_on_another(tmp_path):
+    ko = link(tmp_path, generate(tmp_path))
+    ko.sections.append(Section(name=".modinfo", flags=SHF_ALLOC,
+                               data=b"license=GPL\0depends=mac80211\0livepatch=Y\0", align=1))
+    with pytest.raises(BuildError, match="the module depends on mac80211: insmod fails"):
+        check_module(ko, LAYOUT_6_1, [], lambda objname: Symbols())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -326,10 +327,9 @@ def _compile_failed(tree: PreparedTree, source: str, obj: str, proc) -> None:
                      hint="fix the patch so the file compiles against this kernel")
 
 
-def dependencies(tree: PreparedTree, obj: str, suffixes: tuple[str, ...] | None = (".h",)
-                 ) -> list[str]:
-    """The files kbuild recorded an object as read from (its .cmd file), relative to the
-    tree: the headers, or those with `suffixes`, or (None) all of them, source included."""
+def dependencies(tree: PreparedTree, obj: str) -> list[str]:
+    """Every file kbuild recorded an object as read from (its .cmd file: the source and
+    what it included), relative to the tree."""
     cmd_file = tree.build_dir / Path(obj).parent / f".{Path(obj).name}.cmd"
     found = []
     in_deps = False
@@ -343,8 +343,7 @@ def dependencies(tree: PreparedTree, obj: str, suffixes: tuple[str, ...] | None 
             if item and not item.startswith("$("):
                 found.append(item)
             in_deps = line.endswith("\\")
-    return [item.removeprefix(f"{tree.source_dir}/") for item in found
-            if suffixes is None or item.endswith(suffixes)]
+    return [item.removeprefix(f"{tree.source_dir}/") for item in found]
 
 
 def kbuild_command(tree: PreparedTree, obj: str) -> str:
@@ -392,8 +391,8 @@ def original_objects(tree: PreparedTree, sources: list[str], progress=None
     The tree is pristine here (the caller holds the lock and has restored it), so a
     source's content and the kernel's headers decide the object.
     """
-    cache = {s: _cached(tree, _original_key(tree, s), s) for s in sources}
-    missing = [s for s in sources if not is_cached(cache[s])]
+    cache = {s: _original_path(tree, _original_key(tree, s), s) for s in sources}
+    missing = [s for s in sources if not _is_cached(cache[s])]
     fresh = build_objects(tree, missing, progress=progress, label="originals: ")
     for source in missing:
         store_object(tree, source, fresh[source], cache[source])
@@ -435,10 +434,11 @@ def changed_content(tree: PreparedTree, patches: PatchSet) -> dict[str, str]:
 def store_patched(tree: PreparedTree, source: str, built: tuple[Path, str],
                   compat_include: Path | None, changed: dict[str, str]) -> CachedObject:
     """Keep a patched object under what it read of the touched files."""
-    relevant = _relevant(changed, set(dependencies(tree, object_of(source), None)))
+    reads = dependencies(tree, object_of(source))
+    relevant = _relevant(changed, set(reads))
     entry = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:24]
     target = _patched_base(tree, source, compat_include) / entry / object_of(source)
-    return store_object(tree, source, built, target, changed)
+    return store_object(tree, source, built, target, changed, reads)
 
 
 def find_patched(tree: PreparedTree, source: str, compat_include: Path | None,
@@ -471,11 +471,12 @@ def _patched_base(tree: PreparedTree, source: str, compat_include: Path | None) 
 
 
 def store_object(tree: PreparedTree, source: str, built: tuple[Path, str], target: Path,
-                 changed: dict[str, str] | None = None) -> CachedObject:
+                 changed: dict[str, str] | None = None, reads: list[str] | None = None
+                 ) -> CachedObject:
     """Keep a fresh object and what kbuild recorded for it (command, files read), and
     for a patched one what it read of the changed files."""
     path, command = built
-    reads = dependencies(tree, object_of(source), None)
+    reads = reads if reads is not None else dependencies(tree, object_of(source))
     meta: dict = {"command": command, "headers": [r for r in reads if r.endswith(".h")],
                   "reads": reads}
     if changed is not None:
@@ -487,11 +488,11 @@ def store_object(tree: PreparedTree, source: str, built: tuple[Path, str], targe
     return _load(target)
 
 
-def _cached(tree: PreparedTree, key: str, source: str) -> Path:
+def _original_path(tree: PreparedTree, key: str, source: str) -> Path:
     return tree.build_dir / ".klp-orig" / key / object_of(source)
 
 
-def is_cached(path: Path) -> bool:
+def _is_cached(path: Path) -> bool:
     return path.is_file() and path.with_suffix(".json").is_file()
 
 
@@ -507,6 +508,7 @@ def _original_key(tree: PreparedTree, source: str) -> str:
                           .encode()).hexdigest()[:24]
 
 
+@functools.lru_cache(maxsize=4)  # asked once per object looked up; fixed while we run
 def _digest_of(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*.h")):

@@ -89,7 +89,11 @@ def main() -> int:
     print(f"update {release} ({version}) -> {outcome['to']}: state {outcome['state']}")
     print(f"  units: {outcome['units']}; functions patched: {functions}; CVEs live: "
           f"{outcome['cves_live']}, not live: {outcome['cves_not_live']}")
-    for key, count in reboot_reasons(manifest.get("update", {}).get("units", [])).items():
+    units = manifest.get("update", {}).get("units", [])
+    joined = [u["name"] for u in units if u.get("status") == "live" and u.get("joined")]
+    if joined:
+        print(f"    live only together with another unit: {len(joined)} ({', '.join(joined)})")
+    for key, count in reboot_reasons(units).items():
         verdict = "gap" if key == "does not compile alone" else judgement(key)[0]
         print(f"    needs-reboot {count:4d}  [{verdict}] {key}")
     print(f"  cold (fresh work dir, compile caches as they were): median "

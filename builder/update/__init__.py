@@ -21,6 +21,9 @@ that takes over by atomic replace, so one update is loaded at a time and never a
    the patched ones of the units that change no header. A unit whose header more than
    `max_files` built files include (300 by default) needs a reboot: each such file is
    compiled twice, and one subsystem header would cost hours on a small controller.
+   A unit that does not compile alone is built again with the units that add, in
+   headers its files read, the names its compiler errors quote (a new helper, member
+   or flag): the cut is ours, so their fix is one fix (`joined` in its record).
 5. **One cumulative module** from every unit that built, with atomic replace, so a
    later update replaces this one on the host instead of stacking.
 6. **What it fixes.** The changelog items of the uploads in between, with their CVE
@@ -43,6 +46,7 @@ from pathlib import Path
 from builder import __version__, code_digest
 from builder.cache import sha256_file, source_root
 from builder.errors import BuildError
+from builder.includes import IncludeGraph
 from builder.manifest import SCHEMA_VERSION
 from builder.patchset import PatchSet
 from builder.pipeline import BuildRequest, build, manifest_matches
@@ -55,12 +59,15 @@ from builder.stages.acquire import extract_packages
 from builder.stages.compile import original_objects, pristine
 from builder.stages.prepare import extract_source, prepare
 from builder.update.changelog import items_between, read_changelog, tie
-from builder.update.units import Unit, cut_units, tree_diff, unit_patch
+from builder.update.units import HeaderReach, Unit, cut_units, tree_diff, unit_patch
 
 STAGE = "update"
 WARM_BATCH = 32  # objects compiled per kbuild run before the units: progress between
 MAX_FILES = 300  # a unit's header may reach this many built files (see 4. above)
 NO_CHANGE = "no functional change"
+COMPILE_FAILED = re.compile(r"^compiling \S+\.o failed")
+QUOTED = re.compile(r"['\u2018]([A-Za-z_]\w*)['\u2019]")  # gcc quotes as C or UTF-8
+WORD = re.compile(r"[A-Za-z_]\w*")
 
 
 @dataclass
@@ -133,6 +140,9 @@ def _unit_result(request: UpdateRequest, kernel, unit: Unit, patch: Path, work: 
         text = str(err)
         result.update(status="no-change" if NO_CHANGE in text else "needs-reboot",
                       reason=text.splitlines()[0])
+        if err.stage == "compile" and COMPILE_FAILED.search(err.message):
+            result["compile_errors"] = [line for line in err.message.splitlines()
+                                        if "error:" in line][:20]
     else:
         result.update(status="live", reason="",
                       functions={obj: sorted(f["name"] for f in fns)
@@ -172,6 +182,9 @@ def update(request: UpdateRequest, progress: Progress | None = None) -> dict:
     progress.stage("patched", "the patched .c files of the units that change no header",
                    _warm_patched, tree, units, patches, progress)
     records = _unit_records(request, kernel, units, patches, work, progress)
+    progress.stage("join", "units that do not compile alone, with the units they need",
+                   _join_units, request, kernel, tree, new_tree, units, records, patches,
+                   work, progress)
     info["left_out"] = left_out
     items = items_between(read_changelog(changelog), kernel.package_version, newer) \
         if changelog.is_file() else []
@@ -188,7 +201,7 @@ def update(request: UpdateRequest, progress: Progress | None = None) -> dict:
         return _write(manifest_path, _current(name, kernel, info, state="nothing-live"))
     cumulative = BuildRequest(
         kernel=kernel.release, package_version=kernel.package_version,
-        patches=[patches[r["name"]] for r in live], name=name, output=request.output,
+        patches=[patches[n] for n in _module_units(live)], name=name, output=request.output,
         replace=True, sign_key=request.sign_key, sign_cert=request.sign_cert,
         work=work / "module", consistency=request.consistency,
         # Each unit kept within max_files alone; together they may reach more.
@@ -211,35 +224,135 @@ def update(request: UpdateRequest, progress: Progress | None = None) -> dict:
 
 def _unit_records(request: UpdateRequest, kernel, units: list[Unit], patches: dict[str, Path],
                   work: Path, progress: Progress) -> list[dict]:
-    """Every unit's record, in the units' order; up to `request.jobs` built at once, each
-    in a work directory of its own slot."""
+    """Every unit's record, in the units' order."""
+    records = [{"name": unit.name, "files": unit.files, "unbuilt": unit.unbuilt,
+                "placements": unit.placements} for unit in units]
+    todo = []
+    for unit, record in zip(units, records, strict=True):
+        if unit.in_config:
+            todo.append((unit, patches[unit.name], record))
+        else:
+            record.update(status="not-in-config", reason=unit.reason
+                          or "no file of it is built in this configuration")
+    for (_unit, _patch, record), result in zip(
+            todo, _build_units(request, kernel, [(u, p) for u, p, _r in todo], work, progress),
+            strict=True):
+        record.update({k: v for k, v in result.items() if k != "key"})
+    return records
+
+
+def _build_units(request: UpdateRequest, kernel, todo: list[tuple[Unit, Path]], work: Path,
+                 progress: Progress) -> list[dict]:
+    """Each (unit, patch) built alone, up to `request.jobs` at once, each in a work
+    directory of its own slot; the results in `todo`'s order."""
     slots: queue.Queue[Path] = queue.Queue()
     for slot in range(request.jobs):
         slots.put(work / ("unit-work" if slot == 0 else f"unit-work-{slot + 1}"))
 
-    def built(index: int, unit: Unit) -> dict:
+    def built(index: int, unit: Unit, patch: Path) -> dict:
         unit_work = slots.get()
         try:
-            progress.note(f"unit {index}/{len(units)}: {unit.name}")
-            return _unit_result(request, kernel, unit, patches[unit.name], work, unit_work,
+            progress.note(f"unit {index}/{len(todo)}: {unit.name}")
+            return _unit_result(request, kernel, unit, patch, work, unit_work,
                                 progress.nested(label=unit.name))
         finally:
             slots.put(unit_work)
 
-    records = [{"name": unit.name, "files": unit.files, "unbuilt": unit.unbuilt,
-                "placements": unit.placements} for unit in units]
     with ThreadPoolExecutor(max_workers=request.jobs) as pool:
-        running = {}
-        for index, (unit, record) in enumerate(zip(units, records, strict=True), 1):
-            if unit.in_config:
-                running[pool.submit(built, index, unit)] = record
-            else:
-                record.update(status="not-in-config", reason=unit.reason
-                              or "no file of it is built in this configuration")
-        for future, record in running.items():
-            result = future.result()
-            record.update({k: v for k, v in result.items() if k != "key"})
-    return records
+        futures = [pool.submit(built, index, unit, patch)
+                   for index, (unit, patch) in enumerate(todo, 1)]
+        return [future.result() for future in futures]
+
+
+def _needs_others(record: dict) -> bool:
+    """Did the unit fail to compile alone (against the older tree)?"""
+    return record.get("status") == "needs-reboot" and bool(record.get("compile_errors"))
+
+
+def _missing_names(errors: list[str]) -> set[str]:
+    """The identifiers a compiler's errors quote: the member, function, macro or type the
+    file wanted (`'struct sock' has no member named 'sk_use_task_frag'`)."""
+    return {name for line in errors for name in QUOTED.findall(line)}
+
+
+def _adds(patch: Path) -> set[str]:
+    """Every identifier on the lines a patch adds."""
+    return {word for line in patch.read_text(errors="replace").splitlines()
+            if line.startswith("+") and not line.startswith("+++")
+            for word in WORD.findall(line)}
+
+
+def _join_units(request: UpdateRequest, kernel, tree, new_tree: Path, units: list[Unit],
+                records: list[dict], patches: dict[str, Path], work: Path,
+                progress: Progress) -> None:
+    """Build each unit that does not compile alone again, with the units that add what
+    its compile errors name in headers its files read (and theirs, to the end): the cut
+    into units is ours, and a fix that needs another unit's new declaration or member
+    is that unit's fix too.
+
+    A joined build that is live makes the unit live (`joined` names the others); a unit
+    joined to it that alone changed no code (a new helper nothing else called) is live
+    through it. Otherwise the unit's reason says what the joined build found.
+    """
+    record_of = {record["name"]: record for record in records}
+    failing = [u for u in units if _needs_others(record_of[u.name])]
+    if not failing:
+        return
+    with pristine(tree.source_dir):
+        reach = HeaderReach(IncludeGraph.load(tree.source_dir, tree.build_dir))
+        readers = {unit.name: {f for header in unit.headers for f in reach.distances(header)}
+                   for unit in units if unit.in_config and unit.headers}
+    adds = {name: _adds(patches[name]) for name in readers}
+    by_name = {unit.name: unit for unit in units}
+
+    def providers(unit: Unit) -> list[str]:
+        wanted = _missing_names(record_of[unit.name]["compile_errors"])
+        return sorted(name for name, files in readers.items() if name != unit.name
+                      and files & set(unit.sources) and adds[name] & wanted)
+
+    todo, joined_with = [], {}
+    for unit in failing:
+        partners: list[str] = []
+        queue_ = [unit]
+        while queue_:  # a partner that does not compile alone brings its own
+            for name in providers(queue_.pop()):
+                if name not in partners and name != unit.name:
+                    partners.append(name)
+                    if _needs_others(record_of[name]):
+                        queue_.append(by_name[name])
+        if not partners:
+            continue
+        joined = Unit(unit.name, sources=list(unit.sources), headers=list(unit.headers),
+                      placements=dict(unit.placements))
+        for name in partners:
+            joined.sources += by_name[name].sources
+            joined.headers += by_name[name].headers
+            joined.placements.update(by_name[name].placements)
+        path = work / "patches" / f"{_slug(unit.name)}.joined.patch"
+        with pristine(tree.source_dir, new_tree):
+            path.write_bytes(unit_patch(joined, tree.source_dir, new_tree))
+        todo.append((joined, path))
+        joined_with[unit.name] = partners
+    progress.note(f"{len(todo)} of {len(failing)} units that do not compile alone are "
+                  "built again with the units they need")
+    for (joined, _path), result in zip(
+            todo, _build_units(request, kernel, todo, work, progress), strict=True):
+        record, partners = record_of[joined.name], joined_with[joined.name]
+        if result["status"] != "live":
+            record["reason"] = (f"does not compile alone; with unit(s) {', '.join(partners)} "
+                                f"it {result['status']}: {result['reason']}")
+            continue
+        record.update({k: v for k, v in result.items() if k != "key"}, joined=partners)
+        record.pop("compile_errors", None)
+        for name in partners:
+            if record_of[name]["status"] != "live":  # its change is in the module now
+                record_of[name].update(status="live", reason="", joined=[joined.name])
+
+
+def _module_units(live: list[dict]) -> list[str]:
+    """The units whose patches make the module: the live ones, and those a live unit
+    was built with (each once)."""
+    return list(dict.fromkeys(n for r in live for n in [r["name"], *r.get("joined", [])]))
 
 
 def _warm_originals(tree, units: list[Unit], progress: Progress) -> None:

@@ -235,3 +235,92 @@ def test_patched_files_of_units_without_headers_compile_together_and_are_cached(
     _warm_patched(tree, units, patches, Progress())  # a rerun compiles only what failed
     assert "d/w.o" in (build / "make.log").read_text().splitlines()[-1]
     assert "a/x.o" not in (build / "make.log").read_text().splitlines()[-1]
+
+
+@pytest.mark.parametrize("joined_status", ["live", "needs-reboot"])
+def test_a_unit_that_needs_another_units_declaration_is_built_with_it(
+        monkeypatch, tmp_path, joined_status):
+    """fs/b calls a helper that fs/a adds (declared in a header fs/a changes): alone it
+    does not compile; built with fs/a it is live, and so is fs/a's new helper. A header
+    fs/b also reads but that adds none of the names its errors quote stays out. A joined
+    build still refused says what it was built with."""
+    from builder.artifacts import KernelId, PreparedTree
+    from builder.progress import Progress
+    from builder.update import UpdateRequest, _join_units, _module_units
+    from builder.update.units import Unit
+
+    # Each tree in a directory of its own, as the cache keeps them (one lock each).
+    old, new = tmp_path / "old" / "linux", tmp_path / "new" / "linux"
+    build = tmp_path / "build"
+    files = {"include/linux/s.h": ("struct s { int a; };\n",
+                                   "struct s { int a; };\nint helper(void);\n"),
+             "include/linux/other.h": ("int other;\n", "int other, unrelated;\n"),
+             "fs/a/a.c": ('#include <linux/s.h>\n', '#include <linux/s.h>\n'
+                                                    'int helper(void) { return 1; }\n'),
+             "fs/b/b.c": ('#include <linux/s.h>\n#include <linux/other.h>\n'
+                          'int f(struct s *x) { return x->a; }\n',
+                          '#include <linux/s.h>\n#include <linux/other.h>\n'
+                          'int f(struct s *x) { return x->a + helper(); }\n')}
+    for rel, (before, after) in files.items():
+        for root, text in ((old, before), (new, after)):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+    build.mkdir()
+    tree = PreparedTree(kernel=KernelId("6.1.0-56-amd64", "6.1.192-2"), source_dir=old,
+                        build_dir=build, make_args=[])
+    units = [Unit("fs/a", sources=["fs/a/a.c"], headers=["include/linux/s.h"],
+                  placements={"fs/a/a.c": "vmlinux"}),
+             Unit("fs/b", sources=["fs/b/b.c"], placements={"fs/b/b.c": "vmlinux"}),
+             Unit("include/linux/other.h", headers=["include/linux/other.h"])]
+    (tmp_path / "patches").mkdir()
+    patches = {}
+    for unit in units:
+        patches[unit.name] = tmp_path / "patches" / f"{unit.name.replace('/', '_')}.patch"
+        patches[unit.name].write_text("".join(
+            f"+{line}\n" for rel in unit.files for line in files[rel][1].splitlines()))
+    records = [
+        {"name": "fs/a", "status": "no-change",
+         "reason": "diff: fs/a/a.c: no functional change in fs/a/a.c: the patch makes new "
+                   "functions only, which nothing calls"},
+        {"name": "fs/b", "status": "needs-reboot",
+         "reason": "compile: fs/b/b.c: compiling fs/b/b.o failed:",
+         "compile_errors": ["fs/b/b.c:3:35: error: implicit declaration of function "
+                            "\u2018helper\u2019 [-Werror=implicit-function-declaration]"]},
+        {"name": "include/linux/other.h", "status": "live", "reason": ""}]
+    built = []
+
+    def fake_result(request, kernel, unit, patch, work, unit_work, progress):
+        built.append((unit.name, unit.files, patch.read_text()))
+        if joined_status != "live":
+            return {"key": {}, "status": joined_status, "reason": "check: a refusal"}
+        return {"key": {}, "status": "live", "reason": "",
+                "functions": {"vmlinux": ["f", "helper"]}}
+
+    monkeypatch.setattr("builder.update._unit_result", fake_result)
+    request = UpdateRequest(kernel="k", to="latest", name="n", output=tmp_path)
+    _join_units(request, None, tree, new, units, records, patches, tmp_path, Progress())
+
+    assert [(name, files) for name, files, _text in built] == [
+        ("fs/b", ["fs/a/a.c", "fs/b/b.c", "include/linux/s.h"])]
+    assert "+int helper(void) { return 1; }" in built[0][2]  # a real diff of both trees
+    b, a = records[1], records[0]
+    if joined_status != "live":
+        assert b["status"] == "needs-reboot" and a["status"] == "no-change"
+        assert b["reason"] == ("does not compile alone; with unit(s) fs/a it needs-reboot: "
+                               "check: a refusal")
+        return
+    assert b["status"] == "live" and b["joined"] == ["fs/a"]
+    assert b["functions"] == {"vmlinux": ["f", "helper"]}
+    assert a["status"] == "live" and a["joined"] == ["fs/b"] and a["reason"] == ""
+    assert _module_units([r for r in records if r["status"] == "live"]) == [
+        "fs/a", "fs/b", "include/linux/other.h"]
+
+
+def test_the_names_a_compile_error_quotes():
+    from builder.update import _missing_names
+
+    assert _missing_names([
+        "a.c:1:2: error: 'struct sock' has no member named 'sk_use_task_frag'",
+        "a.c:3:4: error: \u2018FLAG_X\u2019 undeclared (first use in this function)",
+        "a.c:5:6: error: implicit declaration of function 'helper_two'"]) == {
+        "sk_use_task_frag", "FLAG_X", "helper_two"}

@@ -87,8 +87,10 @@ REASONS = [
      "kallsyms order did not decide"),
     (r"needs new contents in", "new contents in a special section", GAP,
      "a new entry the builder does not make"),
-    (r"needs a \S+ entry for", "special-section entry for a symbol of a patched module", GAP,
-     "static keys of modules"),
+    (r"needs a \S+ entry for", "jump-label entry for a static key of a patched module",
+     RIGHT, "insmod reads __jump_table before livepatch can resolve a module's symbols (kpatch "
+     "refuses the same); tracepoint and pr_debug sites are left off instead; the source "
+     "remedy is static_key_enabled()"),
     (r"cannot resolve a reference", "reference the builder cannot resolve", GAP,
      "a symbol of another object kind"),
     (r"is not in the symbol table of", "symbol missing from the target's symbol table", None,

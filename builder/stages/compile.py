@@ -320,7 +320,9 @@ def _compile_failed(tree: PreparedTree, source: str, obj: str, proc) -> None:
                                  f"not build {source} (its directory is not enabled)",
                          hint="check the kernel config of the target; only code that "
                               "is built into the running kernel can be patched")
-    mine = [line for line in output.splitlines() if source in line or obj in line]
+    # Its own lines, and every error (one in a header it includes names the header).
+    mine = [line for line in output.splitlines()
+            if source in line or obj in line or "error:" in line]
     raise BuildError(stage=STAGE, file=source,
                      message=f"compiling {obj} failed:\n"
                              + ("\n".join(mine[-30:]) if mine else output[-2500:]),
@@ -343,7 +345,18 @@ def dependencies(tree: PreparedTree, obj: str) -> list[str]:
             if item and not item.startswith("$("):
                 found.append(item)
             in_deps = line.endswith("\\")
-    return [item.removeprefix(f"{tree.source_dir}/") for item in found]
+    return [_normal(tree, item) for item in found]
+
+
+def _normal(tree: PreparedTree, path: str) -> str:
+    """A recorded path as patches and the include graph name it: relative to the tree,
+    `..` resolved (gcc keeps `mt7915/../mt76.h`), whether kbuild saw the tree through a
+    symlink or not."""
+    for root in dict.fromkeys((str(tree.source_dir), os.path.realpath(tree.source_dir))):
+        if path.startswith(f"{root}/"):
+            path = path[len(root) + 1:]
+            break
+    return os.path.normpath(path)
 
 
 def kbuild_command(tree: PreparedTree, obj: str) -> str:
@@ -396,7 +409,7 @@ def original_objects(tree: PreparedTree, sources: list[str], progress=None
     fresh = build_objects(tree, missing, progress=progress, label="originals: ")
     for source in missing:
         store_object(tree, source, fresh[source], cache[source])
-    return {source: _load(cache[source]) for source in sources}
+    return {source: _load(tree, cache[source]) for source in sources}
 
 
 def patched_objects(tree: PreparedTree, patches: PatchSet, sources: list[str],
@@ -421,8 +434,13 @@ def patched_objects(tree: PreparedTree, patches: PatchSet, sources: list[str],
 
 
 def changed_content(tree: PreparedTree, patches: PatchSet) -> dict[str, str]:
-    """Each file the applied patches touch: a digest of what they made of it."""
-    created = {fp.path for fp in patches.files if fp.created}
+    """Each file the applied patches touch: a digest of what they made of it. A file they
+    created (from /dev/null, or on a path the tree did not have) counts for every object:
+    an include may now find it before the file it found before."""
+    saved = _dirty_dir(tree) / "manifest.json"
+    absent = {rel for rel, entry in json.loads(saved.read_text()).items()
+              if not entry["exists"]} if saved.is_file() else set()
+    created = {fp.path for fp in patches.files if fp.created} | absent
     digests = {}
     for path in patches.sources:
         file = tree.source_dir / path
@@ -447,9 +465,14 @@ def find_patched(tree: PreparedTree, source: str, compat_include: Path | None,
     base = _patched_base(tree, source, compat_include)
     for meta_path in sorted(base.glob(f"*/{object_of(source)[:-2]}.json")):
         meta = json.loads(meta_path.read_text())
-        if _relevant(changed, set(meta["reads"])) == meta.get("changed") and \
+        reads = meta["reads"]
+        # An entry kept before reads were normalized may have missed a changed file it
+        # read (its "changed" is then wrong), and one without its own source is no record.
+        if source not in reads or [_normal(tree, r) for r in reads] != reads:
+            continue
+        if _relevant(changed, set(reads)) == meta.get("changed") and \
                 meta_path.with_suffix(".o").is_file():
-            return _load(meta_path.with_suffix(".o"))
+            return _load(tree, meta_path.with_suffix(".o"))
     return None
 
 
@@ -485,7 +508,7 @@ def store_object(tree: PreparedTree, source: str, built: tuple[Path, str], targe
     shutil.copyfile(path, target.with_suffix(".tmp"))
     target.with_suffix(".json").write_text(json.dumps(meta))
     target.with_suffix(".tmp").replace(target)
-    return _load(target)
+    return _load(tree, target)
 
 
 def _original_path(tree: PreparedTree, key: str, source: str) -> Path:
@@ -496,11 +519,11 @@ def _is_cached(path: Path) -> bool:
     return path.is_file() and path.with_suffix(".json").is_file()
 
 
-def _load(path: Path) -> CachedObject:
+def _load(tree: PreparedTree, path: Path) -> CachedObject:
     meta = json.loads(path.with_suffix(".json").read_text())
     reads = meta.get("reads")
-    return CachedObject(path, meta["command"], tuple(meta["headers"]),
-                        tuple(reads) if reads is not None else None)
+    return CachedObject(path, meta["command"], tuple(_normal(tree, h) for h in meta["headers"]),
+                        tuple(_normal(tree, r) for r in reads) if reads is not None else None)
 
 
 def _original_key(tree: PreparedTree, source: str) -> str:

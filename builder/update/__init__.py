@@ -66,7 +66,8 @@ WARM_BATCH = 32  # objects compiled per kbuild run before the units: progress be
 MAX_FILES = 300  # a unit's header may reach this many built files (see 4. above)
 NO_CHANGE = "no functional change"
 COMPILE_FAILED = re.compile(r"^compiling \S+\.o failed")
-QUOTED = re.compile(r"['\u2018]([A-Za-z_]\w*)['\u2019]")  # gcc quotes as C or UTF-8
+QUOTED = re.compile(r"['\u2018]([^'\u2019]+)['\u2019]")  # gcc quotes as C or UTF-8
+TAG = re.compile(r"^(?:struct|union|enum) ([A-Za-z_]\w*)$")
 WORD = re.compile(r"[A-Za-z_]\w*")
 
 
@@ -116,13 +117,13 @@ def _slug(name: str) -> str:
 
 
 def _unit_result(request: UpdateRequest, kernel, unit: Unit, patch: Path, work: Path,
-                 unit_work: Path, progress: Progress) -> dict:
+                 unit_work: Path, progress: Progress, max_files: int) -> dict:
     """Build one unit alone, in `unit_work` (no other build uses it meanwhile); cached
     by its patch, kernel and the builder's version and code."""
     key = {"builder_version": __version__, "builder_code": code_digest(),
            "kernel": kernel.release,
            "package_version": kernel.package_version,
-           "patch_sha256": sha256_file(patch), "max_files": request.max_files}
+           "patch_sha256": sha256_file(patch), "max_files": max_files}
     cached = patch.with_suffix(".result.json")
     if cached.is_file():
         result = json.loads(cached.read_text())
@@ -131,7 +132,7 @@ def _unit_result(request: UpdateRequest, kernel, unit: Unit, patch: Path, work: 
     sub = BuildRequest(kernel=kernel.release, package_version=kernel.package_version,
                        patches=[patch], name=f"u_{_slug(unit.name)}"[:50],
                        output=work / "units" / _slug(unit.name), work=unit_work,
-                       max_files=request.max_files)
+                       max_files=max_files)
     result = {"key": key}
     timer = Timer()
     try:
@@ -199,9 +200,16 @@ def update(request: UpdateRequest, progress: Progress | None = None) -> dict:
     if not live:
         (request.output / f"{name}.ko").unlink(missing_ok=True)
         return _write(manifest_path, _current(name, kernel, info, state="nothing-live"))
+    # One patch of every live unit's files: units that include a new header each create it.
+    module_patch = work / "patches" / "module.patch"
+    by_name = {unit.name: unit for unit in units}
+    with pristine(tree.source_dir, new_tree):
+        module_patch.write_bytes(unit_patch(
+            _together(name, [by_name[n] for n in _module_units(live)]), tree.source_dir,
+            new_tree))
     cumulative = BuildRequest(
         kernel=kernel.release, package_version=kernel.package_version,
-        patches=[patches[n] for n in _module_units(live)], name=name, output=request.output,
+        patches=[module_patch], name=name, output=request.output,
         replace=True, sign_key=request.sign_key, sign_cert=request.sign_cert,
         work=work / "module", consistency=request.consistency,
         # Each unit kept within max_files alone; together they may reach more.
@@ -230,37 +238,36 @@ def _unit_records(request: UpdateRequest, kernel, units: list[Unit], patches: di
     todo = []
     for unit, record in zip(units, records, strict=True):
         if unit.in_config:
-            todo.append((unit, patches[unit.name], record))
+            todo.append((unit, patches[unit.name], request.max_files, record))
         else:
             record.update(status="not-in-config", reason=unit.reason
                           or "no file of it is built in this configuration")
-    for (_unit, _patch, record), result in zip(
-            todo, _build_units(request, kernel, [(u, p) for u, p, _r in todo], work, progress),
+    for (*_built, record), result in zip(
+            todo, _build_units(request, kernel, [t[:3] for t in todo], work, progress),
             strict=True):
         record.update({k: v for k, v in result.items() if k != "key"})
     return records
 
 
-def _build_units(request: UpdateRequest, kernel, todo: list[tuple[Unit, Path]], work: Path,
-                 progress: Progress) -> list[dict]:
-    """Each (unit, patch) built alone, up to `request.jobs` at once, each in a work
-    directory of its own slot; the results in `todo`'s order."""
+def _build_units(request: UpdateRequest, kernel, todo: list[tuple[Unit, Path, int]],
+                 work: Path, progress: Progress) -> list[dict]:
+    """Each (unit, patch, max_files) built alone, up to `request.jobs` at once, each in a
+    work directory of its own slot; the results in `todo`'s order."""
     slots: queue.Queue[Path] = queue.Queue()
     for slot in range(request.jobs):
         slots.put(work / ("unit-work" if slot == 0 else f"unit-work-{slot + 1}"))
 
-    def built(index: int, unit: Unit, patch: Path) -> dict:
+    def built(index: int, unit: Unit, patch: Path, max_files: int) -> dict:
         unit_work = slots.get()
         try:
             progress.note(f"unit {index}/{len(todo)}: {unit.name}")
             return _unit_result(request, kernel, unit, patch, work, unit_work,
-                                progress.nested(label=unit.name))
+                                progress.nested(label=unit.name), max_files)
         finally:
             slots.put(unit_work)
 
     with ThreadPoolExecutor(max_workers=request.jobs) as pool:
-        futures = [pool.submit(built, index, unit, patch)
-                   for index, (unit, patch) in enumerate(todo, 1)]
+        futures = [pool.submit(built, index, *item) for index, item in enumerate(todo, 1)]
         return [future.result() for future in futures]
 
 
@@ -269,10 +276,15 @@ def _needs_others(record: dict) -> bool:
     return record.get("status") == "needs-reboot" and bool(record.get("compile_errors"))
 
 
-def _missing_names(errors: list[str]) -> set[str]:
-    """The identifiers a compiler's errors quote: the member, function, macro or type the
-    file wanted (`'struct sock' has no member named 'sk_use_task_frag'`)."""
-    return {name for line in errors for name in QUOTED.findall(line)}
+def _missing_names(errors: list[str]) -> tuple[set[str], set[str]]:
+    """The identifiers a compiler's errors quote: the member, function or macro the file
+    wanted (`'struct sock' has no member named 'sk_use_task_frag'`), and apart the tags
+    of the types they name (`incomplete type 'struct foo'`): looked for only when no
+    unit adds one of the first, as every patch to a struct's users names its tag."""
+    quoted = [text for line in errors for text in QUOTED.findall(line)]
+    names = {text for text in quoted if WORD.fullmatch(text)}
+    tags = {m[1] for text in quoted if (m := TAG.match(text))}
+    return names, tags
 
 
 def _adds(patch: Path) -> set[str]:
@@ -306,9 +318,13 @@ def _join_units(request: UpdateRequest, kernel, tree, new_tree: Path, units: lis
     by_name = {unit.name: unit for unit in units}
 
     def providers(unit: Unit) -> list[str]:
-        wanted = _missing_names(record_of[unit.name]["compile_errors"])
-        return sorted(name for name, files in readers.items() if name != unit.name
-                      and files & set(unit.sources) and adds[name] & wanted)
+        reading = [name for name, files in readers.items()
+                   if name != unit.name and files & set(unit.sources)]
+        for wanted in _missing_names(record_of[unit.name]["compile_errors"]):
+            found = sorted(name for name in reading if adds[name] & wanted)
+            if found:
+                return found
+        return []
 
     todo, joined_with = [], {}
     for unit in failing:
@@ -322,22 +338,20 @@ def _join_units(request: UpdateRequest, kernel, tree, new_tree: Path, units: lis
                         queue_.append(by_name[name])
         if not partners:
             continue
-        joined = Unit(unit.name, sources=list(unit.sources), headers=list(unit.headers),
-                      placements=dict(unit.placements))
-        for name in partners:
-            joined.sources += by_name[name].sources
-            joined.headers += by_name[name].headers
-            joined.placements.update(by_name[name].placements)
+        joined = _together(unit.name, [unit] + [by_name[name] for name in partners])
         path = work / "patches" / f"{_slug(unit.name)}.joined.patch"
         with pristine(tree.source_dir, new_tree):
             path.write_bytes(unit_patch(joined, tree.source_dir, new_tree))
-        todo.append((joined, path))
+        # Each unit was bounded by max_files alone; together they may reach more.
+        todo.append((joined, path, request.max_files * (1 + len(partners))))
         joined_with[unit.name] = partners
     progress.note(f"{len(todo)} of {len(failing)} units that do not compile alone are "
                   "built again with the units they need")
-    for (joined, _path), result in zip(
+    for (joined, _path, _max), result in zip(
             todo, _build_units(request, kernel, todo, work, progress), strict=True):
         record, partners = record_of[joined.name], joined_with[joined.name]
+        if record["status"] == "live":
+            continue  # live already, through a unit it was joined to
         if result["status"] != "live":
             record["reason"] = (f"does not compile alone; with unit(s) {', '.join(partners)} "
                                 f"it {result['status']}: {result['reason']}")
@@ -347,12 +361,20 @@ def _join_units(request: UpdateRequest, kernel, tree, new_tree: Path, units: lis
         for name in partners:
             if record_of[name]["status"] != "live":  # its change is in the module now
                 record_of[name].update(status="live", reason="", joined=[joined.name])
+                record_of[name].pop("compile_errors", None)
 
 
 def _module_units(live: list[dict]) -> list[str]:
-    """The units whose patches make the module: the live ones, and those a live unit
+    """The units whose changes make the module: the live ones, and those a live unit
     was built with (each once)."""
     return list(dict.fromkeys(n for r in live for n in [r["name"], *r.get("joined", [])]))
+
+
+def _together(name: str, units: list[Unit]) -> Unit:
+    """One unit of several units' files: a new header two of them include is in both."""
+    return Unit(name, sources=list(dict.fromkeys(f for u in units for f in u.sources)),
+                headers=list(dict.fromkeys(f for u in units for f in u.headers)),
+                placements={k: v for u in units for k, v in u.placements.items()})
 
 
 def _warm_originals(tree, units: list[Unit], progress: Progress) -> None:
@@ -395,20 +417,20 @@ def _warm_patched(tree, units: list[Unit], patches: dict[str, Path],
                                     for path in patchset.sources])
         todo: list[str] = []
         try:
-            applied = []
+            tried = []  # a patch that failed half-way may have written: its files count
             for patchset in sets.values():
+                tried.append(patchset)
                 try:
                     for patch in patchset.patches:
                         compiling.apply_patch(tree, patch, dry_run=True)
                         compiling.apply_patch(tree, patch, dry_run=False)
                 except BuildError:
                     continue  # its unit reports it
-                applied.append(patchset)
                 own = compiling.changed_content(tree, patchset)
                 todo += [source for source in patchset.sources if source.endswith(".c")
                          and not compiling.find_patched(tree, source, compat, own)]
             together = compiling.changed_content(
-                tree, PatchSet(tuple(p for patchset in applied for p in patchset.patches)))
+                tree, PatchSet(tuple(p for patchset in tried for p in patchset.patches)))
             flags = compiling.compat_flags(compat)
             for start in range(0, len(todo), WARM_BATCH):
                 batch = todo[start:start + WARM_BATCH]

@@ -118,7 +118,7 @@ def test_units_build_concurrently_each_in_a_work_directory_no_other_build_uses(
     guard = threading.Lock()
     both_running = threading.Event()
 
-    def fake_result(request, kernel, unit, patch, work, unit_work, progress):
+    def fake_result(request, kernel, unit, patch, work, unit_work, progress, max_files):
         with guard:
             assert unit_work not in in_use, f"{unit_work} used by two builds at once"
             in_use.add(unit_work)
@@ -289,7 +289,7 @@ def test_a_unit_that_needs_another_units_declaration_is_built_with_it(
         {"name": "include/linux/other.h", "status": "live", "reason": ""}]
     built = []
 
-    def fake_result(request, kernel, unit, patch, work, unit_work, progress):
+    def fake_result(request, kernel, unit, patch, work, unit_work, progress, max_files):
         built.append((unit.name, unit.files, patch.read_text()))
         if joined_status != "live":
             return {"key": {}, "status": joined_status, "reason": "check: a refusal"}
@@ -322,5 +322,78 @@ def test_the_names_a_compile_error_quotes():
     assert _missing_names([
         "a.c:1:2: error: 'struct sock' has no member named 'sk_use_task_frag'",
         "a.c:3:4: error: \u2018FLAG_X\u2019 undeclared (first use in this function)",
-        "a.c:5:6: error: implicit declaration of function 'helper_two'"]) == {
-        "sk_use_task_frag", "FLAG_X", "helper_two"}
+        "a.c:5:6: error: implicit declaration of function 'helper_two'",
+        "a.c:7:8: error: invalid use of undefined type \u2018struct tipc_key\u2019"]) == (
+        {"sk_use_task_frag", "FLAG_X", "helper_two"}, {"sock", "tipc_key"})
+
+
+@pytest.mark.skipif(shutil.which("patch") is None, reason="needs GNU patch")
+def test_a_patched_object_is_kept_under_the_header_it_read_through_dotdot(tmp_path):
+    """gcc records `c/../c/z.h` as it was included: the key must name c/z.h, or a build
+    that also changes the header would get the object compiled without that change."""
+    from builder.artifacts import KernelId, PreparedTree
+    from builder.patchset import PatchSet
+    from builder.stages import compile as compiling
+
+    source, build = tmp_path / "src" / "linux", tmp_path / "build"
+    build.mkdir(parents=True)
+    (source / "c").mkdir(parents=True)
+    (source / "c/z.c").write_text('#include "c/../c/z.h"\nint z;\n')
+    (source / "c/z.h").write_text("int h;\n")
+    fake = tmp_path / "make.py"
+    fake.write_text(FAKE_MAKE)
+    tree = PreparedTree(kernel=KernelId("6.1.0-56-amd64", "6.1.192-2"), source_dir=source,
+                        build_dir=build, make_args=[sys.executable, str(fake), str(source),
+                                                    str(build)])
+    own = tmp_path / "own.patch"
+    own.write_text("--- a/c/z.c\n+++ b/c/z.c\n@@ -2 +2 @@\n-int z;\n+int z = 1;\n")
+    both = tmp_path / "both.patch"
+    both.write_text(own.read_text() + _diff("c/z.h", "int h;", "int h = 2;"))
+
+    def build_with(patch) -> str:
+        patchset = PatchSet.read([patch])
+        with compiling.locked(tree):
+            compiling.save_files(tree, list(patchset.sources))
+            try:
+                for one in patchset.patches:
+                    compiling.apply_patch(tree, one, dry_run=False)
+                objects = compiling.patched_objects(tree, patchset, ["c/z.c"],
+                                                    compiling.COMPAT_INCLUDE)
+                return objects["c/z.c"].path.read_text()
+            finally:
+                compiling.restore_files(tree)
+
+    build_with(own)
+    assert compiling.dependencies(tree, "c/z.o") == ["c/z.c", "c/z.h"]
+    build_with(both)
+    assert len((build / "make.log").read_text().splitlines()) == 2  # not the first object
+    build_with(both)
+    assert len((build / "make.log").read_text().splitlines()) == 2  # its own, found
+
+
+def test_recorded_paths_are_relative_and_normal_through_a_symlinked_tree(tmp_path):
+    from builder.artifacts import KernelId, PreparedTree
+    from builder.stages.compile import _normal
+
+    real = tmp_path / "real" / "linux"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    tree = PreparedTree(kernel=KernelId("6.1.0-56-amd64", "6.1.192-2"),
+                        source_dir=tmp_path / "link" / "linux", build_dir=tmp_path,
+                        make_args=[])
+    assert _normal(tree, f"{real}/drivers/mt76/mt7915/../mt76.h") == "drivers/mt76/mt76.h"
+    assert _normal(tree, f"{tmp_path}/link/linux/fs/x.c") == "fs/x.c"
+    assert _normal(tree, "include/generated/autoconf.h") == "include/generated/autoconf.h"
+
+
+def test_units_together_create_a_new_header_they_share_once():
+    from builder.update import _together
+    from builder.update.units import Unit
+
+    a = Unit("fs/a", sources=["fs/a/a.c"], headers=["include/linux/new.h"],
+             placements={"fs/a/a.c": "vmlinux"})
+    b = Unit("fs/b", sources=["fs/b/b.c"], headers=["include/linux/new.h"],
+             placements={"fs/b/b.c": "b_mod"})
+    both = _together("both", [a, b])
+    assert both.files == ["fs/a/a.c", "fs/b/b.c", "include/linux/new.h"]
+    assert both.placements == {"fs/a/a.c": "vmlinux", "fs/b/b.c": "b_mod"}

@@ -15,7 +15,7 @@ need a reboot (judged right or gap as bench/realfixes.py judges them), the funct
 patched and the CVE ids covered.
 
 Usage: .venv/bin/python bench/update.py [--kernel RELEASE|ALIAS] [--to VERSION]
-                                        [--runs N] [--cold-runs N]
+                                        [--runs N] [--cold-runs N] [--log FILE]
 """
 
 from __future__ import annotations
@@ -36,17 +36,35 @@ sys.path.insert(0, str(REPO))
 from bench.realfixes import NO_COMPILE, REASONS, judgement  # noqa: E402
 from lab.kernels import package_version, resolve  # noqa: E402
 
+# A stage line of the builder's progress: "[ 980.2s] originals every unit's … (975.1s)".
+STAGE_LINE = re.compile(r"^\[\s*[\d.]+s\] (\w+)\s.*\(([\d.]+)s\)$")
 
-def run(release: str, version: str, to: str, work: Path, out: Path) -> tuple[float, dict]:
+
+def run(release: str, version: str, to: str, work: Path, out: Path,
+        log: Path) -> tuple[float, dict]:
+    """One update; the builder's progress goes to `log` (appended), as it comes."""
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "builder", "update", "--kernel", release,
-                           "--package-version", version, "--to", to, "--name", "bench_update",
-                           "--output", str(out), "--work", str(work)],
-                          cwd=REPO, capture_output=True, text=True, check=False)
+    with log.open("a") as progress:
+        proc = subprocess.run([sys.executable, "-m", "builder", "update", "--kernel", release,
+                               "--package-version", version, "--to", to, "--name",
+                               "bench_update", "--output", str(out), "--work", str(work)],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=progress, text=True,
+                              check=False)
     took = time.monotonic() - start
     if proc.returncode != 0:
-        sys.exit(f"update for {release} failed:\n{proc.stderr[-3000:]}")
+        sys.exit(f"update for {release} failed; its progress is in {log}")
     return took, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def stage_seconds(log: Path) -> dict[str, float]:
+    """The update's own stages (not a unit's) and their seconds, from its progress."""
+    found: dict[str, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        match = STAGE_LINE.match(line)
+        if match and match[1] in ("resolve", "prepare", "acquire", "units", "originals",
+                                  "patched", "join"):
+            found.setdefault(match[1], float(match[2]))  # units run stages too, later
+    return found
 
 
 def reboot_reasons(units: list[dict]) -> dict[str, int]:
@@ -69,6 +87,7 @@ def main() -> int:
     parser.add_argument("--to", default="latest")
     parser.add_argument("--runs", type=int, default=3, help="warm runs (median)")
     parser.add_argument("--cold-runs", type=int, default=1)
+    parser.add_argument("--log", type=Path, help="keep the builder's progress here")
     args = parser.parse_args()
     release = resolve(args.kernel)
     version = package_version(release)
@@ -76,12 +95,15 @@ def main() -> int:
     warm: list[float] = []
     outcome: dict = {}
     with tempfile.TemporaryDirectory(prefix="klp-bench-update-") as tmp:
+        log = args.log or Path(tmp) / "progress.log"
         for index in range(args.cold_runs):
             work, out = Path(tmp) / f"work{index}", Path(tmp) / f"out{index}"
-            took, outcome = run(release, version, args.to, work, out)
+            log.write_text("")
+            took, outcome = run(release, version, args.to, work, out, log)
             cold.append(took)
+        stages = stage_seconds(log)  # of the last cold run
         for _ in range(args.runs):
-            took, _outcome = run(release, version, args.to, work, out)
+            took, _outcome = run(release, version, args.to, work, out, log)
             warm.append(took)
         manifest = json.loads(Path(outcome.get("manifest") or "/dev/null").read_text()) \
             if outcome.get("manifest") else {}
@@ -96,6 +118,8 @@ def main() -> int:
     for key, count in reboot_reasons(units).items():
         verdict = "gap" if key == "does not compile alone" else judgement(key)[0]
         print(f"    needs-reboot {count:4d}  [{verdict}] {key}")
+    print("  stages of the last cold run: "
+          + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in stages.items()))
     print(f"  cold (fresh work dir, compile caches as they were): median "
           f"{statistics.median(cold):.1f} s "
           f"of {len(cold)} run(s) {[round(t, 1) for t in cold]}")

@@ -352,11 +352,17 @@ def _normal(tree: PreparedTree, path: str) -> str:
     """A recorded path as patches and the include graph name it: relative to the tree,
     `..` resolved (gcc keeps `mt7915/../mt76.h`), whether kbuild saw the tree through a
     symlink or not."""
-    for root in dict.fromkeys((str(tree.source_dir), os.path.realpath(tree.source_dir))):
+    for root in _roots(tree.source_dir):
         if path.startswith(f"{root}/"):
             path = path[len(root) + 1:]
             break
     return os.path.normpath(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _roots(source_dir: Path) -> tuple[str, ...]:
+    """The tree's path as given and as kbuild resolves it (realpath)."""
+    return tuple(dict.fromkeys((str(source_dir), os.path.realpath(source_dir))))
 
 
 def kbuild_command(tree: PreparedTree, obj: str) -> str:

@@ -65,7 +65,9 @@ STAGE = "update"
 WARM_BATCH = 32  # objects compiled per kbuild run before the units: progress between
 MAX_FILES = 300  # a unit's header may reach this many built files (see 4. above)
 NO_CHANGE = "no functional change"
+MAX_JOINED = 3  # other units a unit that does not compile alone may be built with
 COMPILE_FAILED = re.compile(r"^compiling \S+\.o failed")
+COMPILED_NOT = re.compile(r"^compile: [^:]+: compiling \S+\.o failed")  # in a reason
 QUOTED = re.compile(r"['\u2018]([^'\u2019]+)['\u2019]")  # gcc quotes as C or UTF-8
 TAG = re.compile(r"^(?:struct|union|enum) ([A-Za-z_]\w*)$")
 WORD = re.compile(r"[A-Za-z_]\w*")
@@ -276,12 +278,19 @@ def _needs_others(record: dict) -> bool:
     return record.get("status") == "needs-reboot" and bool(record.get("compile_errors"))
 
 
+def _compile_failed(record: dict) -> bool:
+    """A compile failure, with or without error lines to follow (a partner's such failure
+    is no reason of its own)."""
+    return record.get("status") == "needs-reboot" and (
+        "compile_errors" in record or COMPILED_NOT.search(record.get("reason", "")) is not None)
+
+
 def _missing_names(errors: list[str]) -> tuple[set[str], set[str]]:
     """The identifiers a compiler's errors quote: the member, function or macro the file
     wanted (`'struct sock' has no member named 'sk_use_task_frag'`), and apart the tags
     of the types they name (`incomplete type 'struct foo'`): looked for only when no
     unit adds one of the first, as every patch to a struct's users names its tag."""
-    quoted = [text for line in errors for text in QUOTED.findall(line)]
+    quoted = [text for line in errors for text in QUOTED.findall(line.split("did you mean")[0])]
     names = {text for text in quoted if WORD.fullmatch(text)}
     tags = {m[1] for text in quoted if (m := TAG.match(text))}
     return names, tags
@@ -298,13 +307,16 @@ def _join_units(request: UpdateRequest, kernel, tree, new_tree: Path, units: lis
                 records: list[dict], patches: dict[str, Path], work: Path,
                 progress: Progress) -> None:
     """Build each unit that does not compile alone again, with the units that add what
-    its compile errors name in headers its files read (and theirs, to the end): the cut
-    into units is ours, and a fix that needs another unit's new declaration or member
-    is that unit's fix too.
+    its compile errors name in headers its files read (and, for those that do not
+    compile alone either, theirs): the cut into units is ours, and a fix that needs
+    another unit's new declaration or member is that unit's fix too.
 
-    A joined build that is live makes the unit live (`joined` names the others); a unit
-    joined to it that alone changed no code (a new helper nothing else called) is live
-    through it. Otherwise the unit's reason says what the joined build found.
+    A unit whose partner needs a reboot for its own reason (most often the struct member
+    the unit uses is new: a layout change) needs one too, and says so without a build;
+    so does one that would join more than MAX_JOINED others. A joined build that is live
+    makes the unit live (`joined` names the others); a unit joined to it that alone
+    changed no code (a new helper nothing else called) is live through it. Otherwise the
+    unit's reason says what the joined build found.
     """
     record_of = {record["name"]: record for record in records}
     failing = [u for u in units if _needs_others(record_of[u.name])]
@@ -336,14 +348,26 @@ def _join_units(request: UpdateRequest, kernel, tree, new_tree: Path, units: lis
                     partners.append(name)
                     if _needs_others(record_of[name]):
                         queue_.append(by_name[name])
+        record = record_of[unit.name]
+        # A partner that does not compile alone is not blocked: its own partners are in.
+        blocked = [name for name in partners if record_of[name]["status"] == "needs-reboot"
+                   and not _compile_failed(record_of[name])]
+        if blocked:
+            record["reason"] = (f"does not compile without unit {blocked[0]}'s change, which "
+                                f"needs a reboot: {record_of[blocked[0]]['reason']}")
+            continue
+        if len(partners) > MAX_JOINED:
+            record["reason"] = (f"does not compile without {len(partners)} other units' "
+                                f"changes ({', '.join(partners)}): more than {MAX_JOINED} "
+                                "joined is no longer one fix")
+            continue
         if not partners:
             continue
         joined = _together(unit.name, [unit] + [by_name[name] for name in partners])
         path = work / "patches" / f"{_slug(unit.name)}.joined.patch"
         with pristine(tree.source_dir, new_tree):
             path.write_bytes(unit_patch(joined, tree.source_dir, new_tree))
-        # Each unit was bounded by max_files alone; together they may reach more.
-        todo.append((joined, path, request.max_files * (1 + len(partners))))
+        todo.append((joined, path, request.max_files))
         joined_with[unit.name] = partners
     progress.note(f"{len(todo)} of {len(failing)} units that do not compile alone are "
                   "built again with the units they need")

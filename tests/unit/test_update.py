@@ -237,7 +237,7 @@ def test_patched_files_of_units_without_headers_compile_together_and_are_cached(
     assert "a/x.o" not in (build / "make.log").read_text().splitlines()[-1]
 
 
-@pytest.mark.parametrize("joined_status", ["live", "needs-reboot"])
+@pytest.mark.parametrize("joined_status", ["live", "needs-reboot", "partner refused"])
 def test_a_unit_that_needs_another_units_declaration_is_built_with_it(
         monkeypatch, tmp_path, joined_status):
     """fs/b calls a helper that fs/a adds (declared in a header fs/a changes): alone it
@@ -281,7 +281,9 @@ def test_a_unit_that_needs_another_units_declaration_is_built_with_it(
     records = [
         {"name": "fs/a", "status": "no-change",
          "reason": "diff: fs/a/a.c: no functional change in fs/a/a.c: the patch makes new "
-                   "functions only, which nothing calls"},
+                   "functions only, which nothing calls"} if joined_status != "partner refused"
+        else {"name": "fs/a", "status": "needs-reboot",
+              "reason": "diff: fs/a/a.c: the patch changes the layout of struct s"},
         {"name": "fs/b", "status": "needs-reboot",
          "reason": "compile: fs/b/b.c: compiling fs/b/b.o failed:",
          "compile_errors": ["fs/b/b.c:3:35: error: implicit declaration of function "
@@ -299,6 +301,12 @@ def test_a_unit_that_needs_another_units_declaration_is_built_with_it(
     monkeypatch.setattr("builder.update._unit_result", fake_result)
     request = UpdateRequest(kernel="k", to="latest", name="n", output=tmp_path)
     _join_units(request, None, tree, new, units, records, patches, tmp_path, Progress())
+    if joined_status == "partner refused":  # fs/b needs what fs/a adds: no build can help
+        assert built == [] and records[1]["status"] == "needs-reboot"
+        assert records[1]["reason"] == (
+            "does not compile without unit fs/a's change, which needs a reboot: "
+            "diff: fs/a/a.c: the patch changes the layout of struct s")
+        return
 
     assert [(name, files) for name, files, _text in built] == [
         ("fs/b", ["fs/a/a.c", "fs/b/b.c", "include/linux/s.h"])]

@@ -28,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,17 +89,21 @@ def work_dir(root: Path, name: str, release: str) -> Path:
 
 
 def temporary_for(dest: Path) -> Path:
-    """This process's temporary name beside `dest` (`.NAME.tmp-PID`), renamed into place
-    when complete; a leftover of a process that no longer runs (a killed build) is
-    removed first, so an interrupted build never leaves a half tree for good."""
+    """This thread's temporary name beside `dest` (`.NAME.tmp-PID.THREAD`), renamed into
+    place when complete; a leftover of a process that no longer runs (a killed build),
+    or of this very thread, is removed first, so an interrupted build never leaves a half
+    tree for good. Threads of one process (the update builds units two at a time) never
+    share a name, so neither removes nor renames the other's."""
+    mine = f"{os.getpid()}.{threading.get_ident()}"
     for leftover in dest.parent.glob(f".{dest.name}.tmp-*"):
-        pid = leftover.name.rpartition("-")[2]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _running(int(pid))):
+        owner = leftover.name.rpartition(".tmp-")[2]
+        pid = owner.split(".")[0]
+        if pid.isdigit() and (owner == mine or not _running(int(pid))):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
                 leftover.unlink(missing_ok=True)
-    return dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    return dest.with_name(f".{dest.name}.tmp-{mine}")
 
 
 def _running(pid: int) -> bool:

@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.cache import temporary_for
 from builder.errors import BuildError
 
 # Evaluates one directory's kbuild file the way scripts/Makefile.build includes it.
@@ -112,7 +113,7 @@ class Kbuild:
                 f"ARCH_DRIVERS={' '.join(lists['drivers'])}"]
 
     def _save(self) -> None:
-        tmp = self.cache_file.with_suffix(".tmp")
+        tmp = temporary_for(self.cache_file)
         answers = {d: {"builtin": v.builtin, "modular": v.modular, "parts": v.parts}
                    for d, v in self._dirs.items()}
         tmp.write_text(json.dumps({".probe": PROBE, **answers}))

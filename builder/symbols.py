@@ -157,7 +157,7 @@ class VmlinuxImage:
                 symbols = [KSymbol(n, a, t) for n, a, t in cached["symbols"]]
         if symbols is None:
             symbols = read_kallsyms(vmlinux)
-            tmp = table.with_suffix(".tmp")
+            tmp = temporary_for(table)  # two unit builds of an update may both get here
             tmp.write_text(json.dumps({"recipe": KALLSYMS_RECIPE, "symbols": [
                 [s.name, s.address, s.type] for s in symbols]}))
             tmp.replace(table)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -97,10 +98,30 @@ def test_a_killed_builds_leftover_goes_and_a_running_ones_stays(tmp_path):
     running.mkdir()
     other = tmp_path / ".src.tmp-1"  # another destination's: not this one's business
     other.mkdir()
+    sibling = tmp_path / f".pkgs.tmp-{os.getpid()}.1"  # another thread of this process
+    sibling.write_text("under way")
     mine = cache.temporary_for(dest)
-    assert mine == tmp_path / f".pkgs.tmp-{os.getpid()}"
+    assert mine == tmp_path / f".pkgs.tmp-{os.getpid()}.{threading.get_ident()}"
     assert not half_tree.exists() and not half_file.exists()
-    assert running.is_dir() and other.is_dir()
+    assert running.is_dir() and other.is_dir() and sibling.is_file()
+
+
+def test_two_threads_never_share_a_temporary_name(tmp_path):
+    """An update builds two units at once in one process: both may write the same cache
+    file (a kernel's kallsyms table); neither may remove or rename the other's."""
+    names = []
+    both = threading.Barrier(2)  # alive at once: a finished thread's id may be reused
+
+    def name() -> None:
+        names.append(cache.temporary_for(tmp_path / "kallsyms.json"))
+        both.wait(timeout=10)
+
+    workers = [threading.Thread(target=name) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(set(names)) == 2
 
 
 def test_a_kernel_extracted_before_is_resolved_and_acquired_without_the_archive(

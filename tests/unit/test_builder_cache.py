@@ -116,7 +116,7 @@ def test_two_threads_never_share_a_temporary_name(tmp_path):
         names.append(cache.temporary_for(tmp_path / "kallsyms.json"))
         both.wait(timeout=10)
 
-    workers = [threading.Thread(target=name) for _ in range(2)]
+    workers = [threading.Thread(target=name), threading.Thread(target=name)]
     for worker in workers:
         worker.start()
     for worker in workers:

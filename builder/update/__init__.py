@@ -66,8 +66,7 @@ WARM_BATCH = 32  # objects compiled per kbuild run before the units: progress be
 MAX_FILES = 300  # a unit's header may reach this many built files (see 4. above)
 NO_CHANGE = "no functional change"
 MAX_JOINED = 3  # other units a unit that does not compile alone may be built with
-COMPILE_FAILED = re.compile(r"^compiling \S+\.o failed")
-COMPILED_NOT = re.compile(r"^compile: [^:]+: compiling \S+\.o failed")  # in a reason
+NOT_COMPILED = re.compile(r"^compile: [^:]+: compiling \S+\.o failed")  # a reason's start
 QUOTED = re.compile(r"['\u2018]([^'\u2019]+)['\u2019]")  # gcc quotes as C or UTF-8
 TAG = re.compile(r"^(?:struct|union|enum) ([A-Za-z_]\w*)$")
 WORD = re.compile(r"[A-Za-z_]\w*")
@@ -143,7 +142,7 @@ def _unit_result(request: UpdateRequest, kernel, unit: Unit, patch: Path, work: 
         text = str(err)
         result.update(status="no-change" if NO_CHANGE in text else "needs-reboot",
                       reason=text.splitlines()[0])
-        if err.stage == "compile" and COMPILE_FAILED.search(err.message):
+        if NOT_COMPILED.match(result["reason"]):
             result["compile_errors"] = [line for line in err.message.splitlines()
                                         if "error:" in line][:20]
     else:
@@ -273,16 +272,16 @@ def _build_units(request: UpdateRequest, kernel, todo: list[tuple[Unit, Path, in
         return [future.result() for future in futures]
 
 
-def _needs_others(record: dict) -> bool:
-    """Did the unit fail to compile alone (against the older tree)?"""
-    return record.get("status") == "needs-reboot" and bool(record.get("compile_errors"))
-
-
-def _compile_failed(record: dict) -> bool:
-    """A compile failure, with or without error lines to follow (a partner's such failure
-    is no reason of its own)."""
+def _did_not_compile(record: dict) -> bool:
+    """Did the unit fail to compile alone (against the older tree)? Its error lines stay
+    in the record while _join_units rewrites the reason."""
     return record.get("status") == "needs-reboot" and (
-        "compile_errors" in record or COMPILED_NOT.search(record.get("reason", "")) is not None)
+        "compile_errors" in record or NOT_COMPILED.match(record.get("reason", "")) is not None)
+
+
+def _needs_others(record: dict) -> bool:
+    """A unit that did not compile alone, with error lines that may name what it needs."""
+    return _did_not_compile(record) and bool(record.get("compile_errors"))
 
 
 def _missing_names(errors: list[str]) -> tuple[set[str], set[str]]:
@@ -351,7 +350,7 @@ def _join_units(request: UpdateRequest, kernel, tree, new_tree: Path, units: lis
         record = record_of[unit.name]
         # A partner that does not compile alone is not blocked: its own partners are in.
         blocked = [name for name in partners if record_of[name]["status"] == "needs-reboot"
-                   and not _compile_failed(record_of[name])]
+                   and not _did_not_compile(record_of[name])]
         if blocked:
             record["reason"] = (f"does not compile without unit {blocked[0]}'s change, which "
                                 f"needs a reboot: {record_of[blocked[0]]['reason']}")

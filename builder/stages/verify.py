@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from builder.artifacts import CompiledUnit, KernelPackages
 from builder.cache import symbols_dir
-from builder.elf import STB_WEAK, STT_FUNC, ElfObject
+from builder.elf import PC_RELATIVE, STB_WEAK, STT_FUNC, STT_SECTION, ElfObject
 from builder.errors import BuildError
 from builder.symbols import (
     ModuleImage,
@@ -52,6 +52,7 @@ class ObjectFunction:
     relocs: list[tuple[int, int]]  # (offset in function, bytes)
     weak: bool = False
     jump_labels: list[int] = field(default_factory=list)  # offsets of jump-label sites
+    tail_jump: str | None = None  # the function a final `jmp rel32` leaves for, if any
 
 
 def object_functions(obj: ElfObject) -> dict[str, ObjectFunction]:
@@ -63,6 +64,8 @@ def object_functions(obj: ElfObject) -> dict[str, ObjectFunction]:
     for section in obj.sections:
         relocs.setdefault(id(section), []).extend(
             (r.offset, reloc_size(r.type)) for r in section.relocs or [])
+    functions_at = {(id(s.section), s.value): s.name for s in obj.symbols
+                    if s.type == STT_FUNC and s.section is not None}
     for _rela, target, extra in obj.extra_relas:  # a rela section of another name
         relocs.setdefault(id(target), []).extend((r.offset, reloc_size(r.type)) for r in extra)
     jump_sites = _jump_label_sites(obj)
@@ -78,8 +81,32 @@ def object_functions(obj: ElfObject) -> dict[str, ObjectFunction]:
                     if start <= off < start + size],
             weak=sym.bind == STB_WEAK,
             jump_labels=[off - start for off in jump_sites.get(id(section), [])
-                         if start <= off < start + size])
+                         if start <= off < start + size],
+            tail_jump=_tail_jump(section, start, size, functions_at))
     return out
+
+
+JMP_REL32, JMP_REL8 = 0xE9, 0xEB
+
+
+def _tail_jump(section, start: int, size: int, functions_at: dict) -> str | None:
+    """The function named by a `jmp rel32` that ends this one (a tail call), or None.
+
+    The builder compiles with -ffunction-sections, so a tail call to a function of the
+    same file is always a 5-byte jump to be relocated; the shipped kernel's single
+    .text let the assembler use the 2-byte form when the callee lay near.
+    """
+    if size < 5 or section.data[start + size - 5] != JMP_REL32:
+        return None
+    site = start + size - 4
+    reloc = next((r for r in section.relocs or [] if r.offset == site), None)
+    if reloc is None or reloc.type not in PC_RELATIVE or reloc.symbol.section is None:
+        return None
+    value = reloc.symbol.value + reloc.addend + 4  # PC-relative from the jump's end
+    if reloc.symbol.type == STT_SECTION:
+        return functions_at.get((id(reloc.symbol.section), value))
+    return reloc.symbol.name if value == reloc.symbol.value and \
+        reloc.symbol.type == STT_FUNC else None
 
 
 def _jump_label_sites(obj: ElfObject) -> dict[int, list[int]]:
@@ -152,8 +179,21 @@ def _compare(fn: ObjectFunction, image, address: int) -> tuple[int | None, int]:
     if fn.code[:4] == ENDBR64 and shipped[:4] == SEALED_ENDBR:
         sites.append((0, 4))
     sites += _jump_label_sites_alike(fn, shipped)
-    return first_difference(mask(fn.code, sites), mask(shipped, sites)), \
-        sum(n for _offset, n in sites)
+    diff = first_difference(mask(fn.code, sites), mask(shipped, sites))
+    if diff is not None and _same_tail_jump(fn, image, address, shipped, diff):
+        diff = None
+    return diff, sum(n for _offset, n in sites)
+
+
+def _same_tail_jump(fn: ObjectFunction, image, address: int, shipped: bytes,
+                    diff: int) -> bool:
+    """True when the only difference is the final tail call's encoding: the rebuilt
+    `jmp rel32` is a shipped `jmp rel8` that lands on the same function."""
+    if fn.tail_jump is None or diff != len(fn.code) - 5 or shipped[diff] != JMP_REL8:
+        return False
+    target = address + diff + 2 + int.from_bytes(shipped[diff + 1:diff + 2], "little",
+                                                 signed=True)
+    return target in image.positions(fn.tail_jump)
 
 
 def verify_function(unit: CompiledUnit, fn: ObjectFunction, image,

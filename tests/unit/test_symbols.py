@@ -324,6 +324,56 @@ def test_jump_label_sites_accept_exactly_their_two_forms(tmp_path, rebuilt, ship
     assert (difference is None) == accepted
 
 
+TAIL_CALL = """\
+extern int report(const char *what, int value);
+
+__attribute__((noinline)) int lookup(int x)
+{
+\treturn report("lookup", x) + 1;
+}
+
+int lookup_wrapper(int x)
+{
+\treturn lookup(x);
+}
+"""
+
+
+@needs_gcc
+def test_a_tail_call_the_shipped_kernel_encoded_short_is_the_same_function(tmp_path):
+    # The shipped kernel's objects have one .text: the assembler wrote the tail call to a
+    # near function of the same file as `jmp rel8`. The builder's -ffunction-sections
+    # object must use `jmp rel32` with a relocation (6.1's irq_from_evtchn).
+    shipped_dir = tmp_path / "shipped"
+    shipped_dir.mkdir()
+    shipped = _cc(shipped_dir, "fixture", TAIL_CALL, ["-fno-function-sections"])
+    image = _linked_image(shipped_dir, [shipped, _cc(shipped_dir, "support", SUPPORT)])
+    wrapper = image.read(image.positions("lookup_wrapper")[0], 2)
+    assert wrapper[0] == 0xEB, "the fixture needs the shipped 2-byte jump"
+
+    rebuilt = _cc(tmp_path, "fixture", TAIL_CALL)
+    fn = object_functions(ElfObject.read(rebuilt))["lookup_wrapper"]
+    assert (fn.tail_jump, fn.code[-5]) == ("lookup", 0xE9)
+    [result] = _verify(rebuilt, ["lookup_wrapper"], image)
+    assert result.name == "lookup_wrapper"
+
+
+def test_a_short_tail_jump_elsewhere_still_differs():
+    from builder.stages.verify import ObjectFunction, _compare
+
+    class Image:  # `jmp rel8` from 0 lands at 0x2 - 0x10 = -0xe: not `lookup` at -0x20
+        name = "vmlinux"
+
+        def read(self, address, size):
+            return (bytes.fromhex("ebf0") + bytes(8))[:size]
+
+        def positions(self, name):
+            return [-0x20] if name == "lookup" else []
+
+    fn = ObjectFunction("f", bytes.fromhex("e900000000"), [(1, 4)], tail_jump="lookup")
+    assert _compare(fn, Image(), 0)[0] == 0
+
+
 @needs_gcc
 def test_referenced_value_reads_back_what_the_linker_or_the_ko_resolved(tmp_path):
     from builder.elf import ElfObject

@@ -36,6 +36,7 @@ live units and those left for a reboot.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
 import re
@@ -113,8 +114,18 @@ def target_version(series: str, to: str, running: str, archive: Archive) -> str:
     return to
 
 
+SLUG_LENGTH = 40
+
+
 def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")[-40:].strip("_")
+    """A file-name form of a unit name, at most SLUG_LENGTH characters. A longer name
+    keeps its tail (the most specific part) and a digest of the whole, so two units whose
+    tails agree still get paths of their own (they build side by side)."""
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    if len(slug) <= SLUG_LENGTH:
+        return slug
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return slug[-(SLUG_LENGTH - len(digest) - 1):].strip("_") + "_" + digest
 
 
 def _unit_result(request: UpdateRequest, kernel, unit: Unit, patch: Path, work: Path,

@@ -11,7 +11,7 @@ import pytest
 
 from builder.errors import BuildError
 from builder.providers.archive import Archive
-from builder.update import _cves, target_version
+from builder.update import SLUG_LENGTH, _cves, _slug, target_version
 from builder.update.changelog import items_between, read_changelog, tie
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg") is None, reason="needs dpkg")
@@ -405,3 +405,11 @@ def test_units_together_create_a_new_header_they_share_once():
     both = _together("both", [a, b])
     assert both.files == ["fs/a/a.c", "fs/b/b.c", "include/linux/new.h"]
     assert both.placements == {"fs/a/a.c": "vmlinux", "fs/b/b.c": "b_mod"}
+
+
+def test_unit_slugs_are_short_and_their_own():
+    assert _slug("drivers/xen/events") == "drivers_xen_events"
+    one = _slug("drivers/net/wireless/realtek/rtw88/pci/main")
+    two = _slug("drivers/staging/wireless/realtek/rtw88/pci/main")
+    assert one != two and max(len(one), len(two)) <= SLUG_LENGTH
+    assert "rtw88_pci_main" in one and "rtw88_pci_main" in two

@@ -25,6 +25,7 @@ from builder.symbols import (
     nearest_to_neighbours,
     reloc_size,
 )
+from builder.x86 import instructions, relative_branch
 
 if TYPE_CHECKING:
     from builder.stages.diff import UnitDiff
@@ -52,7 +53,8 @@ class ObjectFunction:
     relocs: list[tuple[int, int]]  # (offset in function, bytes)
     weak: bool = False
     jump_labels: list[int] = field(default_factory=list)  # offsets of jump-label sites
-    tail_jump: str | None = None  # the function a final `jmp rel32` leaves for, if any
+    # relocation sites naming a function's start (offset → function): calls and jumps
+    function_sites: dict[int, str] = field(default_factory=dict)
 
 
 def object_functions(obj: ElfObject) -> dict[str, ObjectFunction]:
@@ -82,31 +84,28 @@ def object_functions(obj: ElfObject) -> dict[str, ObjectFunction]:
             weak=sym.bind == STB_WEAK,
             jump_labels=[off - start for off in jump_sites.get(id(section), [])
                          if start <= off < start + size],
-            tail_jump=_tail_jump(section, start, size, functions_at))
+            function_sites=_function_branches(section, start, size, functions_at))
     return out
 
 
-JMP_REL32, JMP_REL8 = 0xE9, 0xEB
-
-
-def _tail_jump(section, start: int, size: int, functions_at: dict) -> str | None:
-    """The function named by a `jmp rel32` that ends this one (a tail call), or None.
-
-    The builder compiles with -ffunction-sections, so a tail call to a function of the
-    same file is always a 5-byte jump to be relocated; the shipped kernel's single
-    .text let the assembler use the 2-byte form when the callee lay near.
-    """
-    if size < 5 or section.data[start + size - 5] != JMP_REL32:
-        return None
-    site = start + size - 4
-    reloc = next((r for r in section.relocs or [] if r.offset == site), None)
-    if reloc is None or reloc.type not in PC_RELATIVE or reloc.symbol.section is None:
-        return None
-    value = reloc.symbol.value + reloc.addend + 4  # PC-relative from the jump's end
-    if reloc.symbol.type == STT_SECTION:
-        return functions_at.get((id(reloc.symbol.section), value))
-    return reloc.symbol.name if value == reloc.symbol.value and \
-        reloc.symbol.type == STT_FUNC else None
+def _function_branches(section, start: int, size: int, functions_at: dict) -> dict[int, str]:
+    """Relocation sites in [start, start+size) that name the start of a function
+    (PC-relative, as a call or jump's displacement): offset in the function → name."""
+    out = {}
+    for reloc in section.relocs or []:
+        if not start <= reloc.offset < start + size or reloc.type not in PC_RELATIVE:
+            continue
+        symbol = reloc.symbol
+        if symbol.section is None:
+            continue
+        value = symbol.value + reloc.addend + 4  # PC-relative from the displacement's end
+        if symbol.type == STT_SECTION:
+            name = functions_at.get((id(symbol.section), value))
+        else:
+            name = symbol.name if symbol.type == STT_FUNC and value == symbol.value else None
+        if name:
+            out[reloc.offset - start] = name
+    return out
 
 
 def _jump_label_sites(obj: ElfObject) -> dict[int, list[int]]:
@@ -180,20 +179,56 @@ def _compare(fn: ObjectFunction, image, address: int) -> tuple[int | None, int]:
         sites.append((0, 4))
     sites += _jump_label_sites_alike(fn, shipped)
     diff = first_difference(mask(fn.code, sites), mask(shipped, sites))
-    if diff is not None and _same_tail_jump(fn, image, address, shipped, diff):
+    if diff is not None and fn.function_sites and \
+            _same_but_shorter_jumps(fn, image, address, sites):
         diff = None
     return diff, sum(n for _offset, n in sites)
 
 
-def _same_tail_jump(fn: ObjectFunction, image, address: int, shipped: bytes,
-                    diff: int) -> bool:
-    """True when the only difference is the final tail call's encoding: the rebuilt
-    `jmp rel32` is a shipped `jmp rel8` that lands on the same function."""
-    if fn.tail_jump is None or diff != len(fn.code) - 5 or shipped[diff] != JMP_REL8:
-        return False
-    target = address + diff + 2 + int.from_bytes(shipped[diff + 1:diff + 2], "little",
-                                                 signed=True)
-    return target in image.positions(fn.tail_jump)
+def _same_but_shorter_jumps(fn: ObjectFunction, image, address: int,
+                            sites: list[tuple[int, int]]) -> bool:
+    """True when the rebuilt function is the shipped one instruction for instruction,
+    where some jumps to other functions of the file are shorter in the shipped code.
+
+    The builder compiles with -ffunction-sections, so a jump to another function of the
+    same file is a 32-bit displacement to be relocated; the shipped kernel's single
+    .text let the assembler use the 2-byte form when the target lay near. That moves
+    every later instruction, so the two are compared instruction by instruction: equal
+    bytes outside `sites`, such a jump landing on the function its relocation names,
+    and every branch inside the function landing on the matching instruction.
+    """
+    code = fn.code
+    shipped = image.read(address, len(code))
+    masked = mask(code, sites)
+    rebuilt_insns = instructions(code)
+    shipped_insns = instructions(shipped)
+    at: dict[int, int] = {}  # rebuilt offset → shipped offset
+    branches = []  # (rebuilt target, shipped target) to check once `at` is complete
+    j = 0
+    for offset, size in rebuilt_insns:
+        if j >= len(shipped_insns):
+            return False
+        s_offset, s_size = shipped_insns[j]
+        at[offset] = s_offset
+        j += 1
+        mine = relative_branch(code, offset, size)
+        theirs = relative_branch(shipped, s_offset, s_size)
+        if mine and theirs and mine[0] == theirs[0]:
+            displacement = offset + size - (1 if size == 2 else 4)
+            if not any(o == displacement for o, _n in sites):
+                branches.append((mine[1], theirs[1]))  # inside the function
+                continue
+            callee = fn.function_sites.get(displacement)
+            if callee and s_size < size:
+                if address + theirs[1] not in image.positions(callee):
+                    return False
+                continue
+        if s_size != size or masked[offset:offset + size] != \
+                mask(shipped[s_offset:s_offset + s_size],
+                     [(o - offset, n) for o, n in sites if offset <= o < offset + size]):
+            return False
+    at[len(code)] = shipped_insns[j][0] if j < len(shipped_insns) else len(shipped)
+    return all(at.get(mine) == theirs for mine, theirs in branches)
 
 
 def verify_function(unit: CompiledUnit, fn: ObjectFunction, image,

@@ -27,10 +27,12 @@ from builder.symbols import (
 
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("ld") is None,
                                reason="needs gcc and ld")
-# Kernel-like code generation: absolute addresses in 32-bit sign-extended form, one
-# section per function (as the builder compiles originals).
+# Kernel-like code generation: absolute addresses in 32-bit sign-extended form, no
+# padding before jump targets (arch/x86/Makefile), one section per function (as the
+# builder compiles originals).
 CFLAGS = ["-O2", "-fno-pic", "-mcmodel=kernel", "-ffunction-sections", "-fdata-sections",
-          "-fno-asynchronous-unwind-tables", "-mno-red-zone", "-fno-inline"]
+          "-fno-asynchronous-unwind-tables", "-mno-red-zone", "-fno-inline",
+          "-falign-jumps=1", "-falign-loops=1"]
 
 SOURCE = """\
 extern int counter;
@@ -332,33 +334,48 @@ __attribute__((noinline)) int lookup(int x)
 \treturn report("lookup", x) + 1;
 }
 
+__attribute__((noinline)) int other(int x)
+{
+\treturn report("other", x) - 1;
+}
+
 int lookup_wrapper(int x)
 {
 \treturn lookup(x);
+}
+
+int dispatch(int x)
+{
+\tif (x > 3)
+\t\treturn lookup(x);
+\tif (x < -3)
+\t\treturn other(x);
+\treturn report("dispatch", x);
 }
 """
 
 
 @needs_gcc
-def test_a_tail_call_the_shipped_kernel_encoded_short_is_the_same_function(tmp_path):
-    # The shipped kernel's objects have one .text: the assembler wrote the tail call to a
+def test_tail_calls_the_shipped_kernel_encoded_short_are_the_same_function(tmp_path):
+    # The shipped kernel's objects have one .text: the assembler wrote a tail call to a
     # near function of the same file as `jmp rel8`. The builder's -ffunction-sections
-    # object must use `jmp rel32` with a relocation (6.1's irq_from_evtchn).
+    # object must use `jmp rel32` with a relocation (6.1's irq_from_evtchn); in the
+    # middle of a function that moves the rest, and the branches over it (handle_sysrq).
     shipped_dir = tmp_path / "shipped"
     shipped_dir.mkdir()
     shipped = _cc(shipped_dir, "fixture", TAIL_CALL, ["-fno-function-sections"])
     image = _linked_image(shipped_dir, [shipped, _cc(shipped_dir, "support", SUPPORT)])
-    wrapper = image.read(image.positions("lookup_wrapper")[0], 2)
-    assert wrapper[0] == 0xEB, "the fixture needs the shipped 2-byte jump"
-
     rebuilt = _cc(tmp_path, "fixture", TAIL_CALL)
-    fn = object_functions(ElfObject.read(rebuilt))["lookup_wrapper"]
-    assert (fn.tail_jump, fn.code[-5]) == ("lookup", 0xE9)
-    [result] = _verify(rebuilt, ["lookup_wrapper"], image)
-    assert result.name == "lookup_wrapper"
+    functions = object_functions(ElfObject.read(rebuilt))
+    for name in ("lookup_wrapper", "dispatch"):
+        shipped_code = image.read(image.positions(name)[0], len(functions[name].code))
+        assert shipped_code != functions[name].code and 0xEB in shipped_code
+        assert "lookup" in functions[name].function_sites.values()
+    assert [r.name for r in _verify(rebuilt, ["lookup_wrapper", "dispatch"], image)] == \
+        ["lookup_wrapper", "dispatch"]
 
 
-def test_a_short_tail_jump_elsewhere_still_differs():
+def test_a_short_jump_to_another_function_still_differs():
     from builder.stages.verify import ObjectFunction, _compare
 
     class Image:  # `jmp rel8` from 0 lands at 0x2 - 0x10 = -0xe: not `lookup` at -0x20
@@ -370,7 +387,8 @@ def test_a_short_tail_jump_elsewhere_still_differs():
         def positions(self, name):
             return [-0x20] if name == "lookup" else []
 
-    fn = ObjectFunction("f", bytes.fromhex("e900000000"), [(1, 4)], tail_jump="lookup")
+    fn = ObjectFunction("f", bytes.fromhex("e900000000"), [(1, 4)],
+                        function_sites={1: "lookup"})
     assert _compare(fn, Image(), 0)[0] == 0
 
 

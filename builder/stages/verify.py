@@ -169,8 +169,17 @@ def _jump_label_sites_alike(fn: ObjectFunction, shipped: bytes) -> list[tuple[in
     return alike
 
 
-def _compare(fn: ObjectFunction, image, address: int) -> tuple[int | None, int]:
-    """(first differing offset or None, masked byte count) of one shipped candidate."""
+@dataclass(frozen=True)
+class Comparison:
+    """A rebuilt function against one shipped candidate."""
+
+    difference: int | None  # first differing offset, None when they are the same code
+    masked: int  # relocation-site bytes ignored
+    realigned: bool = False  # the same only instruction by instruction (short jumps)
+
+
+def compare(fn: ObjectFunction, image, address: int) -> Comparison:
+    """The rebuilt function against the shipped bytes at `address`."""
     sites = list(fn.relocs)
     if isinstance(image, ModuleImage):
         sites += image.reloc_offsets(fn.name, address)
@@ -178,11 +187,12 @@ def _compare(fn: ObjectFunction, image, address: int) -> tuple[int | None, int]:
     if fn.code[:4] == ENDBR64 and shipped[:4] == SEALED_ENDBR:
         sites.append((0, 4))
     sites += _jump_label_sites_alike(fn, shipped)
+    masked = sum(n for _offset, n in sites)
     diff = first_difference(mask(fn.code, sites), mask(shipped, sites))
     if diff is not None and fn.function_sites and \
             _same_but_shorter_jumps(fn, image, address, sites):
-        diff = None
-    return diff, sum(n for _offset, n in sites)
+        return Comparison(None, masked, realigned=True)
+    return Comparison(diff, masked)
 
 
 def _same_but_shorter_jumps(fn: ObjectFunction, image, address: int,
@@ -242,11 +252,11 @@ def verify_function(unit: CompiledUnit, fn: ObjectFunction, image,
                          hint="patch the functions that call it (they contain its code)")
     matches, best = [], (-1, 0, 0)
     for address in candidates:
-        diff, masked = _compare(fn, image, address)
-        if diff is None:
-            matches.append((address, masked))
-        elif diff > best[0]:
-            best = (diff, address, masked)
+        found = compare(fn, image, address)
+        if found.difference is None:
+            matches.append((address, found.masked))
+        elif found.difference > best[0]:
+            best = (found.difference, address, found.masked)
     if len(matches) > 1:  # identical copies (a static inline of a header): by place
         nearest = nearest_to_neighbours(image, [a for a, _m in matches], neighbours)
         matches = [matches[nearest]] if nearest is not None else matches

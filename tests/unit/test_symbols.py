@@ -128,16 +128,16 @@ def test_reloc_sizes():
 
 
 def test_sealed_endbr_counts_as_endbr(tmp_path):
-    from builder.stages.verify import ObjectFunction, _compare
+    from builder.stages.verify import ObjectFunction, compare
 
     class Image:  # the shipped bytes: objtool sealed the ENDBR
         def read(self, address, size):
             return (bytes.fromhex("0f1f40d6") + b"\x90\xc3")[:size]
 
     fn = ObjectFunction("f", bytes.fromhex("f30f1efa") + b"\x90\xc3", [])
-    assert _compare(fn, Image(), 0)[0] is None
+    assert compare(fn, Image(), 0).difference is None
     other = ObjectFunction("f", bytes.fromhex("f30f1efa") + b"\x91\xc3", [])
-    assert _compare(other, Image(), 0)[0] == 4
+    assert compare(other, Image(), 0).difference == 4
 
 
 def test_mask_zeroes_only_relocation_sites():
@@ -309,7 +309,7 @@ def test_identical_copies_are_told_apart_by_their_place(tmp_path):
     ("eb5a", "0f1f440000", False),       # another size is another site
 ])
 def test_jump_label_sites_accept_exactly_their_two_forms(tmp_path, rebuilt, shipped, accepted):
-    from builder.stages.verify import ObjectFunction, _compare
+    from builder.stages.verify import ObjectFunction, compare
 
     head, tail = bytes.fromhex("55"), bytes.fromhex("5dc3")
     site = bytes.fromhex(rebuilt)
@@ -322,7 +322,7 @@ def test_jump_label_sites_accept_exactly_their_two_forms(tmp_path, rebuilt, ship
         def read(self, address, size):
             return (shipped_code + bytes(8))[:size]
 
-    difference, _masked = _compare(fn, Image(), 0)
+    difference = compare(fn, Image(), 0).difference
     assert (difference is None) == accepted
 
 
@@ -357,6 +357,8 @@ int dispatch(int x)
 
 @needs_gcc
 def test_tail_calls_the_shipped_kernel_encoded_short_are_the_same_function(tmp_path):
+    from builder.stages.verify import compare
+
     # The shipped kernel's objects have one .text: the assembler wrote a tail call to a
     # near function of the same file as `jmp rel8`. The builder's -ffunction-sections
     # object must use `jmp rel32` with a relocation (6.1's irq_from_evtchn); in the
@@ -371,12 +373,13 @@ def test_tail_calls_the_shipped_kernel_encoded_short_are_the_same_function(tmp_p
         shipped_code = image.read(image.positions(name)[0], len(functions[name].code))
         assert shipped_code != functions[name].code and 0xEB in shipped_code
         assert "lookup" in functions[name].function_sites.values()
+        assert compare(functions[name], image, image.positions(name)[0]).realigned
     assert [r.name for r in _verify(rebuilt, ["lookup_wrapper", "dispatch"], image)] == \
         ["lookup_wrapper", "dispatch"]
 
 
 def test_a_short_jump_to_another_function_still_differs():
-    from builder.stages.verify import ObjectFunction, _compare
+    from builder.stages.verify import ObjectFunction, compare
 
     class Image:  # `jmp rel8` from 0 lands at 0x2 - 0x10 = -0xe: not `lookup` at -0x20
         name = "vmlinux"
@@ -389,7 +392,7 @@ def test_a_short_jump_to_another_function_still_differs():
 
     fn = ObjectFunction("f", bytes.fromhex("e900000000"), [(1, 4)],
                         function_sites={1: "lookup"})
-    assert _compare(fn, Image(), 0)[0] == 0
+    assert compare(fn, Image(), 0).difference == 0
 
 
 @needs_gcc

@@ -35,7 +35,7 @@ PC_RELATIVE = {R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_PC64}
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 _SYM = struct.Struct("<IBBHQQ")
-_RELA = struct.Struct("<QQq")
+RELA_ENTRY = struct.Struct("<QQq")
 
 
 def open_elf(source: bytes | Path | str) -> ELFFile:
@@ -106,12 +106,12 @@ class Section:
 def _relocations(rela, symbols: dict[int, Symbol]) -> list[Reloc]:
     """The entries of an x86-64 SHT_RELA section (Elf64_Rela: offset, info, addend),
     unpacked at once: pyelftools' entry-by-entry parse took most of a diff's time."""
-    if rela.header["sh_entsize"] != _RELA.size:
+    if rela.header["sh_entsize"] != RELA_ENTRY.size:
         raise ValueError(f"{rela.name}: entries of {rela.header['sh_entsize']} bytes, "
-                         f"not Elf64_Rela's {_RELA.size}")
+                         f"not Elf64_Rela's {RELA_ENTRY.size}")
     return [Reloc(offset=offset, type=info & 0xFFFFFFFF, symbol=symbols[info >> 32],
                   addend=addend)
-            for offset, info, addend in _RELA.iter_unpack(rela.data())]
+            for offset, info, addend in RELA_ENTRY.iter_unpack(rela.data())]
 
 
 @dataclass
@@ -272,7 +272,7 @@ class ElfObject:
         symtab_index = len(out_sections) + len(rela_sections)
         for rela, target, relocs in rela_sections:
             rela.data = b"".join(
-                _RELA.pack(r.offset, (sym_index[id(r.symbol)] << 32) | r.type, r.addend)
+                RELA_ENTRY.pack(r.offset, (sym_index[id(r.symbol)] << 32) | r.type, r.addend)
                 for r in relocs)
             rela.link, rela.info = symtab_index, target
             out_sections.append(rela)

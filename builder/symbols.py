@@ -24,7 +24,7 @@ from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import NoteSection, SymbolTableSection
 
 from builder.cache import temporary_for
-from builder.elf import open_elf
+from builder.elf import RELA_ENTRY, open_elf
 from builder.errors import BuildError
 
 if TYPE_CHECKING:
@@ -288,22 +288,31 @@ class ModuleImage:
                 base = (base + align - 1) // align * align
                 self._sections[section.name] = (base, section["sh_offset"], section["sh_size"])
                 base += section["sh_size"] + 0x1000
-        for section in elf.iter_sections():
+        sections = list(elf.iter_sections())
+        symbols = {}  # symtab index → its symbols, as pyelftools parsed them
+        for section in sections:
             if isinstance(section, RelocationSection):
-                target = elf.get_section(section["sh_info"]).name
-                symtab = elf.get_section(section["sh_link"])
-                self._relocs[target] = [(r["r_offset"], r["r_info_type"],
-                                         self._resolve(elf, symtab.get_symbol(r["r_info_sym"]),
-                                                       r["r_addend"]))
-                                        for r in section.iter_relocations()]
+                target = sections[section["sh_info"]].name
+                link = section["sh_link"]
+                if link not in symbols:
+                    symbols[link] = list(sections[link].iter_symbols())
+                # S of each symbol once, then the entries unpacked at once (as builder/elf.py
+                # does): pyelftools' entry-by-entry parse dominated a module unit's build.
+                where = [self._placed(sections, sym) for sym in symbols[link]]
+                self._relocs[target] = [
+                    (offset, info & 0xFFFFFFFF,
+                     None if where[info >> 32] is None else where[info >> 32] + addend)
+                    for offset, info, addend in RELA_ENTRY.iter_unpack(section.data())]
         self.symbols: list[MSymbol] = []
         symtab = elf.get_section_by_name(".symtab")
         if isinstance(symtab, SymbolTableSection):
-            for sym in symtab.iter_symbols():
+            index = next(i for i, sec in enumerate(sections) if sec is symtab or
+                         sec.name == ".symtab")
+            for sym in symbols.get(index) or symtab.iter_symbols():
                 shndx = sym["st_shndx"]
                 if not sym.name or not isinstance(shndx, int):
                     continue
-                self.symbols.append(MSymbol(sym.name, elf.get_section(shndx).name,
+                self.symbols.append(MSymbol(sym.name, sections[shndx].name,
                                             sym["st_value"], sym["st_size"],
                                             sym["st_info"]["type"], sym["st_info"]["bind"]))
         self.name = _modinfo_field(elf, "name") or \
@@ -312,12 +321,13 @@ class ModuleImage:
         self.depends = frozenset(d.replace("-", "_") for d in
                                  (_modinfo_field(elf, "depends") or "").split(",") if d)
 
-    def _resolve(self, elf: ELFFile, sym, addend: int) -> int | None:
+    def _placed(self, sections: list, sym) -> int | None:
+        """S: the synthetic address of a symbol, None when undefined or not allocated."""
         shndx = sym["st_shndx"]
         if not isinstance(shndx, int) or shndx == 0:
             return None
-        placed = self._sections.get(elf.get_section(shndx).name)
-        return None if placed is None else placed[0] + sym["st_value"] + addend
+        placed = self._sections.get(sections[shndx].name)
+        return None if placed is None else placed[0] + sym["st_value"]
 
     # -- lookups ------------------------------------------------------------------
     def exists(self, name: str) -> bool:

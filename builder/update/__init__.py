@@ -71,6 +71,7 @@ NOT_COMPILED = re.compile(r"^compile: [^:]+: compiling \S+\.o failed")  # a reas
 QUOTED = re.compile(r"['\u2018]([^'\u2019]+)['\u2019]")  # gcc quotes as C or UTF-8
 TAG = re.compile(r"^(?:struct|union|enum) ([A-Za-z_]\w*)$")
 WORD = re.compile(r"[A-Za-z_]\w*")
+ERROR_AT = re.compile(r"^([^:\s]+\.[ch]):\d+(?::\d+)?: (?:fatal )?error:")  # gcc's file:line:col
 
 
 @dataclass
@@ -317,9 +318,11 @@ def _join_units(request: UpdateRequest, kernel, tree, new_tree: Path, units: lis
                 records: list[dict], patches: dict[str, Path], work: Path,
                 progress: Progress) -> None:
     """Build each unit that does not compile alone again, with the units that add what
-    its compile errors name in headers its files read (and, for those that do not
-    compile alone either, theirs): the cut into units is ours, and a fix that needs
-    another unit's new declaration or member is that unit's fix too.
+    its compile errors name in headers its files read, and those that change a file its
+    errors are in (and, for those that do not compile alone either, theirs): the cut
+    into units is ours, and a fix that needs another unit's new declaration or member,
+    or whose header the old code of another unit's file no longer compiles with, is
+    that unit's fix too.
 
     A unit whose partner needs a reboot for its own reason (most often the struct member
     the unit uses is new: a layout change) needs one too, and says so without a build;
@@ -340,15 +343,21 @@ def _join_units(request: UpdateRequest, kernel, tree, new_tree: Path, units: lis
     by_name = {unit.name: unit for unit in units}
 
     def providers(unit: Unit) -> list[str]:
+        errors = record_of[unit.name]["compile_errors"]
+        # A file another unit changes that this unit's header breaks (the old code of a
+        # caller whose fix goes with the header's): that unit's change is this one's too.
+        broken = {m[1] for line in errors if (m := ERROR_AT.match(line))}
+        owners = sorted(name for name, other in by_name.items()
+                        if name != unit.name and broken & set(other.sources + other.headers))
         reading = [name for name, files in readers.items()
                    if name != unit.name and files & set(unit.sources)]
-        for wanted in _missing_names(record_of[unit.name]["compile_errors"]):
+        for wanted in _missing_names(errors):
             found = sorted(name for name in reading if adds[name] & wanted)
             if found:
-                return found
-        return []
+                return list(dict.fromkeys(owners + found))
+        return owners
 
-    todo, joined_with = [], {}
+    todo, joined_with, files_of = [], {}, {}
     for unit in failing:
         partners: list[str] = []
         queue_ = [unit]
@@ -374,16 +383,20 @@ def _join_units(request: UpdateRequest, kernel, tree, new_tree: Path, units: lis
         if not partners:
             continue
         joined = _together(unit.name, [unit] + [by_name[name] for name in partners])
+        joined_with[unit.name] = partners
+        files_of[unit.name] = tuple(joined.files)
+        if any(tuple(other.files) == files_of[unit.name] for other, _p, _m in todo):
+            continue  # two units that each need the other: one build of both
         path = work / "patches" / f"{_slug(unit.name)}.joined.patch"
         with pristine(tree.source_dir, new_tree):
             path.write_bytes(unit_patch(joined, tree.source_dir, new_tree))
         todo.append((joined, path, request.max_files))
-        joined_with[unit.name] = partners
-    progress.note(f"{len(todo)} of {len(failing)} units that do not compile alone are "
-                  "built again with the units they need")
-    for (joined, _path, _max), result in zip(
-            todo, _build_units(request, kernel, todo, work, progress), strict=True):
-        record, partners = record_of[joined.name], joined_with[joined.name]
+    progress.note(f"{len(joined_with)} of {len(failing)} units that do not compile alone "
+                  f"are built again with the units they need ({len(todo)} builds)")
+    built = dict(zip((tuple(joined.files) for joined, _p, _m in todo),
+                     _build_units(request, kernel, todo, work, progress), strict=True))
+    for name, partners in joined_with.items():
+        record, result = record_of[name], built[files_of[name]]
         if record["status"] == "live":
             continue  # live already, through a unit it was joined to
         if result["status"] != "live":
@@ -392,10 +405,10 @@ def _join_units(request: UpdateRequest, kernel, tree, new_tree: Path, units: lis
             continue
         record.update({k: v for k, v in result.items() if k != "key"}, joined=partners)
         record.pop("compile_errors", None)
-        for name in partners:
-            if record_of[name]["status"] != "live":  # its change is in the module now
-                record_of[name].update(status="live", reason="", joined=[joined.name])
-                record_of[name].pop("compile_errors", None)
+        for partner in partners:
+            if record_of[partner]["status"] != "live":  # its change is in the module now
+                record_of[partner].update(status="live", reason="", joined=[name])
+                record_of[partner].pop("compile_errors", None)
 
 
 def _module_units(live: list[dict]) -> list[str]:

@@ -413,3 +413,52 @@ def test_unit_slugs_are_short_and_their_own():
     two = _slug("drivers/staging/wireless/realtek/rtw88/pci/main")
     assert one != two and max(len(one), len(two)) <= SLUG_LENGTH
     assert "rtw88_pci_main" in one and "rtw88_pci_main" in two
+
+
+def test_a_header_that_breaks_a_file_another_unit_fixes_is_built_with_it(monkeypatch, tmp_path):
+    """A header drops a function fs/c's change stops calling. fs/c is live alone; the
+    header alone fails in fs/c/c.c (its old code calls the dropped function), so it is
+    built with fs/c, whose file the error names, and is live too."""
+    from builder.artifacts import KernelId, PreparedTree
+    from builder.progress import Progress
+    from builder.update import UpdateRequest, _join_units
+    from builder.update.units import Unit
+
+    old, new = tmp_path / "old" / "linux", tmp_path / "new" / "linux"
+    files = {"include/linux/h.h": ("int old_fn(void);\nint new_fn(void);\n",
+                                   "int new_fn(void);\n"),
+             "fs/c/c.c": ("#include <linux/h.h>\nint c(void) { return old_fn(); }\n",
+                          "#include <linux/h.h>\nint c(void) { return new_fn(); }\n")}
+    for rel, (before, after) in files.items():
+        for root, text in ((old, before), (new, after)):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+    (tmp_path / "build").mkdir()
+    tree = PreparedTree(kernel=KernelId("6.1.0-56-amd64", "6.1.192-2"), source_dir=old,
+                        build_dir=tmp_path / "build", make_args=[])
+    units = [Unit("fs/c", sources=["fs/c/c.c"], placements={"fs/c/c.c": "vmlinux"}),
+             Unit("include/linux/h.h", headers=["include/linux/h.h"])]
+    (tmp_path / "patches").mkdir()
+    patches = {}
+    for unit in units:
+        patches[unit.name] = tmp_path / "patches" / f"{unit.name.replace('/', '_')}.patch"
+        patches[unit.name].write_text("".join(
+            f"+{line}\n" for rel in unit.files for line in files[rel][1].splitlines()))
+    failed = "compile: fs/c/c.c: compiling fs/c/c.o failed:"
+    records = [
+        {"name": "fs/c", "status": "live", "reason": "", "functions": {"vmlinux": ["c"]}},
+        {"name": "include/linux/h.h", "status": "needs-reboot", "reason": failed,
+         "compile_errors": [
+             "fs/c/c.c:2:23: error: implicit declaration of function \u2018old_fn\u2019"]}]
+    built = []
+
+    def fake_result(request, kernel, unit, patch, work, unit_work, progress, max_files):
+        built.append(unit.files)
+        return {"key": {}, "status": "live", "reason": "", "functions": {"vmlinux": ["c"]}}
+
+    monkeypatch.setattr("builder.update._unit_result", fake_result)
+    request = UpdateRequest(kernel="k", to="latest", name="n", output=tmp_path)
+    _join_units(request, None, tree, new, units, records, patches, tmp_path, Progress())
+    assert built == [["fs/c/c.c", "include/linux/h.h"]]
+    assert [(r["status"], r.get("joined")) for r in records] == [
+        ("live", None), ("live", ["fs/c"])]

@@ -120,6 +120,17 @@ def sympos(found: list[int], name: str, address: int, where: str) -> int:
     return 0 if len(found) == 1 else found.index(address) + 1
 
 
+def _read_region(data: bytes, regions, address: int, size: int, at_most: bool) -> bytes | None:
+    """data's bytes at `address` through (address, file offset, length) regions; None
+    when no region holds them all (or, `at_most`, holds the first)."""
+    for base, offset, length in regions:
+        if base <= address and (address + size <= base + length or
+                                (at_most and address < base + length)):
+            start = offset + address - base
+            return data[start:start + min(size, base + length - address)]
+    return None
+
+
 # ---------------------------------------------------------------- vmlinux
 @dataclass(frozen=True)
 class KSymbol:
@@ -176,14 +187,14 @@ class VmlinuxImage:
     def sympos(self, name: str, address: int) -> int:
         return sympos(self._by_name.get(name, []), name, address, "vmlinux")
 
-    def read(self, address: int, size: int) -> bytes:
-        """Bytes of the shipped image at a virtual address (through PT_LOAD segments)."""
-        for vaddr, offset, filesz in self._segments:
-            if vaddr <= address and address + size <= vaddr + filesz:
-                start = offset + address - vaddr
-                return self._data[start:start + size]
-        raise BuildError(stage=STAGE, message=f"address {address:#x}+{size} is not in any "
-                         "loaded segment of vmlinux", hint="report this with the release")
+    def read(self, address: int, size: int, at_most: bool = False) -> bytes:
+        """Bytes of the shipped image at a virtual address (through PT_LOAD segments);
+        with `at_most`, fewer where the segment ends first."""
+        found = _read_region(self._data, self._segments, address, size, at_most)
+        if found is None:
+            raise BuildError(stage=STAGE, message=f"address {address:#x}+{size} is not in "
+                             "any loaded segment of vmlinux", hint="report this with the release")
+        return found
 
     def referenced_value(self, site: int, rtype: int) -> int | None:
         """S + A of the relocation the linker resolved at this address, read back from
@@ -354,13 +365,13 @@ class ModuleImage:
                 return sym
         raise KeyError(name)
 
-    def read(self, address: int, size: int) -> bytes:
-        for base, offset, length in self._sections.values():
-            if base <= address and address + size <= base + length:
-                start = offset + address - base
-                return self._data[start:start + size]
-        raise BuildError(stage=STAGE, message=f"address {address:#x}+{size} is outside "
-                         f"every section of {self.name}", hint="report this")
+    def read(self, address: int, size: int, at_most: bool = False) -> bytes:
+        """Bytes at a synthetic address; with `at_most`, fewer where the section ends."""
+        found = _read_region(self._data, self._sections.values(), address, size, at_most)
+        if found is None:
+            raise BuildError(stage=STAGE, message=f"address {address:#x}+{size} is outside "
+                             f"every section of {self.name}", hint="report this")
+        return found
 
     def reloc_offsets(self, name: str, address: int | None = None) -> list[tuple[int, int]]:
         """(offset inside the function, bytes covered) of the .ko's own relocations."""

@@ -183,7 +183,7 @@ def compare(fn: ObjectFunction, image, address: int) -> Comparison:
     sites = list(fn.relocs)
     if isinstance(image, ModuleImage):
         sites += image.reloc_offsets(fn.name, address)
-    shipped = image.read(address, len(fn.code))
+    shipped = image.read(address, len(fn.code), at_most=True)  # may end its section
     if fn.code[:4] == ENDBR64 and shipped[:4] == SEALED_ENDBR:
         sites.append((0, 4))
     sites += _jump_label_sites_alike(fn, shipped)
@@ -208,7 +208,7 @@ def _same_but_shorter_jumps(fn: ObjectFunction, image, address: int,
     and every branch inside the function landing on the matching instruction.
     """
     code = fn.code
-    shipped = image.read(address, len(code))
+    shipped = image.read(address, len(code), at_most=True)
     masked = mask(code, sites)
     rebuilt_insns = instructions(code)
     shipped_insns = instructions(shipped)

@@ -131,7 +131,7 @@ def test_sealed_endbr_counts_as_endbr(tmp_path):
     from builder.stages.verify import ObjectFunction, compare
 
     class Image:  # the shipped bytes: objtool sealed the ENDBR
-        def read(self, address, size):
+        def read(self, address, size, at_most=False):
             return (bytes.fromhex("0f1f40d6") + b"\x90\xc3")[:size]
 
     fn = ObjectFunction("f", bytes.fromhex("f30f1efa") + b"\x90\xc3", [])
@@ -293,7 +293,7 @@ def test_identical_copies_are_told_apart_by_their_place(tmp_path):
                                           KSymbol("other_file_fn", 0x1040, "t"),
                                           KSymbol("helper", 0x90000, "t"),
                                           KSymbol("this_file_fn", 0x90040, "T")])
-    image.read = lambda address, size: code[:size]  # both copies hold the same bytes
+    image.read = lambda address, size, at_most=False: code[:size]  # both copies: same bytes
     fn = ObjectFunction("helper", code, [])
     found = verify_function(_unit(tmp_path / "f.o"), fn, image, ["this_file_fn"])
     assert (found.address, found.sympos) == (0x90000, 2)
@@ -319,7 +319,7 @@ def test_jump_label_sites_accept_exactly_their_two_forms(tmp_path, rebuilt, ship
     class Image:
         name = "vmlinux"
 
-        def read(self, address, size):
+        def read(self, address, size, at_most=False):
             return (shipped_code + bytes(8))[:size]
 
     difference = compare(fn, Image(), 0).difference
@@ -384,7 +384,7 @@ def test_a_short_jump_to_another_function_still_differs():
     class Image:  # `jmp rel8` from 0 lands at 0x2 - 0x10 = -0xe: not `lookup` at -0x20
         name = "vmlinux"
 
-        def read(self, address, size):
+        def read(self, address, size, at_most=False):
             return (bytes.fromhex("ebf0") + bytes(8))[:size]
 
         def positions(self, name):
@@ -443,3 +443,14 @@ def test_all_depends_follows_modinfo_depends_through_every_module(tmp_path):
     # mt76-usb calls mac80211 directly after a fix, but only mt76 and usbcore are its own
     assert all_depends(tmp_path / "kernel", frozenset({"mt76", "usbcore"})) == {
         "mt76", "usbcore", "mac80211", "cfg80211"}
+
+
+def test_a_read_may_stop_where_its_section_ends():
+    # A rebuilt function with 5-byte jumps is longer than the shipped one; the last
+    # function of a module's .text then reaches past the section (xen_pciback).
+    from builder.symbols import _read_region
+
+    data = bytes(range(16))
+    assert _read_region(data, [(0x1000, 0, 16)], 0x1008, 16, at_most=True) == data[8:]
+    assert _read_region(data, [(0x1000, 0, 16)], 0x1008, 16, at_most=False) is None
+    assert _read_region(data, [(0x1000, 0, 16)], 0x1010, 4, at_most=True) is None

@@ -180,23 +180,24 @@ class Comparison:
 
 def compare(fn: ObjectFunction, image, address: int) -> Comparison:
     """The rebuilt function against the shipped bytes at `address`."""
-    sites = list(fn.relocs)
-    if isinstance(image, ModuleImage):
-        sites += image.reloc_offsets(fn.name, address)
     shipped = image.read(address, len(fn.code), at_most=True)  # may end its section
+    own = list(fn.relocs)  # sites by the rebuilt code's offsets
     if fn.code[:4] == ENDBR64 and shipped[:4] == SEALED_ENDBR:
-        sites.append((0, 4))
-    sites += _jump_label_sites_alike(fn, shipped)
+        own.append((0, 4))
+    own += _jump_label_sites_alike(fn, shipped)
+    # A shipped module's own relocation sites, by the shipped code's offsets.
+    theirs = image.reloc_offsets(fn.name, address) if isinstance(image, ModuleImage) else []
+    sites = own + theirs
     masked = sum(n for _offset, n in sites)
     diff = first_difference(mask(fn.code, sites), mask(shipped, sites))
     if diff is not None and fn.function_sites and \
-            _same_but_shorter_jumps(fn, image, address, sites):
+            _same_but_shorter_jumps(fn, image, address, shipped, own, theirs):
         return Comparison(None, masked, realigned=True)
     return Comparison(diff, masked)
 
 
-def _same_but_shorter_jumps(fn: ObjectFunction, image, address: int,
-                            sites: list[tuple[int, int]]) -> bool:
+def _same_but_shorter_jumps(fn: ObjectFunction, image, address: int, shipped: bytes,
+                            own: list[tuple[int, int]], theirs: list[tuple[int, int]]) -> bool:
     """True when the rebuilt function is the shipped one instruction for instruction,
     where some jumps to other functions of the file are shorter in the shipped code.
 
@@ -204,41 +205,40 @@ def _same_but_shorter_jumps(fn: ObjectFunction, image, address: int,
     same file is a 32-bit displacement to be relocated; the shipped kernel's single
     .text let the assembler use the 2-byte form when the target lay near. That moves
     every later instruction, so the two are compared instruction by instruction: equal
-    bytes outside `sites`, such a jump landing on the function its relocation names,
-    and every branch inside the function landing on the matching instruction.
+    bytes outside the relocation sites (`own` by the rebuilt offsets, `theirs` by the
+    shipped ones), such a jump landing on the function its relocation names, and every
+    branch inside the function landing on the matching instruction.
     """
     code = fn.code
-    shipped = image.read(address, len(code), at_most=True)
-    masked = mask(code, sites)
-    rebuilt_insns = instructions(code)
     shipped_insns = instructions(shipped)
     at: dict[int, int] = {}  # rebuilt offset → shipped offset
     branches = []  # (rebuilt target, shipped target) to check once `at` is complete
     j = 0
-    for offset, size in rebuilt_insns:
+    for offset, size in instructions(code):
         if j >= len(shipped_insns):
             return False
         s_offset, s_size = shipped_insns[j]
         at[offset] = s_offset
         j += 1
         mine = relative_branch(code, offset, size)
-        theirs = relative_branch(shipped, s_offset, s_size)
-        if mine and theirs and mine[0] == theirs[0]:
+        other = relative_branch(shipped, s_offset, s_size)
+        if mine and other and mine[0] == other[0]:
             displacement = offset + size - (1 if size == 2 else 4)
-            if not any(o == displacement for o, _n in sites):
-                branches.append((mine[1], theirs[1]))  # inside the function
+            if not any(o == displacement for o, _n in own):
+                branches.append((mine[1], other[1]))  # inside the function
                 continue
             callee = fn.function_sites.get(displacement)
             if callee and s_size < size:
-                if address + theirs[1] not in image.positions(callee):
+                if address + other[1] not in image.positions(callee):
                     return False
                 continue
-        if s_size != size or masked[offset:offset + size] != \
-                mask(shipped[s_offset:s_offset + s_size],
-                     [(o - offset, n) for o, n in sites if offset <= o < offset + size]):
+        inside = [(o - offset, n) for o, n in own if offset <= o < offset + size] + \
+            [(o - s_offset, n) for o, n in theirs if s_offset <= o < s_offset + s_size]
+        if s_size != size or mask(code[offset:offset + size], inside) != \
+                mask(shipped[s_offset:s_offset + s_size], inside):
             return False
     at[len(code)] = shipped_insns[j][0] if j < len(shipped_insns) else len(shipped)
-    return all(at.get(mine) == theirs for mine, theirs in branches)
+    return all(at.get(mine) == other for mine, other in branches)
 
 
 def verify_function(unit: CompiledUnit, fn: ObjectFunction, image,

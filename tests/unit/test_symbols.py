@@ -352,6 +352,13 @@ int dispatch(int x)
 \t\treturn other(x);
 \treturn report("dispatch", x);
 }
+
+int guarded(int x)
+{
+\tif (__builtin_expect(x > 0, 1))
+\t\treturn lookup(x);
+\treturn report(0, x);
+}
 """
 
 
@@ -376,6 +383,23 @@ def test_tail_calls_the_shipped_kernel_encoded_short_are_the_same_function(tmp_p
         assert compare(functions[name], image, image.positions(name)[0]).realigned
     assert [r.name for r in _verify(rebuilt, ["lookup_wrapper", "dispatch"], image)] == \
         ["lookup_wrapper", "dispatch"]
+
+
+@needs_gcc
+def test_tail_calls_a_shipped_module_encoded_short_are_the_same_function(tmp_path):
+    # In a module the shipped object keeps its own relocations (the call to report()),
+    # at the shipped code's offsets: after a shorter jump they no longer line up with
+    # the rebuilt code's (6.1's nfsd4_lm_put_owner in nfsd.ko).
+    shipped_dir = tmp_path / "shipped"
+    shipped_dir.mkdir()
+    shipped = _cc(shipped_dir, "fixture", TAIL_CALL, ["-fno-function-sections"])
+    ko = shipped_dir / "tail-mod.ko"
+    subprocess.run(["ld", "-r", "-o", str(ko), str(shipped)], check=True)
+    module = ModuleImage(ko)
+    assert module.reloc_offsets("guarded"), "the fixture needs the module's own relocations"
+    rebuilt = _cc(tmp_path, "fixture", TAIL_CALL)
+    names = ["lookup_wrapper", "dispatch", "guarded"]
+    assert [r.name for r in _verify(rebuilt, names, module, module.name)] == names
 
 
 def test_a_short_jump_to_another_function_still_differs():

@@ -16,6 +16,7 @@ patched and the CVE ids covered.
 
 Usage: .venv/bin/python bench/update.py [--kernel RELEASE|ALIAS] [--to VERSION]
                                         [--runs N] [--cold-runs N] [--log FILE]
+                                        [--keep DIR]
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="warm runs (median)")
     parser.add_argument("--cold-runs", type=int, default=1)
     parser.add_argument("--log", type=Path, help="keep the builder's progress here")
+    parser.add_argument("--keep", type=Path, help="copy the last run's manifest here")
     args = parser.parse_args()
     release = resolve(args.kernel)
     version = package_version(release)
@@ -105,8 +107,11 @@ def main() -> int:
         for _ in range(args.runs):
             took, _outcome = run(release, version, args.to, work, out, log)
             warm.append(took)
-        manifest = json.loads(Path(outcome.get("manifest") or "/dev/null").read_text()) \
+        manifest = json.loads(Path(outcome["manifest"]).read_text()) \
             if outcome.get("manifest") else {}
+        if args.keep and manifest:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            (args.keep / Path(outcome["manifest"]).name).write_text(json.dumps(manifest))
     functions = sum(len(v) for v in manifest.get("objects", {}).values())
     print(f"update {release} ({version}) -> {outcome['to']}: state {outcome['state']}")
     print(f"  units: {outcome['units']}; functions patched: {functions}; CVEs live: "

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import LabError
+from lab.kernels import image_package
 from lab.progress import step, tail
 
 # Bump when a recipe changes: cached trees with another recipe are not reused. The base
@@ -302,7 +303,7 @@ def _build_image(base: Path, kernels: list[str], suite: str) -> Image:
         _configure_guest(root)
         _write(root, "/root/.ssh/authorized_keys", pubkey, 0o600)
         _write(root, "/usr/sbin/policy-rc.d", "#!/bin/sh\nexit 101\n", 0o755)  # no daemons
-        packages = [f"linux-image-{k}" for k in kernels]
+        packages = [image_package(k) for k in kernels]
         step(f"image for {', '.join(kernels)}: apt-get install {' '.join(packages)} "
              f"in a chroot (log {log})")
         with _chroot_mounts(root, archives):

@@ -52,14 +52,27 @@ def release_key(release: str) -> tuple[int, ...]:
 def parse_search(text: str) -> list[str]:
     """Releases from `apt-cache search --names-only` output ('linux-image-R - description').
 
-    A -dbg or -unsigned package, or a meta package, names no release (the parser says so).
+    A -dbg package or a meta package names no release (the parser says so). An -unsigned
+    image names its release: Debian publishes it, with the source and headers, a day or
+    more before the signed one, and `builder update --to latest` already builds to it.
     """
     releases = []
     for line in text.splitlines():
-        name = line.split(" - ", 1)[0].strip()
+        name = line.split(" - ", 1)[0].strip().removesuffix("-unsigned")
         if name.startswith("linux-image-") and _parts(name.removeprefix("linux-image-")):
             releases.append(name.removeprefix("linux-image-"))
     return sorted(set(releases))
+
+
+def image_packages(release: str) -> tuple[str, str]:
+    """The signed image package of a release and its unsigned twin (the same kernel)."""
+    return f"linux-image-{release}", f"linux-image-{release}-unsigned"
+
+
+def image_versions(release: str, versions: dict[str, list[str]]) -> list[str]:
+    """The versions of a release's image: the signed package's, else the unsigned one's."""
+    signed, unsigned = image_packages(release)
+    return versions.get(signed) or versions.get(unsigned, [])
 
 
 def parse_madison(text: str) -> dict[str, list[str]]:
@@ -90,7 +103,7 @@ def pick(releases: list[str], versions: dict[str, list[str]], series: str, flavo
         return candidates[0]
     skip = 0 if which == "older" else int(which.split("-")[1]) - 1
     for release in candidates[1:]:
-        image = versions.get(f"linux-image-{release}", [])
+        image = image_versions(release, versions)
         if image and all(image[0] in versions.get(pkg, []) for pkg in builder_packages(release)):
             if skip == 0:
                 return release
@@ -128,7 +141,8 @@ def _apt_cache(*args: str, suite: str = "bookworm") -> str:
 @functools.cache
 def archive_releases(suite: str = "bookworm") -> tuple[str, ...]:
     """Every amd64 kernel release a suite of the archive has an image package for."""
-    out = _apt_cache("search", "--names-only", r"^linux-image-[0-9].*-amd64$", suite=suite)
+    out = _apt_cache("search", "--names-only", r"^linux-image-[0-9].*-amd64(-unsigned)?$",
+                     suite=suite)
     return tuple(parse_search(out))
 
 
@@ -139,11 +153,18 @@ def _madison(*packages: str, suite: str = "bookworm") -> dict[str, list[str]]:
 
 def package_version(release: str) -> str:
     """The Debian version of linux-image-<release> the archive offers (newest if several)."""
-    image = f"linux-image-{release}"
-    versions = _madison(image, suite=suite_of(release)).get(image)
+    versions = image_versions(release, _madison(*image_packages(release),
+                                                 suite=suite_of(release)))
     if not versions:
         raise LabError(unknown_release_message(release))
     return versions[0]
+
+
+def image_package(release: str) -> str:
+    """The package a lab guest installs for a release: the signed image, or its unsigned
+    twin while Debian has published only that one."""
+    signed, unsigned = image_packages(release)
+    return signed if _madison(signed, suite=suite_of(release)).get(signed) else unsigned
 
 
 def unknown_release_message(release: str) -> str:
@@ -165,7 +186,7 @@ def resolve(alias: str) -> str:
                       and release_flavour(r) == flavour]
             pkgs = []
             for r in olders:
-                pkgs += [f"linux-image-{r}", *builder_packages(r)]
+                pkgs += [*image_packages(r), *builder_packages(r)]
             versions = _madison(*dict.fromkeys(pkgs), suite=suite)
         return pick(releases, versions, series, flavour, which)
     package_version(alias)  # raises with close matches when unknown

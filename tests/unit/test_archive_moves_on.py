@@ -74,7 +74,8 @@ def archive(monkeypatch):
             assert suite == "bookworm", suite
             if args[0] == "search":  # apt-cache search --names-only '^linux-image-…-amd64$'
                 return "".join(f"{name} - Linux (simulated)\n" for name in sorted(packages)
-                               if name.startswith("linux-image-") and name.endswith("-amd64"))
+                               if name.startswith("linux-image-")
+                               and name.endswith(("-amd64", "-amd64-unsigned")))
             assert args[0] == "madison", args
             return "".join(f"{name} | {version} | {suite}\n" for name in args[1:]
                            for version, suite in packages.get(name, []))
@@ -110,6 +111,30 @@ def test_aliases_follow_the_archive(archive, packages, expected):
     assert {alias: kernels.resolve(alias) for alias in bookworm} == expected
     newest = expected["newest-6.1-amd64"]
     assert kernels.package_version(newest) == packages()[f"linux-image-{newest}"][0][0]
+
+
+def archive_with_unsigned_612() -> dict[str, list[tuple[str, str]]]:
+    """The day Debian publishes 6.12.118-1~deb12u1 with its unsigned image only (the
+    signed one follows days later), as it did on 2026-12-02."""
+    packages = archive_today()
+    version = "6.12.118-1~deb12u1"
+    for name in ("linux-image-6.12.118+deb12-amd64-unsigned",
+                 "linux-headers-6.12.118+deb12-amd64", "linux-headers-6.12.118+deb12-common"):
+        packages[name] = [(version, SECURITY)]
+    packages["linux-source-6.12"] = [(version, SECURITY), *packages["linux-source-6.12"]]
+    return packages
+
+
+def test_an_upload_with_its_unsigned_image_only_is_the_newest(archive):
+    # `builder update --to latest` builds to the newest linux-source: the lab's newest VM
+    # must run that upload, or a test's "current" host is one behind.
+    archive(archive_with_unsigned_612())
+    assert kernels.resolve("newest-6.12-amd64") == "6.12.118+deb12-amd64"
+    assert kernels.resolve("older-6.12-amd64") == "6.12.117+deb12-amd64"
+    assert kernels.package_version("6.12.118+deb12-amd64") == "6.12.118-1~deb12u1"
+    assert kernels.image_package("6.12.118+deb12-amd64") == \
+        "linux-image-6.12.118+deb12-amd64-unsigned"
+    assert kernels.image_package("6.12.117+deb12-amd64") == "linux-image-6.12.117+deb12-amd64"
 
 
 def test_older_is_the_newest_abi_below_with_exact_sources(archive):

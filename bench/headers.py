@@ -6,20 +6,24 @@ A header change rebuilds every built file that includes it, original and patched
 compares them all. Two cases by default, for the newest 6.1 amd64 kernel:
   fdtable  tests/corpus/debian-12/header-wide-inline.patch  (close_on_exec(), ~40 files)
   audit    bench/patches/audit-ptrace.patch                 (audit_ptrace(), ~670 files)
-For each: cold — the compiled originals of the kernel tree are moved aside, so every
-file is compiled twice — and warm — originals cached, as for a second patch to the same
-header — as the median of --runs runs, with the number of files compiled and the
-functions patched. Beside it, for scale: what kpatch and klp-build do instead, a full
-kernel build (`bench/build.py` measures that estimate for this machine).
+For each: cold — the kernel tree's cached objects (originals and patched) are moved
+aside, so every file that needs it is compiled twice — and warm — all cached, a rerun —
+as the median of --runs runs, with the number of files compiled and the
+functions patched. Cold runs preprocess the includers first and compile only those
+whose code can change; `--baseline` adds cold runs that compile every includer
+(KLP_PREPROCESS_FROM set out of reach), side by side, and checks that both patch the same
+functions. Beside it, for scale: what kpatch and klp-build do instead, a full kernel
+build (`bench/build.py` measures that estimate for this machine).
 
 Usage: .venv/bin/python bench/headers.py [--kernel RELEASE] [--runs N] [--cold-runs N]
-                                         [--case fdtable|audit ...]
+                                         [--case fdtable|audit ...] [--baseline]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import statistics
@@ -42,12 +46,14 @@ CASES = {
 GOAL_WARM_50 = 120.0  # seconds, warm, for a header included by about 50 built files
 
 
-def build(release: str, patch: Path, out: Path) -> tuple[float, dict]:
+def build(release: str, patch: Path, out: Path, compile_all: bool = False
+          ) -> tuple[float, dict]:
+    env = {**os.environ, **({"KLP_PREPROCESS_FROM": str(10**9)} if compile_all else {})}
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "builder", "build", "--kernel", release,
                            "--patch", str(patch), "--name", f"bench_{patch.stem}".replace(
                                "-", "_"), "--output", str(out)],
-                          cwd=REPO, capture_output=True, text=True, check=False)
+                          cwd=REPO, capture_output=True, text=True, check=False, env=env)
     took = time.monotonic() - start
     if proc.returncode != 0:
         sys.exit(f"build of {patch.name} failed:\n{proc.stderr[-3000:]}")
@@ -55,68 +61,91 @@ def build(release: str, patch: Path, out: Path) -> tuple[float, dict]:
     return took, manifest
 
 
-def originals_dir(release: str) -> Path:
+def patched(manifest: dict) -> set[str]:
+    """OBJECT:FUNCTION of every function a build's manifest patches."""
+    return {f"{obj}:{fn['name']}" for obj, fns in manifest.get("objects", {}).items()
+            for fn in fns}
+
+
+def object_caches(release: str) -> list[Path]:
+    """The kernel tree's caches of compiled originals and patched objects."""
     kernel = provider_for(release).resolve(release)
-    return cache_dir() / "kernels" / f"{kernel.release}_{kernel.package_version}" / "build" / \
-        ".klp-orig"
+    build = cache_dir() / "kernels" / f"{kernel.release}_{kernel.package_version}" / "build"
+    return [build / ".klp-orig", build / ".klp-patched"]
 
 
-def _merge_back(aside: Path, originals: Path) -> None:
-    """Put the moved-aside originals back, keeping the ones the cold run compiled."""
+def _merge_back(aside: Path, cache: Path) -> None:
+    """Put a moved-aside cache back, keeping the entries the cold run compiled."""
     if not aside.exists():
         return
-    for entry in originals.iterdir() if originals.exists() else []:
+    for entry in cache.iterdir() if cache.exists() else []:
         if not (aside / entry.name).exists():
             shutil.move(str(entry), aside / entry.name)
-    shutil.rmtree(originals, ignore_errors=True)
-    shutil.move(str(aside), originals)
+    shutil.rmtree(cache, ignore_errors=True)
+    shutil.move(str(aside), cache)
 
 
 def main() -> int:
-    # an interrupted cold run must still put the kernel tree's originals back (finally)
+    # an interrupted cold run must still put the kernel tree's caches back (finally)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kernel", default=None, help="default: the newest 6.1 amd64")
     parser.add_argument("--runs", type=int, default=3, help="warm runs (median)")
     parser.add_argument("--cold-runs", type=int, default=1)
     parser.add_argument("--case", action="append", choices=sorted(CASES))
+    parser.add_argument("--baseline", action="store_true",
+                        help="also cold runs that compile every includer (no preprocessing)")
     args = parser.parse_args()
     release = args.kernel or resolve("newest-6.1-amd64")
     cases = args.case or list(CASES)
-    originals = originals_dir(release)
+    caches = object_caches(release)
     rows = []
     with tempfile.TemporaryDirectory(prefix="klp-bench-headers-") as tmp:
-        aside = Path(tmp) / "originals-aside"
+        aside = [Path(tmp) / f"aside{cache.name}" for cache in caches]
         for name in cases:
             patch = CASES[name]
-            cold, warm = [], []
+            cold, warm, baseline = [], [], []
             manifest: dict = {}
-            for run in range(args.cold_runs):
-                if originals.exists():  # every original compiled again
-                    shutil.move(str(originals), aside)
+            for run in range(args.cold_runs * (2 if args.baseline else 1)):
+                compile_all = run >= args.cold_runs
+                for cache, kept in zip(caches, aside, strict=True):
+                    if cache.exists():  # every object compiled again
+                        shutil.move(str(cache), kept)
                 try:
-                    took, manifest = build(release, patch, Path(tmp) / f"{name}-c{run}")
+                    took, built = build(release, patch, Path(tmp) / f"{name}-c{run}",
+                                        compile_all)
                 finally:
-                    _merge_back(aside, originals)
-                cold.append(took)
+                    for cache, kept in zip(caches, aside, strict=True):
+                        _merge_back(kept, cache)
+                (baseline if compile_all else cold).append(took)
+                if compile_all and patched(built) != patched(manifest):
+                    sys.exit(f"{name}: compiling every includer patches "
+                             f"{sorted(patched(built))}, preprocessing first "
+                             f"{sorted(patched(manifest))}")
+                manifest = manifest if compile_all else built
             for run in range(args.runs):
                 took, manifest = build(release, patch, Path(tmp) / f"{name}-w{run}")
                 warm.append(took)
-            units = manifest.get("compiled_units", {})
-            functions = [f"{f['name']}" for fns in manifest["objects"].values() for f in fns]
-            rows.append((name, units, functions, cold, warm, manifest["stage_seconds"]))
+            rows.append((name, manifest.get("compiled_units", {}), sorted(patched(manifest)),
+                         cold, warm, baseline))
             print(f"{name}: cold {[round(c, 1) for c in cold]} s, warm "
-                  f"{[round(w, 1) for w in warm]} s", flush=True)
-    print(f"\nHeader changes for {release} (2 cores; cold: every file compiled twice, "
-          "warm: originals cached)")
-    print(f"{'case':<8} {'files':>6} {'cold s':>8} {'warm s':>8} {'s/file warm':>11}  "
-          "patched functions")
-    for name, units, functions, cold, warm, _stages in rows:
-        files = units.get("changed", 0) + units.get("through_headers", 0)
+                  f"{[round(w, 1) for w in warm]} s"
+                  + (f", cold compiling every includer {[round(b, 1) for b in baseline]} s"
+                     if baseline else ""), flush=True)
+    print(f"\nHeader changes for {release} (2 cores; cold: nothing cached, warm: a rerun)")
+    print(f"{'case':<8} {'includers':>9} {'compiled':>8} {'cold s':>8} {'warm s':>8} "
+          f"{'cold, all s':>11} {'ratio':>6}  patched functions")
+    for name, units, functions, cold, warm, baseline in rows:
+        compiled = units.get("changed", 0) + units.get("through_headers", 0)
+        includers = compiled + units.get("same_after_preprocessing", 0)
         cold_m, warm_m = statistics.median(cold), statistics.median(warm)
-        print(f"{name:<8} {files:>6} {cold_m:>8.1f} {warm_m:>8.1f} {warm_m / max(files, 1):>11.2f}"
-              f"  {', '.join(functions)}")
-        if 20 <= files <= 100:
+        all_m = f"{'-':>11} {'-':>6}"
+        if baseline:
+            every = statistics.median(baseline)
+            all_m = f"{every:>11.1f} {every / cold_m:>5.1f}x"
+        print(f"{name:<8} {includers:>9} {compiled:>8} {cold_m:>8.1f} {warm_m:>8.1f} {all_m}  "
+              f"{', '.join(functions)}")
+        if 20 <= includers <= 100:
             verdict = "met" if warm_m <= GOAL_WARM_50 else "NOT met"
             print(f"         goal warm <= {GOAL_WARM_50:.0f} s for ~50 files: {verdict}")
     print("For scale: kpatch-build and klp-build rebuild the whole kernel for any patch "

@@ -48,8 +48,9 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
                    help="fix units built at once (default: the number of CPUs)")
     u.add_argument("--max-files", type=int, default=UPDATE_MAX_FILES, metavar="N",
-                   help="a unit whose changed headers more than N built files include "
-                        f"needs a reboot (default {UPDATE_MAX_FILES}; each is compiled twice)")
+                   help="a unit whose changed headers need more than N built files "
+                        "compiled (each twice; up to 4N includers are preprocessed to "
+                        f"find them) needs a reboot (default {UPDATE_MAX_FILES})")
     u.add_argument("--check", action="store_true",
                    help="only resolve the versions and say what would be done")
     c = sub.add_parser("cache", help="list the controller cache or prune it to a size")

@@ -70,3 +70,6 @@ class CompileResult:
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # per step, e.g. "patched"
     patches: PatchSet | None = None  # as applied: each hunk where patch found it
+    # includers of changed headers left out: their preprocessed text showed no change
+    # gcc emits code for (builder/preprocess.py)
+    same_after_preprocessing: int = 0

@@ -223,9 +223,10 @@ def _manifest(request, kernel, diffs, units, linked, ko: Path, seconds, images,
         "skipped_init": sorted({f"{d.target_object}:{c}" for d in diffs for c in d.skipped_init}),
         "notes": [note for unit in units for note in unit.notes],
         # files compiled twice and compared: those the patch changes, and those that
-        # include a changed header
+        # include a changed header; includers the preprocessor showed unchanged were not
         "compiled_units": {"changed": sum(1 for u in compiled.units if not u.because),
-                           "through_headers": sum(1 for u in compiled.units if u.because)},
+                           "through_headers": sum(1 for u in compiled.units if u.because),
+                           "same_after_preprocessing": compiled.same_after_preprocessing},
     }
 
 

@@ -143,8 +143,9 @@ class BuildRequest:
     # How to run the build rather than what to build: none of these is in the key.
     max_files: int = option(
         "--max-files", form="count", default=MAX_FILES, metavar="N",
-        help="refuse a header change that more than N built files include (each is "
-             f"compiled twice; default {MAX_FILES}, or KLP_MAX_UNITS)")
+        help="refuse a header change that needs more than N built files compiled (each "
+             "twice; includers whose preprocessed text shows no code change are not, and "
+             f"up to 4N are preprocessed; default {MAX_FILES}, or KLP_MAX_UNITS)")
     if_changed: bool = option(
         "--if-changed", form="switch",
         help="do nothing when DIR already holds this exact build (same key)")

@@ -15,11 +15,13 @@ import fcntl
 import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,12 +34,20 @@ from builder.includes import IncludeGraph
 from builder.kbuild import Kbuild
 from builder.layouts import changed_types, refuse_layout_changes
 from builder.patchset import PatchFile, PatchSet
+from builder.preprocess import compare as compare_preprocessed
 from builder.progress import Timer, timed
 from builder.request import MAX_FILES
 
 STAGE = "compile"
 RECIPE = 2  # bump when KCFLAGS or the way originals are built changes
 BATCH = 16  # objects per make run: both cores busy, progress between runs
+# Includers of changed headers are preprocessed first (builder/preprocess.py) when at
+# least PREPROCESS_FROM of them would be compiled, PREPROCESS_CHUNK at a time (each
+# preprocessed file is megabytes); a build may preprocess INCLUDERS_PER_COMPILED times
+# more includers than it may compile (`max_files`).
+PREPROCESS_FROM = int(os.environ.get("KLP_PREPROCESS_FROM", "8"))  # bench: a huge value
+PREPROCESS_CHUNK = 48
+INCLUDERS_PER_COMPILED = 4
 KCFLAGS = "-ffunction-sections -fdata-sections"
 # The kmod/ compat headers (e.g. <linux/livepatch_helpers.h> for kernels before 6.19),
 # searched after the kernel's own include paths so they never shadow a real header.
@@ -101,8 +111,9 @@ class Planned:
 
 def plan_units(tree: PreparedTree, patches: PatchSet, progress=None,
                max_files: int = MAX_FILES) -> list[Planned]:
-    """The changed .c files, and every built file that includes a changed header
-    (at most `max_files` in all).
+    """The changed .c files, and every built file that includes a changed header (at
+    most INCLUDERS_PER_COMPILED × `max_files` in all: the compile stage preprocesses
+    them and compiles only those whose code can change, at most `max_files`).
 
     Where a file is built comes from kbuild itself (builder/kbuild.py); which files
     include a header from the tree's include graph (builder/includes.py), narrowed later
@@ -142,15 +153,24 @@ def plan_units(tree: PreparedTree, patches: PatchSet, progress=None,
             progress(f"{header}: {len(users)} files include it; asking kbuild which are built")
         planned += [Planned(c, f"includes {header}") for c in users
                     if c not in {p.source for p in planned} and kbuild.placement(c).target]
-    if len(planned) > max_files:
-        wide = TooManyFiles(stage=STAGE, file=", ".join(headers),
-                            message=f"{len(planned)} built files include the changed "
-                                    f"header(s); the builder compares at most {max_files}",
-                            hint="move the change out of a header this widely used (e.g. "
-                                 "into the .c files that need it), or raise --max-files")
-        wide.planned = planned
-        raise wide
+    if len(planned) > max_files * INCLUDERS_PER_COMPILED:
+        raise too_many(headers, planned, f"the builder preprocesses at most "
+                       f"{max_files * INCLUDERS_PER_COMPILED} ({INCLUDERS_PER_COMPILED} × "
+                       f"--max-files {max_files})")
     return planned
+
+
+def too_many(headers: list[str], planned: list[Planned], bound: str, includers: int = 0
+             ) -> TooManyFiles:
+    """The refusal of a header change more files include than a build may take."""
+    includers = includers or sum(1 for p in planned if p.because)
+    wide = TooManyFiles(stage=STAGE, file=", ".join(headers),
+                        message=f"{includers} built files include the changed header(s); "
+                                f"{bound}",
+                        hint="move the change out of a header this widely used (e.g. into "
+                             "the .c files that need it), or raise --max-files")
+    wide.planned = planned
+    return wide
 
 
 # ---------------------------------------------------------------- tree safety
@@ -635,15 +655,19 @@ def compile_units(tree: PreparedTree, patches: PatchSet, work: Path,
     """Build originals and patched objects into work/orig and work/patched.
 
     The result's `patches` are the patches as they applied (hunks where patch found
-    them), for the line maps of the diff stage. When the changed headers reach more
-    files than `max_files`, the patch's own .c files are compiled all the same: a
-    layout change they show is the reason to give (more files would not help).
+    them), for the line maps of the diff stage. Up to `max_files` files are compiled;
+    includers of changed headers are preprocessed first (INCLUDERS_PER_COMPILED times as
+    many may be), and those whose code cannot change are left out. When more files than
+    that remain, the patch's own .c files are compiled all the same: a layout change
+    they show is the reason to give (more files would not help).
     """
     timer = Timer()
     timings: dict[str, float] = {}
     try:
         with timed(timings, "plan"):
             planned = plan_units(tree, patches, progress, max_files)
+        result = _compile(tree, patches, planned, work, compat_include, progress, timings,
+                          max_files)
     except TooManyFiles as wide:
         # More files would not help if the change alters a type's layout: say that.
         probes = layout_probes(tree, patches, wide.planned)
@@ -651,7 +675,6 @@ def compile_units(tree: PreparedTree, patches: PatchSet, work: Path,
         for unit in result.units:
             refuse_layout_changes(unit)
         raise
-    result = _compile(tree, patches, planned, work, compat_include, progress, timings)
     return replace(result, seconds=round(timer.seconds, 3))
 
 
@@ -675,25 +698,36 @@ def layout_probes(tree: PreparedTree, patches: PatchSet, planned: list[Planned],
 
 
 def _compile(tree: PreparedTree, patches: PatchSet, planned: list[Planned], work: Path,
-             compat_include: Path | None, progress, timings: dict[str, float]
-             ) -> CompileResult:
+             compat_include: Path | None, progress, timings: dict[str, float],
+             max_files: int | None = None) -> CompileResult:
+    """Compile `planned`, original and patched; with `max_files`, first leave out the
+    includers whose code cannot change, and refuse when more than that remain."""
     units: list[CompiledUnit] = []
     applied: list[PatchFile] = []
     with locked(tree):
         with timed(timings, "restore"):
             restore_files(tree)  # a previous run was interrupted: start from pristine
+        same: set[str] = set()
+        if max_files is not None:
+            with timed(timings, "preprocess"):
+                same = _unaffected(tree, patches, planned, compat_include, work, progress)
+            includers = sum(1 for p in planned if p.because)
+            planned = [p for p in planned if p.source not in same]
+            if len(planned) > max_files:
+                raise too_many(sorted({p.because.removeprefix("includes ") for p in planned
+                                       if p.because}), planned,
+                               f"{len(same)} of them compile to the same code (gcc -E); "
+                               f"the other {len(planned)} files are more than the "
+                               f"{max_files} the builder compiles (--max-files)", includers)
         with timed(timings, "original"):
             originals = original_objects(tree, [p.source for p in planned], progress)
         # A file the include graph named but whose compiler never read the header is out.
         changed = set(patches.sources)
         planned = [p for p in planned if not p.because
                    or originals[p.source].read_any(changed)]
-        save_files(tree, list(patches.sources))  # every file patch may write, not only .c
         try:
             with timed(timings, "apply"):
-                for patch in patches.patches:  # each on top of the previous ones; nothing
-                    apply_patch(tree, patch, dry_run=True)  # is written if a hunk fails
-                    applied.append(apply_patch(tree, patch, dry_run=False))
+                applied = _apply_all(tree, patches)
             with timed(timings, "patched"):
                 patched = patched_objects(tree, patches, [p.source for p in planned],
                                           compat_include, progress)
@@ -710,10 +744,109 @@ def _compile(tree: PreparedTree, patches: PatchSet, planned: list[Planned], work
             patched=_copy_out(patched[plan.source].path, work / "patched" / obj),
             command=patched[plan.source].command, because=plan.because))
     return CompileResult(units=units, seconds=0.0, timings=timings,
-                         patches=replace(patches, patches=tuple(applied)))
+                         patches=replace(patches, patches=tuple(applied)),
+                         same_after_preprocessing=len(same))
+
+
+def _apply_all(tree: PreparedTree, patches: PatchSet) -> list[PatchFile]:
+    """Apply every patch, each on top of the previous ones (the caller restores)."""
+    save_files(tree, list(patches.sources))  # every file patch may write, not only .c
+    applied = []
+    for patch in patches.patches:  # nothing is written if a hunk fails
+        apply_patch(tree, patch, dry_run=True)
+        applied.append(apply_patch(tree, patch, dry_run=False))
+    return applied
+
+
+def _unaffected(tree: PreparedTree, patches: PatchSet, planned: list[Planned],
+                compat_include: Path | None, work: Path, progress) -> set[str]:
+    """The includers of changed headers in `planned` that compile to the same code
+    (builder/preprocess.py). Only includers the object caches cannot serve are looked at:
+    a cached object is faster than the preprocessor. The tree is pristine on return."""
+    includers = [p.source for p in planned if p.because]
+    if len(includers) < PREPROCESS_FROM:
+        return set()
+    todo = [s for s in includers
+            if not _is_cached(_original_path(tree, _original_key(tree, s), s))]
+    try:
+        _apply_all(tree, patches)
+        changed = changed_content(tree, patches)
+        todo += [s for s in includers if s not in todo
+                 and find_patched(tree, s, compat_include, changed) is None]
+    finally:
+        restore_files(tree)
+    if len(todo) < PREPROCESS_FROM:
+        return set()
+    if progress:
+        progress(f"preprocessing {len(todo)} files that include the changed header(s), "
+                 "both versions, to compile only those whose code can change")
+    same: set[str] = set()
+    # The comparisons run in worker processes while make preprocesses the next chunk;
+    # a chunk's files are deleted once compared (at most two chunks on disk).
+    pending: list[tuple[Path, dict[str, Future]]] = []
+
+    def settle(folder: Path, verdicts: dict[str, Future]) -> None:
+        same.update(source for source, verdict in verdicts.items() if verdict.result())
+        shutil.rmtree(folder, ignore_errors=True)
+
+    workers = max(1, os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")
+                             ) as pool:
+        for start in range(0, len(todo), PREPROCESS_CHUNK):
+            chunk = todo[start:start + PREPROCESS_CHUNK]
+            folder = work / "preprocessed" / str(start)
+            try:
+                _apply_all(tree, patches)
+                after = preprocess(tree, chunk, folder / "patched", compat_flags(compat_include))
+            finally:
+                restore_files(tree)
+            before = preprocess(tree, list(after), folder / "orig")
+            pending.append((folder, {source: pool.submit(same_code, path, after[source])
+                                     for source, path in before.items()}))
+            while len(pending) > 1:
+                settle(*pending.pop(0))
+            if progress:
+                progress(f"preprocessed {start + len(chunk)}/{len(todo)}: {len(same)} "
+                         "compile to the same code so far")
+        while pending:
+            settle(*pending.pop(0))
+    shutil.rmtree(work / "preprocessed", ignore_errors=True)
+    if progress:
+        progress(f"{len(same)} of {len(includers)} files that include the changed header(s) "
+                 f"compile to the same code; compiling {len(planned) - len(same)}")
+    return same
+
+
+def same_code(original: Path, patched: Path) -> bool:
+    """Whether two preprocessed files compile to the same code (in a worker process)."""
+    return compare_preprocessed(original.read_text(errors="replace"),
+                                patched.read_text(errors="replace")).same
+
+
+def preprocess(tree: PreparedTree, sources: list[str], folder: Path, extra_cflags: str = ""
+               ) -> dict[str, Path]:
+    """gcc -E of each source as kbuild compiles it (its %.i targets), moved into
+    `folder`. A source that does not preprocess is left out (its compile will say why)."""
+    found: dict[str, Path] = {}
+    kcflags = f"{KCFLAGS} {extra_cflags}".strip()
+    for start in range(0, len(sources), BATCH * 2):
+        batch = sources[start:start + BATCH * 2]
+        targets = [source[:-2] + ".i" for source in batch]
+        for target in targets:
+            (tree.build_dir / target).unlink(missing_ok=True)
+        subprocess.run(tree.make_args + ["-k", *targets, f"KCFLAGS={kcflags}"],
+                       capture_output=True, text=True, check=False)
+        for source, target in zip(batch, targets, strict=True):
+            if (tree.build_dir / target).is_file():
+                dest = folder / target
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(tree.build_dir / target, dest)
+                found[source] = dest
+    return found
 
 
 __all__ = ["compile_units", "apply_patch", "check_compilable", "plan_units", "target_object",
            "config_guard", "restore_files", "pristine", "build_objects", "original_objects",
            "patched_objects", "store_patched", "find_patched", "changed_content", "compat_flags",
+           "preprocess",
            "dependencies", "object_of", "save_files"]

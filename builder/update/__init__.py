@@ -18,9 +18,11 @@ that takes over by atomic replace, so one update is loaded at a time and never a
    the builder refuses `needs-reboot`, with the builder's reason; a unit whose built
    code does not change is `no-change`. Results are cached per unit (resumable). The
    compiles come first, in batches on all cores: every unit's original `.c` files, then
-   the patched ones of the units that change no header. A unit whose header more than
-   `max_files` built files include (300 by default) needs a reboot: each such file is
-   compiled twice, and one subsystem header would cost hours on a small controller.
+   the patched ones of the units that change no header. A unit whose header change
+   needs more than `max_files` built files compiled (300 by default; the includers that
+   preprocess to the same code are not, and up to four times as many are preprocessed)
+   needs a reboot: each such file is compiled twice, and one subsystem header would
+   cost hours on a small controller.
    A unit that does not compile alone is built again with the units that add, in
    headers its files read, the names its compiler errors quote (a new helper, member
    or flag): the cut is ours, so their fix is one fix (`joined` in its record).

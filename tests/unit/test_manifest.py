@@ -244,7 +244,8 @@ def build_manifest(tmp_path, monkeypatch, **request) -> dict:
                           klp_relocation_sections=[".klp.rela.vmlinux..text"])
     images = {"vmlinux": SimpleNamespace(build_id="01d2640d3a13145ee314eb05b155f141b7b7058b")}
     compiled = SimpleNamespace(units=[SimpleNamespace(because=""),
-                                      SimpleNamespace(because="include/linux/mm.h")])
+                                      SimpleNamespace(because="include/linux/mm.h")],
+                               same_after_preprocessing=12)
     return pipeline._manifest(req, KERNEL, [diff], [unit], linked, ko,
                               {"compile": 2.4, "link": 2.5}, images, PatchSet.read([patch]),
                               compiled)

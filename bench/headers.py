@@ -4,7 +4,8 @@
 
 A header change rebuilds every built file that includes it, original and patched, and
 compares them all. Two cases by default, for the newest 6.1 amd64 kernel:
-  fdtable  tests/corpus/debian-12/header-wide-inline.patch  (close_on_exec(), ~40 files)
+  fdtable  tests/corpus/debian-12/header-wide-inline.patch  (close_on_exec(), ~40 files;
+           bench/patches/fdtable-close-on-exec-6.12.patch on a 6.12 kernel)
   audit    bench/patches/audit-ptrace.patch                 (audit_ptrace(), ~670 files)
 For each: cold — the kernel tree's cached objects (originals and patched) are moved
 aside, so every file that needs it is compiled twice — and warm — all cached, a rerun —
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -37,12 +39,25 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from builder.providers import cache_dir, provider_for  # noqa: E402
-from lab.kernels import resolve  # noqa: E402
+from lab.kernels import release_series, resolve  # noqa: E402
 
-CASES = {
-    "fdtable": REPO / "tests" / "corpus" / "debian-12" / "header-wide-inline.patch",
+# case -> patch, or series -> patch where the header differs between kernel lines
+CASES: dict[str, Path | dict[str, Path]] = {
+    "fdtable": {"6.1": REPO / "tests" / "corpus" / "debian-12" / "header-wide-inline.patch",
+                "6.12": REPO / "bench" / "patches" / "fdtable-close-on-exec-6.12.patch"},
     "audit": REPO / "bench" / "patches" / "audit-ptrace.patch",
 }
+
+
+def case_patch(name: str, release: str) -> Path:
+    """The patch of a case for this kernel's line."""
+    patch = CASES[name]
+    if isinstance(patch, Path):
+        return patch
+    series = release_series(release)
+    if series not in patch:
+        sys.exit(f"case {name} has no patch for Linux {series}: {', '.join(patch)}")
+    return patch[series]
 GOAL_WARM_50 = 120.0  # seconds, warm, for a header included by about 50 built files
 
 
@@ -51,8 +66,9 @@ def build(release: str, patch: Path, out: Path, compile_all: bool = False
     env = {**os.environ, **({"KLP_PREPROCESS_FROM": str(10**9)} if compile_all else {})}
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "builder", "build", "--kernel", release,
-                           "--patch", str(patch), "--name", f"bench_{patch.stem}".replace(
-                               "-", "_"), "--output", str(out)],
+                           "--patch", str(patch),
+                           "--name", "bench_" + re.sub(r"[^A-Za-z0-9]", "_", patch.stem),
+                           "--output", str(out)],
                           cwd=REPO, capture_output=True, text=True, check=False, env=env)
     took = time.monotonic() - start
     if proc.returncode != 0:
@@ -103,7 +119,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="klp-bench-headers-") as tmp:
         aside = [Path(tmp) / f"aside{cache.name}" for cache in caches]
         for name in cases:
-            patch = CASES[name]
+            patch = case_patch(name, release)
             cold, warm, baseline = [], [], []
             manifest: dict = {}
             for run in range(args.cold_runs * (2 if args.baseline else 1)):

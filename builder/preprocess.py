@@ -206,6 +206,31 @@ def _after_group(tokens: list[str], open_index: int) -> int:
     return len(tokens)
 
 
+def uses(item: Item, name: str) -> bool:
+    """Whether an item may make gcc emit `name`: any mention counts (a string too: top-level
+    asm may call it) but a member access (`.name`, `->name`) and a mention inside a type
+    definition (`struct s { long *name; };`, `typedef typeof(name) t;`): neither refers
+    to code or data gcc would have to emit."""
+    text = item.text
+    word = re.compile(rf"\b{re.escape(name)}\b")
+    if not word.search(text):
+        return False
+    if any(word.search(literal) for literal in _STRINGS.findall(text)):
+        return True
+    if _is_type_definition(text):
+        return False
+    code = _STRINGS.sub('""', text)
+    return any(not code[max(0, match.start() - 16):match.start()].rstrip().endswith(
+        (".", "->")) for match in word.finditer(code))
+
+
+def _is_type_definition(text: str) -> bool:
+    """A struct, union or enum definition or a typedef, declaring no initialized object."""
+    words = _IDENTIFIER.findall(text[:40])
+    return bool(words) and words[0] in ("struct", "union", "enum", "typedef") and \
+        text.endswith(";") and "=" not in _outside_brackets(text)
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Whether a file compiles to the same code before and after a patch, and why."""
@@ -234,15 +259,13 @@ def compare(original: str, patched: str) -> Verdict:
             return Verdict(False, f"changed: {item.text[:80]}")
         names.add(name)
     for name in sorted(names):
-        word = re.compile(rf"\b{re.escape(name)}\b")
-        for text, changed in ((before, changed_old), (after, changed_new)):
-            # Substrings first (fast); words only when a substring lies outside.
-            if text.count(name) == sum(item.text.count(name) for item in changed):
-                continue
-            inside = sum(len(word.findall(item.text)) for item in changed)
-            if len(word.findall(text)) != inside:
-                return Verdict(False, f"{name} is used")
+        for every, changed in ((old, changed_old), (new, changed_new)):
+            skip = {id(item) for item in changed}
+            user = next((item for item in every if id(item) not in skip and name in item.text
+                         and uses(item, name)), None)
+            if user is not None:
+                return Verdict(False, f"{name} is used: {user.text[:80]}")
     return Verdict(True, "only unused " + ", ".join(sorted(names)) + " changed")
 
 
-__all__ = ["Item", "Verdict", "compare", "droppable_name", "items", "normalize"]
+__all__ = ["Item", "Verdict", "compare", "droppable_name", "items", "normalize", "uses"]

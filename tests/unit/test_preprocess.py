@@ -150,3 +150,34 @@ def test_items_split_definitions_and_declarations():
             "static int g(void)\n{\n if (1) { return 1; }\n return 0;\n}\n"
             "int table[] = { 1, 2 };\n")
     assert [item.text.split()[0] for item in items(text)] == ["struct", "static", "static", "int"]
+
+
+def test_a_member_of_the_same_name_is_no_use():
+    # 6.12's close_on_exec(): a static inline and a member of struct fdtable
+    head = HEAD.replace("long b; }", "long b; unsigned long *foo_put; }")
+    tail = TAIL + ("long peek(struct foo *f, struct foo g)\n"
+                   "{\n return *f->foo_put + *g.foo_put;\n}\n")
+    new = head + "static inline int foo_put(struct foo *f)\n{\n return 0;\n}\n"
+    verdict = compare(head + tail, new + tail)
+    assert verdict.same, verdict
+    # ... but a call or an address taken is
+    called = tail + "int put(struct foo *f)\n{\n return foo_put(f);\n}\n"
+    assert not compare(head + called, new + called).same
+    taken = tail + "int (*hook)(struct foo *) = foo_put;\n"
+    assert not compare(head + taken, new + taken).same
+
+
+@pytest.mark.parametrize(("text", "used"), [
+    ("int f(struct foo *x)\n{\n return x->foo_put;\n}", False),
+    ("int f(struct foo x)\n{\n return x . foo_put;\n}", False),
+    ("struct foo { long *foo_put; int a; };", False),
+    ("typedef typeof(foo_put) foo_put_t;", False),
+    ("struct foo bar = { .cb = foo_put };", True),
+    ("int f(void)\n{\n return foo_put(0);\n}", True),
+    ('asm(".globl x; x: jmp foo_put");', True),
+    ("struct foo *foo_get(void) __attribute__((alias(\"foo_put\")));", True),
+])
+def test_uses(text, used):
+    from builder.preprocess import uses
+
+    assert uses(Item(text), "foo_put") is used

@@ -77,6 +77,19 @@ def build(release: str, patch: Path, out: Path, compile_all: bool = False
     return took, manifest
 
 
+def cold_build(release: str, patch: Path, out: Path, caches: list[Path], aside: list[Path],
+               compile_all: bool = False) -> tuple[float, dict]:
+    """A build with the kernel tree's object caches moved aside (put back after)."""
+    for cache, kept in zip(caches, aside, strict=True):
+        if cache.exists():
+            shutil.move(str(cache), kept)
+    try:
+        return build(release, patch, out, compile_all)
+    finally:
+        for cache, kept in zip(caches, aside, strict=True):
+            _merge_back(kept, cache)
+
+
 def patched(manifest: dict) -> set[str]:
     """OBJECT:FUNCTION of every function a build's manifest patches."""
     return {f"{obj}:{fn['name']}" for obj, fns in manifest.get("objects", {}).items()
@@ -122,26 +135,21 @@ def main() -> int:
             patch = case_patch(name, release)
             cold, warm, baseline = [], [], []
             manifest: dict = {}
-            for run in range(args.cold_runs * (2 if args.baseline else 1)):
-                compile_all = run >= args.cold_runs
-                for cache, kept in zip(caches, aside, strict=True):
-                    if cache.exists():  # every object compiled again
-                        shutil.move(str(cache), kept)
-                try:
-                    took, built = build(release, patch, Path(tmp) / f"{name}-c{run}",
-                                        compile_all)
-                finally:
-                    for cache, kept in zip(caches, aside, strict=True):
-                        _merge_back(kept, cache)
-                (baseline if compile_all else cold).append(took)
-                if compile_all and patched(built) != patched(manifest):
-                    sys.exit(f"{name}: compiling every includer patches "
-                             f"{sorted(patched(built))}, preprocessing first "
-                             f"{sorted(patched(manifest))}")
-                manifest = manifest if compile_all else built
+            for run in range(args.cold_runs):
+                took, manifest = cold_build(release, patch, Path(tmp) / f"{name}-c{run}",
+                                            caches, aside)
+                cold.append(took)
+            # warm: a rerun (before the baseline, whose objects would all be cached)
             for run in range(args.runs):
-                took, manifest = build(release, patch, Path(tmp) / f"{name}-w{run}")
-                warm.append(took)
+                warm.append(build(release, patch, Path(tmp) / f"{name}-w{run}")[0])
+            for run in range(args.cold_runs if args.baseline else 0):
+                took, every = cold_build(release, patch, Path(tmp) / f"{name}-b{run}",
+                                         caches, aside, compile_all=True)
+                baseline.append(took)
+                if patched(every) != patched(manifest):
+                    sys.exit(f"{name}: compiling every includer patches "
+                             f"{sorted(patched(every))}, preprocessing first "
+                             f"{sorted(patched(manifest))}")
             rows.append((name, manifest.get("compiled_units", {}), sorted(patched(manifest)),
                          cold, warm, baseline))
             print(f"{name}: cold {[round(c, 1) for c in cold]} s, warm "

@@ -766,17 +766,20 @@ def _unaffected(tree: PreparedTree, patches: PatchSet, planned: list[Planned],
     includers = [p.source for p in planned if p.because]
     if len(includers) < PREPROCESS_FROM:
         return set()
-    todo = [s for s in includers
-            if not _is_cached(_original_path(tree, _original_key(tree, s), s))]
+    keys = {s: _original_key(tree, s) for s in includers}  # pristine: as shipped
     try:
         _apply_all(tree, patches)
         changed = changed_content(tree, patches)
-        todo += [s for s in includers if s not in todo
-                 and find_patched(tree, s, compat_include, changed) is None]
+        todo = [s for s in includers
+                if not _is_cached(_original_path(tree, keys[s], s))
+                or find_patched(tree, s, compat_include, changed) is None]
     finally:
         restore_files(tree)
+    markers = {s: _same_marker(tree, keys[s], compat_include, changed) for s in todo}
+    known = {s for s in todo if markers[s].is_file()}
+    todo = [s for s in todo if s not in known]
     if len(todo) < PREPROCESS_FROM:
-        return set()
+        return known
     if progress:
         progress(f"preprocessing {len(todo)} files that include the changed header(s), "
                  "both versions, to compile only those whose code can change")
@@ -811,10 +814,23 @@ def _unaffected(tree: PreparedTree, patches: PatchSet, planned: list[Planned],
         while pending:
             settle(*pending.pop(0))
     shutil.rmtree(work / "preprocessed", ignore_errors=True)
+    for source in same:
+        markers[source].parent.mkdir(parents=True, exist_ok=True)
+        markers[source].touch()
+    same |= known
     if progress:
         progress(f"{len(same)} of {len(includers)} files that include the changed header(s) "
                  f"compile to the same code; compiling {len(planned) - len(same)}")
     return same
+
+
+def _same_marker(tree: PreparedTree, original_key: str, compat_include: Path | None,
+                 changed: dict[str, str]) -> Path:
+    """Where a verdict "this includer compiles to the same code under these changes" is
+    kept, so a rerun of the same patch does not preprocess it again."""
+    compat = _digest_of(compat_include) if compat_flags(compat_include) else "-"
+    key = json.dumps([RECIPE, KCFLAGS, compat, original_key, changed], sort_keys=True)
+    return tree.build_dir / ".klp-same" / hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def same_code(original: Path, patched: Path) -> bool:

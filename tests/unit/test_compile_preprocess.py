@@ -109,3 +109,24 @@ def test_the_bound_counts_the_files_left_to_compile(tree, tmp_path, monkeypatch)
                               "compile to the same code (gcc -E); the other 2 files"), message
     assert {p.source for p in refused.value.planned} == {"calls.c", "limit.c"}
     assert (tree.source_dir / "include" / "foo.h").read_text() == HEADER
+
+
+def test_a_rerun_of_the_same_patch_keeps_the_verdicts(tree, tmp_path, monkeypatch):
+    monkeypatch.setattr(compile_stage, "PREPROCESS_FROM", 2)
+    patch = tmp_path / "foo.patch"
+    patch.write_text(PATCH)
+    planned = [Planned(name, "includes include/foo.h") for name in FILES]
+    first = compile_stage._unaffected(tree, PatchSet.read([patch]), planned, None,
+                                      tmp_path / "work", None)
+    calls = []
+    monkeypatch.setattr(compile_stage, "preprocess", lambda *a, **k: calls.append(a) or {})
+    again = compile_stage._unaffected(tree, PatchSet.read([patch]), planned, None,
+                                      tmp_path / "work", None)
+    assert again == first and len(calls) == 2  # only calls.c and limit.c, once each way
+    # another change to the header is judged afresh
+    other = tmp_path / "other.patch"
+    other.write_text(PATCH.replace("x * 3", "x * 4"))
+    calls.clear()
+    compile_stage._unaffected(tree, PatchSet.read([other]), planned, None,
+                              tmp_path / "work", None)
+    assert calls and len(calls[0][1]) == len(FILES)

@@ -117,6 +117,21 @@ def target_version(series: str, to: str, running: str, archive: Archive) -> str:
     return to
 
 
+def short_reason(text: str, items: int = 3) -> str:
+    """A builder error's first line; when that line introduces a list (it ends with ':'),
+    with the list's first `items` entries, so the reason says what was found."""
+    lines = text.splitlines()
+    reason = lines[0] if lines else ""
+    if reason.endswith(":"):
+        listed = []
+        for line in lines[1:]:
+            if line.strip().startswith("hint:") or len(listed) == items:
+                break
+            listed.append(line.strip().removeprefix("- "))
+        reason += " " + "; ".join(item for item in listed if item)
+    return reason
+
+
 SLUG_LENGTH = 40
 
 
@@ -155,7 +170,7 @@ def _unit_result(request: UpdateRequest, kernel, unit: Unit, patch: Path, work: 
     except BuildError as err:
         text = str(err)
         result.update(status="no-change" if NO_CHANGE in text else "needs-reboot",
-                      reason=text.splitlines()[0])
+                      reason=short_reason(text))
         if NOT_COMPILED.match(result["reason"]):
             result["compile_errors"] = [line for line in err.message.splitlines()
                                         if "error:" in line][:20]

@@ -462,3 +462,18 @@ def test_a_header_that_breaks_a_file_another_unit_fixes_is_built_with_it(monkeyp
     assert built == [["fs/c/c.c", "include/linux/h.h"]]
     assert [(r["status"], r.get("joined")) for r in records] == [
         ("live", None), ("live", ["fs/c"])]
+
+
+def test_a_reason_that_introduces_a_list_keeps_its_first_entries():
+    from builder.update import short_reason
+
+    text = ("check: the generated module would not load safely:\n"
+            "  - .rela.text: R_X86_64_PC32 to 'x' overflows\n"
+            "  - __jump_table: key 'k' lives in module kvm\n"
+            "  - a third\n  - a fourth\n"
+            "  hint: nothing was written; report this patch")
+    assert short_reason(text) == (
+        "check: the generated module would not load safely: .rela.text: R_X86_64_PC32 to "
+        "'x' overflows; __jump_table: key 'k' lives in module kvm; a third")
+    assert short_reason("diff: a.c: f: no ftrace entry\n  hint: h") == \
+        "diff: a.c: f: no ftrace entry"

@@ -8,9 +8,15 @@ they never expand. gcc -E costs a fraction of a compile, so both versions of eve
 file are preprocessed, and a file is left out of the build when its two outputs differ
 only in top-level items gcc emits no code for:
 
-- a `static` function definition (inline or not) whose name nothing else in the file
-  mentions: gcc -O2 drops an unreferenced static function;
-- a function prototype or an `extern` declaration whose name nothing else mentions.
+- a `static inline` function definition whose name nothing else in the file mentions:
+  gcc drops an unreferenced inline function whatever the optimization level (a plain
+  `static` one it keeps under `optimize("O0")`, a pragma or per-file flags);
+- a function prototype or an `extern` declaration of one name that nothing else
+  mentions, and that is not a library function gcc may call on its own (memcpy, abort).
+
+A mention is any occurrence of the name, in a string too (top-level asm may call it) and
+as `__builtin_NAME`, except a member access (`.name`, `->name`) and a member's own
+declarator in a struct or union definition.
 
 Anything else that differs (a type, a variable, an item that uses a changed name, a
 pragma, top-level asm) keeps the file in the build, where the object diff decides. Line
@@ -24,6 +30,8 @@ import difflib
 import re
 from dataclasses import dataclass
 
+RULES = 2  # bump when a verdict could change: kept verdicts (compile's .klp-same) expire
+
 # What matters for finding top-level items: string and character literals (whose
 # characters do not count), braces, and at depth 0 the semicolon. (A `;` inside
 # parentheses at file scope does not occur: `for (;;)` lives in bodies.)
@@ -33,11 +41,19 @@ _IN_BODY = re.compile(r"[\"'{}]")
 _LITERAL_AT = re.compile(_LITERAL)
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 _LINEMARKER = re.compile(r"^# \d+ .*$\n?", re.MULTILINE)
+_LINE_BUILTINS = re.compile(r"__builtin_(LINE|FILE|FUNCTION)\b")
 
 # Attributes that make gcc keep (or place) a function nothing calls.
 _KEEPS = {"used", "__used__", "constructor", "__constructor__", "destructor",
           "__destructor__", "alias", "__alias__", "externally_visible",
-          "__externally_visible__", "weakref", "__weakref__", "ifunc", "__ifunc__"}
+          "__externally_visible__", "weakref", "__weakref__", "ifunc", "__ifunc__",
+          "optimize", "__optimize__"}
+# Functions gcc may call with no mention in the source (a struct copy calls memcpy, a
+# trap abort, instrumentation its hooks): a changed declaration of one (an asm label)
+# changes code that never names it.
+_LIBCALL = re.compile(r"(mem|str|bcmp|bzero|abort|__stack_chk_|__fentry__|__x86_|"
+                      r"__(?:a|k|t|ub|hwa)san_|__sanitizer_|__gcov_|__cyg_profile_|"
+                      r"__[a-z]+[sdtx]i[0-9])")
 # Words before a '(' that are not a declarator's name.
 _NOT_A_NAME = {"__alignof__", "_Static_assert", "sizeof", "__extension__", "void", "char",
                "short", "int", "long", "float", "double", "signed",
@@ -54,8 +70,14 @@ class Item:
     text: str
 
     @property
-    def words(self) -> list[str]:
-        return _IDENTIFIER.findall(_STRINGS.sub('""', self.text))
+    def attribute_words(self) -> list[str]:
+        """The identifiers inside the item's __attribute__((...)) groups."""
+        text = _STRINGS.sub('""', self.text)
+        words: list[str] = []
+        for match in re.finditer(r"\b__attribute(?:__)?\s*\(", text):
+            end = _group_end(text, match.end() - 1)
+            words += _IDENTIFIER.findall(text[match.end():end])
+        return words
 
 
 _STRINGS = re.compile(_LITERAL)
@@ -96,8 +118,8 @@ def items(text: str) -> list[Item]:
                 literal = _LITERAL_AT.match(text, match.start(), line_start)
                 position = literal.end() if literal else position
             elif token == "{":
-                if depth == 0:
-                    body = text[start:match.start()].rstrip().endswith(")")
+                if depth == 0:  # `f(void) {`, or `(*f(void))[2] {` (returns an array)
+                    body = text[start:match.start()].rstrip().endswith((")", "]"))
                 depth += 1
             elif token == "}":
                 depth -= 1
@@ -127,28 +149,52 @@ def droppable_name(item: Item) -> str | None:
     """The name an item declares or defines, when gcc emits no code for it unless that
     name is used elsewhere; None for every other item."""
     text = item.text
-    if text.startswith("#"):
+    if text.startswith("#") or any(w in _KEEPS for w in item.attribute_words):
         return None
-    words = item.words
-    if any(word in _KEEPS for word in words):
-        return None
-    if text.endswith("}"):  # a function definition: only a static one may go
+    if text.endswith("}"):  # a function definition: only a static inline one may go
         head = text[:text.index("{")]
-        if "static" not in _IDENTIFIER.findall(_outside_brackets(head)) or "=" in head:
+        words = _IDENTIFIER.findall(_outside_brackets(head))
+        if "static" not in words or not {"inline", "__inline", "__inline__"} & set(words) \
+                or "=" in head:
             return None
         return _declarator(head)
-    if not text.endswith(";") or "{" in text or "=" in _outside_brackets(text):
+    if not text.endswith(";") or "{" in text:
         return None
-    head_words = _IDENTIFIER.findall(_outside_brackets(text))
-    if "typedef" in head_words:
-        return None
+    outside = _outside_brackets(_without_groups(text))
+    if "=" in outside or "," in outside or "typedef" in _IDENTIFIER.findall(outside):
+        return None  # an initializer, several declarators, a type
     name = _declarator(text[:-1])
-    if name is not None:
-        return name  # a prototype
-    if head_words[:1] == ["extern"] and "(" not in text and re.search(
-            r"\w\s*(\[[^\]]*\]\s*)*;\Z", text):
-        return head_words[-1]  # extern int x; extern char y[];
-    return None
+    if name is None and _IDENTIFIER.findall(outside)[:1] == ["extern"] and re.search(
+            r"\w\s*(\[[^\]]*\]\s*)*;\Z", _without_groups(text)):
+        name = _IDENTIFIER.findall(outside)[-1]  # extern int x; extern char y[];
+    if name is None or _LIBCALL.match(name):
+        return None
+    return name
+
+
+def _without_groups(text: str) -> str:
+    """Text without its __attribute__((...)) and typeof(...) groups (a per-CPU or
+    section-placed extern is still one extern declaration)."""
+    out, position = [], 0
+    for match in re.finditer(r"\b(?:__attribute(?:__)?|__typeof(?:__)?|typeof)\s*\(", text):
+        if match.start() < position:
+            continue
+        out.append(text[position:match.start()])
+        position = _group_end(text, match.end() - 1)
+    return "".join(out) + text[position:]
+
+
+def _group_end(text: str, open_at: int) -> int:
+    """The index after the bracket group that opens at text[open_at]."""
+    depth = 0
+    for index in range(open_at, len(text)):
+        if text[index] in "([":
+            depth += 1
+        elif text[index] in ")]":
+            depth -= 1
+            if depth == 0:
+                return index + 1
+    return len(text)
 
 
 def _outside_brackets(text: str) -> str:
@@ -207,28 +253,43 @@ def _after_group(tokens: list[str], open_index: int) -> int:
 
 
 def uses(item: Item, name: str) -> bool:
-    """Whether an item may make gcc emit `name`: any mention counts (a string too: top-level
-    asm may call it) but a member access (`.name`, `->name`) and a mention inside a type
-    definition (`struct s { long *name; };`, `typedef typeof(name) t;`): neither refers
-    to code or data gcc would have to emit."""
+    """Whether an item may make gcc emit `name` or depend on its declaration: any
+    mention counts (in a string too: top-level asm may call it; `__builtin_NAME` too),
+    but a member access (`.name`, `->name`) and a member's declarator in a struct or
+    union definition, which name a member, not the function or object."""
     text = item.text
-    word = re.compile(rf"\b{re.escape(name)}\b")
+    word = re.compile(rf"(?<![\w$])(?:__builtin_)?{re.escape(name)}\b")
     if not word.search(text):
         return False
     if any(word.search(literal) for literal in _STRINGS.findall(text)):
         return True
-    if _is_type_definition(text):
-        return False
     code = _STRINGS.sub('""', text)
-    return any(not code[max(0, match.start() - 16):match.start()].rstrip().endswith(
-        (".", "->")) for match in word.finditer(code))
+    members = _member_declarators(code)
+    return any(match.start() not in members and not code[max(0, match.start() - 16):
+               match.start()].rstrip().endswith((".", "->")) for match in word.finditer(code))
 
 
-def _is_type_definition(text: str) -> bool:
-    """A struct, union or enum definition or a typedef, declaring no initialized object."""
-    words = _IDENTIFIER.findall(text[:40])
-    return bool(words) and words[0] in ("struct", "union", "enum", "typedef") and \
-        text.endswith(";") and "=" not in _outside_brackets(text)
+def _member_declarators(code: str) -> set[int]:
+    """Offsets of the words a struct or union definition (`struct t {...};`, no object
+    declared) declares as members: in its braces, outside every () and [] group. A
+    word in a member's type (`typeof(x)`, `[sizeof(x)]`) is in a group, so it counts."""
+    if not re.match(r"\s*(struct|union)\b[^{;=]*\{", code) or \
+            not re.search(r"\}\s*(__attribute__\s*\(\(.*\)\)\s*)?;\s*\Z", code, re.S):
+        return set()
+    found, braces, groups = set(), 0, 0
+    for match in re.finditer(r"[A-Za-z_]\w*|[{}()\[\]]", code):
+        token = match.group()
+        if token == "{":
+            braces += 1
+        elif token == "}":
+            braces -= 1
+        elif token in "([":
+            groups += 1
+        elif token in ")]":
+            groups -= 1
+        elif braces and not groups:
+            found.add(match.start())
+    return found
 
 
 @dataclass(frozen=True)
@@ -242,8 +303,10 @@ class Verdict:
 def compare(original: str, patched: str) -> Verdict:
     """Compare two preprocessed versions of one file (raw gcc -E output)."""
     before, after = normalize(original), normalize(patched)
-    if before == after:
+    if before == after and (original == patched or not _LINE_BUILTINS.search(original)):
         return Verdict(True, "the same after preprocessing")
+    if _LINE_BUILTINS.search(original) or _LINE_BUILTINS.search(patched):
+        return Verdict(False, "the compiler resolves __builtin_LINE/FILE from line markers")
     old, new = items(before), items(after)
     matcher = difflib.SequenceMatcher(None, [i.text for i in old], [i.text for i in new])
     changed_old: list[Item] = []

@@ -34,6 +34,7 @@ from builder.includes import IncludeGraph
 from builder.kbuild import Kbuild
 from builder.layouts import changed_types, refuse_layout_changes
 from builder.patchset import PatchFile, PatchSet
+from builder.preprocess import RULES as PREPROCESS_RULES
 from builder.preprocess import compare as compare_preprocessed
 from builder.progress import Timer, timed
 from builder.request import MAX_FILES
@@ -829,14 +830,16 @@ def _same_marker(tree: PreparedTree, original_key: str, compat_include: Path | N
     """Where a verdict "this includer compiles to the same code under these changes" is
     kept, so a rerun of the same patch does not preprocess it again."""
     compat = _digest_of(compat_include) if compat_flags(compat_include) else "-"
-    key = json.dumps([RECIPE, KCFLAGS, compat, original_key, changed], sort_keys=True)
+    key = json.dumps([RECIPE, PREPROCESS_RULES, KCFLAGS, compat, original_key, changed],
+                     sort_keys=True)
     return tree.build_dir / ".klp-same" / hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def same_code(original: Path, patched: Path) -> bool:
     """Whether two preprocessed files compile to the same code (in a worker process)."""
-    return compare_preprocessed(original.read_text(errors="replace"),
-                                patched.read_text(errors="replace")).same
+    # latin-1 maps every byte to itself: two different invalid UTF-8 bytes must differ
+    return compare_preprocessed(original.read_text(encoding="latin-1"),
+                                patched.read_text(encoding="latin-1")).same
 
 
 def preprocess(tree: PreparedTree, sources: list[str], folder: Path, extra_cflags: str = ""

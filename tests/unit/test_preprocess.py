@@ -119,7 +119,10 @@ def test_a_changed_pragma_between_items_is_built():
 
 @pytest.mark.parametrize(("text", "name"), [
     ("static inline int foo_get(struct foo *f)\n{\n return 0;\n}", "foo_get"),
-    ("static __attribute__((__noinline__)) void foo_slow(void) { }", "foo_slow"),
+    # a plain static function gcc keeps under optimize("O0"), a pragma or per-file flags
+    ("static __attribute__((__noinline__)) void foo_slow(void) { }", None),
+    ("static inline __attribute__((__optimize__(\"O0\"))) int foo_o0(void) { return 0; }",
+     None),
     ("static inline __attribute__((always_inline)) struct foo *foo_of(void *p) { return p; }",
      "foo_of"),
     ("extern int foo_register(struct foo *f) __attribute__((__warn_unused_result__));",
@@ -139,9 +142,29 @@ def test_a_changed_pragma_between_items_is_built():
     ("int foo_strict(int a[static 4])\n{\n return a[0];\n}", None),
     ("_Static_assert(sizeof(struct foo) == 16, \"size\");", None),
     ("enum foo_kind { FOO_A, FOO_B };", None),
+    # one declaration of several names; a library function gcc calls on its own
+    ("extern int foo_a, foo_b;", None),
+    ("extern int foo_a, foo_b(void);", None),
+    ("void *memcpy(void *d, const void *s, unsigned long n) __asm__(\"__memcpy\");", None),
+    ("extern void abort(void);", None),
+    # a per-CPU extern is still one declaration
+    ("extern __attribute__((section(\".data..percpu\"))) __typeof__(int) foo_pcpu;",
+     "foo_pcpu"),
 ])
 def test_droppable_names(text, name):
     assert droppable_name(Item(text)) == name
+
+
+def test_line_builtins_make_line_markers_count():
+    old = HEAD + "static inline int foo_line(void)\n{\n return __builtin_LINE();\n}\n" + TAIL
+    moved = old.replace('# 1 "./include/linux/foo.h" 1', '# 3 "./include/linux/foo.h" 1')
+    assert not compare(old, moved).same
+
+
+def test_a_function_returning_an_array_pointer_is_one_item():
+    text = ("struct s (*get(void))[2]\n{\n return &tbl[helper()];\n}\n"
+            "int y;\n")
+    assert [item.text.split()[-1] for item in items(text)] == ["}", "y;"]
 
 
 def test_items_split_definitions_and_declarations():
@@ -171,7 +194,11 @@ def test_a_member_of_the_same_name_is_no_use():
     ("int f(struct foo *x)\n{\n return x->foo_put;\n}", False),
     ("int f(struct foo x)\n{\n return x . foo_put;\n}", False),
     ("struct foo { long *foo_put; int a; };", False),
-    ("typedef typeof(foo_put) foo_put_t;", False),
+    # a type made from it changes with its declaration
+    ("typedef typeof(foo_put) foo_put_t;", True),
+    ("struct foo { typeof(foo_put) *hook; char pad[sizeof(foo_put)]; };", True),
+    ("struct foo { long *foo_put; } foo_global;", True),  # an object, not a type
+    ("int f(void *p)\n{\n return __builtin_foo_put(p);\n}", True),
     ("struct foo bar = { .cb = foo_put };", True),
     ("int f(void)\n{\n return foo_put(0);\n}", True),
     ('asm(".globl x; x: jmp foo_put");', True),

@@ -32,7 +32,8 @@ def fleet(lab, lab_inventory, tmp_path_factory) -> dict:
     return fleet_of(lab, FLEET, lab_inventory, tmp_path_factory.mktemp("update"), NAME)
 
 
-def update(fleet: dict, step: str, **extra) -> tuple[subprocess.CompletedProcess, Path]:
+def update(fleet: dict, step: str, timeout: int = 3600, **extra
+           ) -> tuple[subprocess.CompletedProcess, Path]:
     report = fleet["base"] / step
     variables = {"livepatch_name": NAME, "livepatch_update_to": "latest",
                  "livepatch_hosts": ":".join(fleet["hosts"]), "livepatch_become": False,
@@ -41,7 +42,7 @@ def update(fleet: dict, step: str, **extra) -> tuple[subprocess.CompletedProcess
     proc = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(fleet["inventory"]),
                            str(REPO / "livepatch.yml"), "-e", json.dumps(variables)],
                           capture_output=True, text=True, env=env(fleet), check=False,
-                          cwd=REPO, timeout=3600)
+                          cwd=REPO, timeout=timeout)
     (fleet["base"] / f"{step}.log").write_text(proc.stdout + proc.stderr)
     return proc, report
 

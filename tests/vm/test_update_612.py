@@ -19,6 +19,7 @@ from tests.vm.fleet import fleet_of, hosts_of, recap
 from tests.vm.test_update import NAME, live_functions, manifest_of, shell, update
 
 FLEET = ("older-6.12-amd64", "newest-6.12-amd64")
+COLD_HOURS = 4  # the first run builds the whole update (2 h for 6.12.115 -> 117 here)
 
 pytestmark = pytest.mark.skipif(os.environ.get("KLP_VM_UPDATE_612") != "1",
                                 reason="hours of building: KLP_VM_UPDATE_612=1")
@@ -41,7 +42,7 @@ def loaded_objects(fleet: dict, host: str, objects: dict) -> dict:
 
 def test_update_brings_the_older_612_host_to_the_newest_upload(fleet):
     older, newest = fleet["order"]
-    proc, report_dir = update(fleet, "update")
+    proc, report_dir = update(fleet, "update", timeout=COLD_HOURS * 3600)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     hosts = hosts_of(report_dir)
     target = hosts[newest]["package_version"]

@@ -809,9 +809,8 @@ def _unaffected(tree: PreparedTree, patches: PatchSet, planned: list[Planned],
                                      for source, path in before.items()}))
             while len(pending) > 1:
                 settle(*pending.pop(0))
-            if progress:
-                progress(f"preprocessed {start + len(chunk)}/{len(todo)}: {len(same)} "
-                         "compile to the same code so far")
+            if progress:  # the verdicts come in behind: counted at the end
+                progress(f"preprocessed {start + len(chunk)}/{len(todo)}")
         while pending:
             settle(*pending.pop(0))
     shutil.rmtree(work / "preprocessed", ignore_errors=True)

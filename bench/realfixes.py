@@ -74,7 +74,8 @@ REASONS = [
     (r"no functional change", "no functional change in the built objects", RIGHT,
      "nothing to patch: the running code already is the fix"),
     (r"built files include the changed header", "header included by too many built files",
-     GAP, "each including file is compiled twice; --max-files keeps it bounded"),
+     GAP, "each file whose code may change is compiled twice, each includer preprocessed "
+     "twice; --max-files keeps it bounded"),
     (r"differs from the shipped", "rebuilt original differs from the shipped kernel", None,
      None),
     (r"not in the symbol table of the shipped", "function not in the shipped symbol table",
@@ -95,6 +96,10 @@ REASONS = [
      "a symbol of another object kind"),
     (r"is not in the symbol table of", "symbol missing from the target's symbol table", None,
      None),
+    (r"would not load safely: \.altinstr\S* .*resolves only when it patches",
+     "alternative-instruction entry naming a symbol of a patched module", RIGHT,
+     "the kernel applies a module's alternatives when it loads it, before livepatch can "
+     "resolve another module's symbols (the same as the jump-label case)"),
     (r"would not load safely", "check stage: the module would not load safely", None, None),
     (r"neither exported nor", "link: symbols neither exported nor resolvable", None, None),
     (r"kbuild failed to link", "link: kbuild failed", None, None),

@@ -784,36 +784,7 @@ def _unaffected(tree: PreparedTree, patches: PatchSet, planned: list[Planned],
     if progress:
         progress(f"preprocessing {len(todo)} files that include the changed header(s), "
                  "both versions, to compile only those whose code can change")
-    same: set[str] = set()
-    # The comparisons run in worker processes while make preprocesses the next chunk;
-    # a chunk's files are deleted once compared (at most two chunks on disk).
-    pending: list[tuple[Path, dict[str, Future]]] = []
-
-    def settle(folder: Path, verdicts: dict[str, Future]) -> None:
-        same.update(source for source, verdict in verdicts.items() if verdict.result())
-        shutil.rmtree(folder, ignore_errors=True)
-
-    workers = max(1, os.cpu_count() or 1)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")
-                             ) as pool:
-        for start in range(0, len(todo), PREPROCESS_CHUNK):
-            chunk = todo[start:start + PREPROCESS_CHUNK]
-            folder = work / "preprocessed" / str(start)
-            try:
-                _apply_all(tree, patches)
-                after = preprocess(tree, chunk, folder / "patched", compat_flags(compat_include))
-            finally:
-                restore_files(tree)
-            before = preprocess(tree, list(after), folder / "orig")
-            pending.append((folder, {source: pool.submit(same_code, path, after[source])
-                                     for source, path in before.items()}))
-            while len(pending) > 1:
-                settle(*pending.pop(0))
-            if progress:  # the verdicts come in behind: counted at the end
-                progress(f"preprocessed {start + len(chunk)}/{len(todo)}")
-        while pending:
-            settle(*pending.pop(0))
-    shutil.rmtree(work / "preprocessed", ignore_errors=True)
+    same = _judge(tree, patches, todo, compat_include, work / "preprocessed", progress)
     for source in same:
         markers[source].parent.mkdir(parents=True, exist_ok=True)
         markers[source].touch()
@@ -821,6 +792,43 @@ def _unaffected(tree: PreparedTree, patches: PatchSet, planned: list[Planned],
     if progress:
         progress(f"{len(same)} of {len(includers)} files that include the changed header(s) "
                  f"compile to the same code; compiling {len(planned) - len(same)}")
+    return same
+
+
+def _judge(tree: PreparedTree, patches: PatchSet, sources: list[str],
+           compat_include: Path | None, folder: Path, progress) -> set[str]:
+    """The sources that preprocess to the same code, pristine and patched. The
+    comparisons run in worker processes while make preprocesses the next chunk; a
+    chunk's files are deleted once compared (at most two chunks on disk)."""
+    same: set[str] = set()
+    pending: list[tuple[Path, dict[str, Future]]] = []
+
+    def settle(chunk_folder: Path, verdicts: dict[str, Future]) -> None:
+        same.update(source for source, verdict in verdicts.items() if verdict.result())
+        shutil.rmtree(chunk_folder, ignore_errors=True)
+
+    workers = max(1, os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")
+                             ) as pool:
+        for start in range(0, len(sources), PREPROCESS_CHUNK):
+            chunk = sources[start:start + PREPROCESS_CHUNK]
+            chunk_folder = folder / str(start)
+            try:
+                _apply_all(tree, patches)
+                after = preprocess(tree, chunk, chunk_folder / "patched",
+                                   compat_flags(compat_include))
+            finally:
+                restore_files(tree)
+            before = preprocess(tree, list(after), chunk_folder / "orig")
+            pending.append((chunk_folder, {source: pool.submit(same_code, path, after[source])
+                                           for source, path in before.items()}))
+            while len(pending) > 1:
+                settle(*pending.pop(0))
+            if progress:  # the verdicts come in behind: counted at the end
+                progress(f"preprocessed {start + len(chunk)}/{len(sources)}")
+        while pending:
+            settle(*pending.pop(0))
+    shutil.rmtree(folder, ignore_errors=True)
     return same
 
 

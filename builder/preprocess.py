@@ -38,7 +38,7 @@ RULES = 2  # bump when a verdict could change: kept verdicts (compile's .klp-sam
 _LITERAL = r'"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\''
 _AT_TOP = re.compile(r"[\"'{};]")  # a leading class: the regex engine scans fast
 _IN_BODY = re.compile(r"[\"'{}]")
-_LITERAL_AT = re.compile(_LITERAL)
+_STRINGS = re.compile(_LITERAL)  # string and character literals
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 _LINEMARKER = re.compile(r"^# \d+ .*$\n?", re.MULTILINE)
 _LINE_BUILTINS = re.compile(r"__builtin_(LINE|FILE|FUNCTION)\b")
@@ -80,7 +80,6 @@ class Item:
         return words
 
 
-_STRINGS = re.compile(_LITERAL)
 
 
 def normalize(text: str) -> str:
@@ -115,7 +114,7 @@ def items(text: str) -> list[Item]:
                 break
             token, position = match.group(), match.end()
             if token in "\"'":  # skip the literal: its braces and semicolons do not count
-                literal = _LITERAL_AT.match(text, match.start(), line_start)
+                literal = _STRINGS.match(text, match.start(), line_start)
                 position = literal.end() if literal else position
             elif token == "{":
                 if depth == 0:  # `f(void) {`, or `(*f(void))[2] {` (returns an array)
@@ -184,13 +183,14 @@ def _without_groups(text: str) -> str:
     return "".join(out) + text[position:]
 
 
-def _group_end(text: str, open_at: int) -> int:
-    """The index after the bracket group that opens at text[open_at]."""
+def _group_end(text: str | list[str], open_at: int) -> int:
+    """The index after the bracket group that opens at text[open_at] (in a string of
+    characters or a list of tokens)."""
     depth = 0
     for index in range(open_at, len(text)):
-        if text[index] in "([":
+        if text[index] in ("(", "["):
             depth += 1
-        elif text[index] in ")]":
+        elif text[index] in (")", "]"):
             depth -= 1
             if depth == 0:
                 return index + 1
@@ -223,13 +223,13 @@ def _declarator(head: str) -> str | None:
         if token == "(":
             before = tokens[index - 1] if index else ""
             if before in _GROUPS:  # __attribute__((...)), typeof(...): skip the group
-                index = _after_group(tokens, index)
+                index = _group_end(tokens, index)
                 continue
             if not _IDENTIFIER.fullmatch(before) or before in _NOT_A_NAME:
                 return None
-            rest = tokens[_after_group(tokens, index):]
+            rest = tokens[_group_end(tokens, index):]
             while rest and rest[0] in _GROUPS and len(rest) > 1 and rest[1] == "(":
-                rest = rest[_after_group(rest, 1):]
+                rest = rest[_group_end(rest, 1):]
             return before if not rest else None
         index += 1
     return None
@@ -237,19 +237,6 @@ def _declarator(head: str) -> str | None:
 
 _GROUPS = {"__attribute__", "__attribute", "__typeof__", "__typeof", "typeof", "_Alignas",
            "__asm__", "__asm", "asm"}
-
-
-def _after_group(tokens: list[str], open_index: int) -> int:
-    """The index after the bracket group that opens at tokens[open_index]."""
-    depth = 0
-    for index in range(open_index, len(tokens)):
-        if tokens[index] in "([":
-            depth += 1
-        elif tokens[index] in ")]":
-            depth -= 1
-            if depth == 0:
-                return index + 1
-    return len(tokens)
 
 
 def uses(item: Item, name: str) -> bool:

@@ -58,6 +58,8 @@ def case_patch(name: str, release: str) -> Path:
     if series not in patch:
         sys.exit(f"case {name} has no patch for Linux {series}: {', '.join(patch)}")
     return patch[series]
+
+
 GOAL_WARM_50 = 120.0  # seconds, warm, for a header included by about 50 built files
 
 

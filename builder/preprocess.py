@@ -80,8 +80,6 @@ class Item:
         return words
 
 
-
-
 def normalize(text: str) -> str:
     """Preprocessed text without line markers (they only steer debug information)."""
     return _LINEMARKER.sub("", text)

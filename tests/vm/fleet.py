@@ -82,6 +82,19 @@ def hosts_of(report_dir: Path) -> dict[str, dict]:
     return {entry["host"]: entry for entry in report["hosts"]}
 
 
+def failed_play(proc: subprocess.CompletedProcess, report_dir: Path) -> str:
+    """What a failed run printed last, then each failed host's gate, reason and kernel
+    log from the fleet report (a WARNING that made a gate roll back is named there)."""
+    text = proc.stdout[-6000:] + proc.stderr[-3000:]
+    if (report_dir / "latest" / "report.json").is_file():
+        for host, entry in hosts_of(report_dir).items():
+            if entry.get("status") == "failed":
+                log = "\n".join(entry.get("kernel_log") or [])
+                text += (f"\n--- {host}: gate {entry.get('gate')}: {entry.get('reason')}\n"
+                         f"{log[-8000:]}")
+    return text
+
+
 def ad_hoc(fleet: dict, host: str, module: str, args: str) -> subprocess.CompletedProcess:
     """`ansible HOST -m MODULE -a ARGS` against the fleet's inventory."""
     return subprocess.run([str(ANSIBLE), "-i", str(fleet["inventory"]), host, "-m", module,

@@ -18,7 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.fleet import ANSIBLE_PLAYBOOK, REPO, ad_hoc, env, fleet_of, hosts_of, recap
+from tests.vm.fleet import (
+    ANSIBLE_PLAYBOOK,
+    REPO,
+    ad_hoc,
+    env,
+    failed_play,
+    fleet_of,
+    hosts_of,
+    recap,
+)
 
 FLEET = ("older-2-6.1-amd64", "older-6.1-amd64", "newest-6.1-amd64")
 NAME = "klp_update"
@@ -69,7 +78,7 @@ def live_functions(fleet: dict, host: str, objects: dict[str, list[dict]]) -> se
 def test_update_brings_each_host_to_the_newest_upload(fleet):
     two_behind, one_behind, newest = fleet["order"]
     proc, report_dir = update(fleet, "update")
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, failed_play(proc, report_dir)
     hosts = hosts_of(report_dir)
     target = hosts[newest]["package_version"]
 
@@ -97,7 +106,7 @@ def test_update_brings_each_host_to_the_newest_upload(fleet):
 
 def test_update_rerun_changes_nothing(fleet):
     proc, report_dir = update(fleet, "rerun")
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, failed_play(proc, report_dir)
     report = json.loads((report_dir / "latest" / "report.json").read_text())
     assert report["build"]["built"] == []
     counters = recap(proc)
@@ -106,7 +115,7 @@ def test_update_rerun_changes_nothing(fleet):
 
 def test_update_rollback_removes_the_update_modules(fleet):
     proc, report_dir = update(fleet, "rollback", livepatch_state="absent")
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, failed_play(proc, report_dir)
     for host in fleet["hosts"]:
         assert (hosts_of(report_dir)[host]["status"],
                 hosts_of(report_dir)[host]["patch_state"]) == ("ok", "absent")

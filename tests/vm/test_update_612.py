@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from tests.vm.fleet import fleet_of, hosts_of, recap
+from tests.vm.fleet import failed_play, fleet_of, hosts_of, recap
 from tests.vm.test_update import NAME, live_functions, manifest_of, shell, update
 
 FLEET = ("older-6.12-amd64", "newest-6.12-amd64")
@@ -43,7 +43,7 @@ def loaded_objects(fleet: dict, host: str, objects: dict) -> dict:
 def test_update_brings_the_older_612_host_to_the_newest_upload(fleet):
     older, newest = fleet["order"]
     proc, report_dir = update(fleet, "update", timeout=COLD_HOURS * 3600)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, failed_play(proc, report_dir)
     hosts = hosts_of(report_dir)
     target = hosts[newest]["package_version"]
     assert (hosts[newest]["status"], hosts[newest]["update"]["state"]) == ("current", "current")
@@ -66,14 +66,14 @@ def test_update_brings_the_older_612_host_to_the_newest_upload(fleet):
 
 
 def test_update_612_rerun_changes_nothing(fleet):
-    proc, _report_dir = update(fleet, "rerun")
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    proc, report_dir = update(fleet, "rerun")
+    assert proc.returncode == 0, failed_play(proc, report_dir)
     assert all(counters["changed"] == 0 for counters in recap(proc).values())
 
 
 def test_update_612_rollback_removes_the_module(fleet):
     proc, report_dir = update(fleet, "rollback", livepatch_state="absent")
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, failed_play(proc, report_dir)
     for host in fleet["hosts"]:
         assert hosts_of(report_dir)[host]["patch_state"] == "absent"
         loaded = shell(fleet, host, f"ls /sys/kernel/livepatch | grep -c '^{NAME}_' || true")

@@ -3,8 +3,12 @@
  * Layout probe: the sizes of the special-section entries of the kernel this
  * file is compiled against. The builder reads klp_layout[] from the object
  * instead of hard-coding struct sizes that change between kernel versions.
+ * It is also compiled as part of a composite module, to see which of objtool's
+ * tables (of klp_layout_code's return, calls, unwind data) kbuild writes only
+ * when it links a module (builder/layout.py).
  */
 #include <linux/module.h>
+#include <linux/timekeeping.h>
 #include <linux/version.h>
 #include <linux/bug.h>
 #include <linux/jump_label.h>
@@ -30,5 +34,11 @@ const unsigned int klp_layout[] = {
 	sizeof(struct orc_entry),
 	KLP_PARAVIRT_SITE,
 };
+
+/* A return, a direct call and an indirect call, for objtool to annotate. */
+noinline int klp_layout_code(int (*fn)(int), int x)
+{
+	return fn(x) + (int)ktime_get_ns();
+}
 
 MODULE_LICENSE("GPL");

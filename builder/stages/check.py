@@ -25,6 +25,7 @@ from builder.elf import (
     R_X86_64_NONE,
     RELOC_WIDTH,
     SHF_ALLOC,
+    SHF_EXECINSTR,
     SHF_RELA_LIVEPATCH,
     SHN_LIVEPATCH,
     SHT_NOBITS,
@@ -48,6 +49,7 @@ EARLY_SECTIONS = ("__jump_table", ".static_call_sites", ".altinstructions",
                   ".call_sites", "__mcount_loc", "__dyndbg", ".ibt_endbr_seal",
                   "__tracepoints_ptrs", "__param", ".init_array")
 CALL, JMP32, JMP8 = 0xE8, 0xE9, 0xEB
+RETURN_THUNK = "__x86_return_thunk"
 
 
 @dataclass
@@ -93,6 +95,8 @@ def check_module(ko: ElfObject, layout: Layout, functions: Iterable[FunctionEntr
     _check_alternatives(ko, layout, late_sites, relocs, problems)
     report.jump_labels = _check_jump_labels(ko, layout, problems)
     report.static_calls = _check_static_calls(ko, layout, relocs, late_sites, problems)
+    _check_return_sites(ko, relocs, problems)
+    _check_unwind_data(ko, problems)
     for fn in functions:
         report.functions += 1
         _check_function(fn, symbol_table, problems)
@@ -320,6 +324,45 @@ def _check_static_calls(ko: ElfObject, layout: Layout, relocs, late_sites,
             problems.add(f"static call at {code.name}+{offset:#x} calls a symbol livepatch "
                          "resolves only later, but the kernel rewrites the call at load")
     return len(entries)
+
+
+def _code_sections(ko: ElfObject) -> list[Section]:
+    return [sec for sec in ko.sections
+            if sec.flags & SHF_ALLOC and sec.flags & SHF_EXECINSTR and sec.data
+            and not sec.name.startswith(".altinstr_")]
+
+
+def _pointed_at(ko: ElfObject, name: str) -> set[tuple[int, int]]:
+    """(section id, offset) of every site a table of PC32 entries lists."""
+    sec = ko.section(name)
+    return {(id(site[0]), site[1]) for rel in (sec.relocs or [] if sec else [])
+            if (site := _site(ko, rel)) is not None}
+
+
+def _check_return_sites(ko: ElfObject, relocs, problems: _Problems) -> None:
+    """Every `jmp __x86_return_thunk` must be listed in .return_sites: the kernel
+    rewrites only listed ones at load, and 6.12 warns (`__warn_thunk`, taint W) when an
+    unlisted one runs."""
+    listed = _pointed_at(ko, ".return_sites")
+    for sec, rel, _late in relocs:
+        if rel.symbol.name != RETURN_THUNK or not sec.flags & SHF_EXECINSTR or \
+                sec.name.startswith(".altinstr_") or rel.offset < 1:
+            continue
+        if sec.data[rel.offset - 1] == JMP32 and (id(sec), rel.offset - 1) not in listed:
+            problems.add(f"the return at {sec.name}+{rel.offset - 1:#x} is not listed in "
+                         ".return_sites: the kernel would not patch it, and warns when it runs")
+
+
+def _check_unwind_data(ko: ElfObject, problems: _Problems) -> None:
+    """With ORC, every code section needs unwind entries: a task in code without them
+    has an unreliable stack, which keeps the livepatch transition from completing."""
+    if ko.section(".orc_unwind_ip") is None:
+        return
+    covered = {site for site, _offset in _pointed_at(ko, ".orc_unwind_ip")}
+    for sec in _code_sections(ko):
+        if id(sec) not in covered:
+            problems.add(f"{sec.name} has no ORC unwind entries: tasks in it would block the "
+                         "livepatch transition")
 
 
 __all__ = ["CheckReport", "check_module"]

@@ -8,6 +8,7 @@ import difflib
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,6 +16,7 @@ from builder.elf import (
     R_X86_64_PC32,
     R_X86_64_PC64,
     SHF_ALLOC,
+    SHF_EXECINSTR,
     SHF_INFO_LINK,
     SHF_RELA_LIVEPATCH,
     SHT_RELA,
@@ -23,7 +25,7 @@ from builder.elf import (
     Section,
 )
 from builder.errors import BuildError
-from builder.layout import Layout
+from builder.layout import Layout, linked_tables
 from builder.patchset import LineMap, PatchFile
 from builder.stages.check import check_module
 from builder.stages.diff import diff_unit
@@ -121,7 +123,7 @@ def link(tmp_path: Path, unit) -> ElfObject:
     unit.object.write(tmp_path / "patch.o")
     ko = tmp_path / "patch.ko"
     subprocess.run(["ld", "-r", "-o", str(ko), str(tmp_path / "patch.o")], check=True)
-    convert_livepatch_relocations(ko, {"printk", "__fentry__"})
+    convert_livepatch_relocations(ko, {"printk", "__fentry__", "__x86_return_thunk"})
     return ElfObject.read(ko)
 
 
@@ -244,3 +246,80 @@ def test_check_refuses_a_module_that_depends_on_another(tmp_path):
                                data=b"license=GPL\0depends=mac80211\0livepatch=Y\0", align=1))
     with pytest.raises(BuildError, match="the module depends on mac80211: insmod fails"):
         check_module(ko, LAYOUT_6_1, [], lambda objname: Symbols())
+
+
+# A function whose return is a return-thunk jump listed in .return_sites, as objtool
+# writes it into a single-file module's object.
+RETURN_MODULE = """\
+extern int printk(const char *fmt, ...);
+
+int handle(int v)
+{
+\tprintk("value %d\\n", v + 1);
+\tasm volatile("3: jmp __x86_return_thunk\\n\\t"
+\t\t".pushsection .return_sites, \\"a\\"\\n\\t.long 3b - .\\n\\t.popsection");
+\treturn 0;
+}
+"""
+LINKED_TABLES_6_12 = (".static_call_sites", ".retpoline_sites", ".return_sites",
+                      ".call_sites", ".ibt_endbr_seal", ".cfi_sites", ".orc_unwind",
+                      ".orc_unwind_ip", ".orc_header")  # what the probe finds on 6.12
+
+
+class ThunkExports(Exports):
+    def owner(self, name: str) -> str | None:
+        return "vmlinux" if name == "__x86_return_thunk" else super().owner(name)
+
+
+def generate_return(tmp_path: Path, layout: Layout):
+    old = RETURN_MODULE
+    new = old.replace("v + 1", "v + 2")
+    orig, patched = compile_c(tmp_path, "orig", old), compile_c(tmp_path, "patched", new)
+    text = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+                                        "a/m.c", "b/m.c"))
+    diff = diff_unit(orig, patched, "m.c", "demo_mod",
+                     PatchFile.parse(text, "m.patch").files[0].line_map)
+    return generate_unit(diff, Symbols(), ThunkExports(), prefix="u0", layout=layout)
+
+
+def test_objtool_tables_are_copied_only_where_objtool_annotates_each_object(tmp_path):
+    unit = generate_return(tmp_path, LAYOUT_6_1)
+    assert unit.object.section(".return_sites") is not None
+    ko = link(tmp_path, unit)
+    check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
+
+    # Where kbuild runs objtool on the linked module, a copied table would make objtool
+    # skip the whole module's ("file already has .return_sites, skipping").
+    layout = Layout(12, 16, 12, 12, 8, 6, 16, linked_tables=LINKED_TABLES_6_12)
+    unit = generate_return(tmp_path, layout)
+    assert unit.object.section(".return_sites") is None
+    # ...and were objtool not to run, the check names the return nothing lists.
+    ko = link(tmp_path, unit)
+    with pytest.raises(BuildError, match=r"the return at \.text\.handle\+0x[0-9a-f]+ is not "
+                                         r"listed in \.return_sites"):
+        check_module(ko, layout, unit.functions, lambda objname: Symbols())
+
+
+def test_check_refuses_code_without_unwind_entries(tmp_path):
+    ko = link(tmp_path, generate(tmp_path))
+    text = ko.section(".text.handle")
+    ko.sections.append(Section(name=".orc_unwind_ip", flags=SHF_ALLOC, data=bytes(4), align=4))
+    ko.sections[-1].relocs = [Reloc(0, R_X86_64_PC32, ko.section_symbol(text), 0)]
+    check_module(ko, LAYOUT_6_1, [], lambda objname: Symbols())
+    ko.sections.append(Section(name=".text.hook", flags=SHF_ALLOC | SHF_EXECINSTR,
+                               data=b"\xc3", align=16))
+    with pytest.raises(BuildError, match=r"\.text\.hook has no ORC unwind entries"):
+        check_module(ko, LAYOUT_6_1, [], lambda objname: Symbols())
+
+
+def test_linked_tables_are_what_only_the_single_file_module_has():
+    def obj(*names):
+        return SimpleNamespace(sections=[SimpleNamespace(name=n) for n in (".text", *names)])
+
+    # 6.12 with IBT: objtool annotated the single-file module only; the compiler wrote
+    # __mcount_loc in both (-mrecord-mcount), so it stays a table the patch object carries.
+    assert linked_tables(obj(".return_sites", ".orc_unwind", "__mcount_loc"),
+                         obj("__mcount_loc")) == LINKED_TABLES_6_12
+    # objtool annotated both: every object carries its own tables.
+    assert linked_tables(obj(".return_sites", ".orc_unwind"),
+                         obj(".return_sites", ".orc_unwind")) == ()

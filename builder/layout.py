@@ -6,8 +6,8 @@ struct alt_instr is 12 bytes on 6.1 and 14 on 6.12; asking the target's own
 headers keeps the generate stage free of per-version tables.
 
 objtool writes tables of code sites (return thunks, calls, ORC unwind data, ...) into
-the objects it annotates. With IBT (Debian's 6.1 and 6.12) kbuild runs it on a
-module's linked object, not on the parts, unless the module is a single file; and
+the objects it annotates. On Debian's 6.12 (IBT; measured: not on 6.1) kbuild runs it
+on a module's linked object, not on the parts, unless the module is a single file; and
 objtool skips a table the object already has ("file already has .return_sites,
 skipping"). A patch object carrying such a table copied from a single-file module
 would leave the rest of the patch module (our hook, code from other objects) without

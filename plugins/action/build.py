@@ -89,6 +89,11 @@ class ActionModule(ActionBase):
             if proc.returncode != 0:
                 result["failed_kernels"][release] = _failure(args["name"], release, proc)
                 continue
+            if not proc.stdout.strip():
+                result["failed_kernels"][release] = (
+                    f"the builder exited 0 for {release} without printing its result; "
+                    "its last log lines: " + " | ".join(proc.stderr.splitlines()[-5:]))
+                continue
             outcome = json.loads(proc.stdout.strip().splitlines()[-1])
             name = outcome.get("name", args["name"])
             try:

@@ -326,10 +326,10 @@ def _check_static_calls(ko: ElfObject, layout: Layout, relocs, late_sites,
     return len(entries)
 
 
-def _code_sections(ko: ElfObject) -> list[Section]:
-    return [sec for sec in ko.sections
-            if sec.flags & SHF_ALLOC and sec.flags & SHF_EXECINSTR and sec.data
-            and not sec.name.startswith(".altinstr_")]
+def _is_code(sec: Section) -> bool:
+    """Loaded code the kernel runs in place (alternative replacements are copied)."""
+    return bool(sec.flags & SHF_ALLOC and sec.flags & SHF_EXECINSTR) and \
+        not sec.name.startswith(".altinstr_")
 
 
 def _pointed_at(ko: ElfObject, name: str) -> set[tuple[int, int]]:
@@ -345,8 +345,7 @@ def _check_return_sites(ko: ElfObject, relocs, problems: _Problems) -> None:
     unlisted one runs."""
     listed = _pointed_at(ko, ".return_sites")
     for sec, rel, _late in relocs:
-        if rel.symbol.name != RETURN_THUNK or not sec.flags & SHF_EXECINSTR or \
-                sec.name.startswith(".altinstr_") or rel.offset < 1:
+        if rel.symbol.name != RETURN_THUNK or not _is_code(sec) or rel.offset < 1:
             continue
         if sec.data[rel.offset - 1] == JMP32 and (id(sec), rel.offset - 1) not in listed:
             problems.add(f"the return at {sec.name}+{rel.offset - 1:#x} is not listed in "
@@ -359,8 +358,8 @@ def _check_unwind_data(ko: ElfObject, problems: _Problems) -> None:
     if ko.section(".orc_unwind_ip") is None:
         return
     covered = {site for site, _offset in _pointed_at(ko, ".orc_unwind_ip")}
-    for sec in _code_sections(ko):
-        if id(sec) not in covered:
+    for sec in ko.sections:
+        if _is_code(sec) and sec.data and id(sec) not in covered:
             problems.add(f"{sec.name} has no ORC unwind entries: tasks in it would block the "
                          "livepatch transition")
 

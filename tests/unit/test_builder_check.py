@@ -106,7 +106,8 @@ JMP_BRANCH = """#define BRANCH(key, label) asm goto("1: jmp %l[" #label "]\\n\\t
 """
 
 
-def generate(tmp_path: Path, feature: str = "", module: str = MODULE):
+def generate(tmp_path: Path, feature: str = "", module: str = MODULE,
+             layout: Layout = LAYOUT_6_1, exports: Exports | None = None):
     old = module.replace("FEATURE", feature)
     new = old.replace("v + 1", "v + 2")
     orig, patched = compile_c(tmp_path, "orig", old), compile_c(tmp_path, "patched", new)
@@ -114,8 +115,7 @@ def generate(tmp_path: Path, feature: str = "", module: str = MODULE):
                                         "a/m.c", "b/m.c"))
     diff = diff_unit(orig, patched, "m.c", "demo_mod",
                      PatchFile.parse(text, "m.patch").files[0].line_map)
-    return generate_unit(diff, Symbols(), Exports(), prefix="u0",
-                         layout=LAYOUT_6_1)
+    return generate_unit(diff, Symbols(), exports or Exports(), prefix="u0", layout=layout)
 
 
 def link(tmp_path: Path, unit) -> ElfObject:
@@ -272,14 +272,7 @@ class ThunkExports(Exports):
 
 
 def generate_return(tmp_path: Path, layout: Layout):
-    old = RETURN_MODULE
-    new = old.replace("v + 1", "v + 2")
-    orig, patched = compile_c(tmp_path, "orig", old), compile_c(tmp_path, "patched", new)
-    text = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
-                                        "a/m.c", "b/m.c"))
-    diff = diff_unit(orig, patched, "m.c", "demo_mod",
-                     PatchFile.parse(text, "m.patch").files[0].line_map)
-    return generate_unit(diff, Symbols(), ThunkExports(), prefix="u0", layout=layout)
+    return generate(tmp_path, module=RETURN_MODULE, layout=layout, exports=ThunkExports())
 
 
 def test_objtool_tables_are_copied_only_where_objtool_annotates_each_object(tmp_path):

@@ -16,6 +16,7 @@ import io
 import json
 import lzma
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 STAGE = "symbols"
 KALLSYMS_RECIPE = 1
+_KALLSYMS_LOCK = threading.RLock()  # see read_kallsyms
 # Bytes a relocation rewrites, by x86-64 type (R_X86_64_*): 64 → 8, the rest 4.
 _RELOC_SIZE = {1: 8, 2: 4, 4: 4, 9: 4, 10: 4, 11: 4, 24: 8, 41: 4, 42: 4}
 _ELF_MAGIC = b"\x7fELF"
@@ -161,17 +163,18 @@ class VmlinuxImage:
         """Decompress and read kallsyms once; later calls read the cache (<1 s)."""
         vmlinux = ensure_vmlinux(vmlinuz, cache_dir)
         table = cache_dir / "kallsyms.json"
-        symbols = None
-        if table.is_file():
-            cached = json.loads(table.read_text())
-            if cached.get("recipe") == KALLSYMS_RECIPE:
-                symbols = [KSymbol(n, a, t) for n, a, t in cached["symbols"]]
-        if symbols is None:
-            symbols = read_kallsyms(vmlinux)
-            tmp = temporary_for(table)  # two unit builds of an update may both get here
-            tmp.write_text(json.dumps({"recipe": KALLSYMS_RECIPE, "symbols": [
-                [s.name, s.address, s.type] for s in symbols]}))
-            tmp.replace(table)
+        with _KALLSYMS_LOCK:  # an update's unit threads: one reads, the others wait for it
+            symbols = None
+            if table.is_file():
+                cached = json.loads(table.read_text())
+                if cached.get("recipe") == KALLSYMS_RECIPE:
+                    symbols = [KSymbol(n, a, t) for n, a, t in cached["symbols"]]
+            if symbols is None:
+                symbols = read_kallsyms(vmlinux)
+                tmp = temporary_for(table)  # another process may write it too
+                tmp.write_text(json.dumps({"recipe": KALLSYMS_RECIPE, "symbols": [
+                    [s.name, s.address, s.type] for s in symbols]}))
+                tmp.replace(table)
         return cls(vmlinux, symbols)
 
     # -- lookups ------------------------------------------------------------------
@@ -253,7 +256,10 @@ def read_kallsyms(vmlinux: Path) -> list[KSymbol]:
                          hint="run `make venv` (it is in requirements.txt)") from err
     import contextlib
 
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints progress chatter
+    # It prints progress chatter. redirect_stdout swaps the process-wide sys.stdout:
+    # two overlapping swaps in threads can leave it pointing at a StringIO for good (an
+    # update then exited 0 with its result line lost), hence the lock.
+    with _KALLSYMS_LOCK, contextlib.redirect_stdout(io.StringIO()):
         finder = KallsymsFinder(vmlinux.read_bytes(), 64)
     symbols = []
     for sym in finder.symbols:

@@ -478,3 +478,47 @@ def test_a_read_may_stop_where_its_section_ends():
     assert _read_region(data, [(0x1000, 0, 16)], 0x1008, 16, at_most=True) == data[8:]
     assert _read_region(data, [(0x1000, 0, 16)], 0x1008, 16, at_most=False) is None
     assert _read_region(data, [(0x1000, 0, 16)], 0x1010, 4, at_most=True) is None
+
+
+def test_kallsyms_reads_in_threads_leave_stdout_alone(monkeypatch, tmp_path):
+    """vmlinux-to-elf prints; an update's unit threads read kallsyms at the same time.
+
+    Two overlapping stdout swaps that end first-in-first-out once left sys.stdout on a
+    StringIO, and an update's result line was lost (exit 0, nothing printed).
+    """
+    import sys
+    import threading
+    import types
+
+    from builder import symbols
+
+    second_inside, first_done = threading.Event(), threading.Event()
+    entered = []
+
+    class ChattyFinder:
+        def __init__(self, _data, _bits):
+            print("progress chatter")
+            entered.append(self)
+            if len(entered) == 1:  # the first reader leaves first, once the second is in
+                second_inside.wait(timeout=1)
+                first_done.set()
+            else:
+                second_inside.set()
+                first_done.wait(timeout=1)
+            self.symbols = [types.SimpleNamespace(name=f"f{i}", virtual_address=i,
+                                                  symbol_type=None, is_global=True)
+                            for i in range(1000)]
+
+    fake = types.ModuleType("vmlinux_to_elf.core.kallsyms")
+    fake.KallsymsFinder = ChattyFinder
+    monkeypatch.setitem(sys.modules, "vmlinux_to_elf.core.kallsyms", fake)
+    image = tmp_path / "vmlinux"
+    image.write_bytes(b"")
+    before = sys.stdout
+    threads = [threading.Thread(target=symbols.read_kallsyms, args=(image,))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sys.stdout is before

@@ -78,7 +78,7 @@ def _teardown(lab: Lab) -> None:
 
 @pytest.fixture(scope="session")
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
-    """The Lab. Nothing is booted until a test asks: `lab_vms` and `amd64_host` boot the
+    """The Lab. Nothing is booted until a test asks: `session_vms` and `amd64_host` boot the
     session's VMs (kept until the end), `lab.up([...])` others (down after their module).
     A worker that never runs a test of a VM never boots it: an idle TCG guest still takes
     a share of the two cores."""
@@ -111,9 +111,17 @@ def _module_vms_go_down(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def lab_vms(lab: Lab, request: pytest.FixtureRequest) -> list[VM]:
-    """The VMs of the session's kernel set, in spec order (booted on first use)."""
+def session_vms(lab: Lab, request: pytest.FixtureRequest) -> list[VM]:
+    """The VMs of the session's kernel set, in spec order (booted on first use), as they
+    were booted: for session- and module-scoped fixtures that need names and releases."""
     return lab.up(session_kernels(request.session.items))
+
+
+@pytest.fixture
+def lab_vms(lab: Lab, session_vms: list[VM]) -> list[VM]:
+    """The session's VMs as they run now: a test before may have restarted one (new QEMU
+    pid, maybe another SSH port), which leaves the records from boot stale."""
+    return [lab.get(vm.name) or vm for vm in session_vms]
 
 
 @pytest.fixture(scope="session")

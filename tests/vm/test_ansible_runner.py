@@ -28,7 +28,7 @@ NAME = "klp_awx_runner"
 
 
 @pytest.fixture(scope="module")
-def job(lab_vms, lab_inventory, tmp_path_factory) -> dict:
+def job(session_vms, lab_inventory, tmp_path_factory) -> dict:
     """The private data directory, the hosts and where artifacts and reports go."""
     base = tmp_path_factory.mktemp("ansible-runner")
     private = base / "private"
@@ -45,7 +45,7 @@ def job(lab_vms, lab_inventory, tmp_path_factory) -> dict:
 
     # One host: what is proven here is the AWX way of running the playbook; the fleet
     # itself (batches, several kernels) is tests/vm/test_rollout.py's.
-    hosts = {vm.name: vm.release for vm in lab_vms[:1]}
+    hosts = {vm.name: vm.release for vm in session_vms[:1]}
     lab = yaml.safe_load(Path(lab_inventory).read_text())["all"]["children"]["lab"]["hosts"]
     (private / "inventory").mkdir()
     (private / "inventory" / "hosts").write_text(yaml.safe_dump(

@@ -30,15 +30,15 @@ LIVE_ON = {flavour: [c for c in found if c.kind != "fail"] for flavour, found in
 pytestmark = pytest.mark.skipif(not CASES, reason=f"corpus not found at {DEBIAN_12}")
 
 
-def _vm_for(lab_vms, flavour: str):
-    for vm in lab_vms:
+def _vm_for(vms, flavour: str):
+    for vm in vms:
         if release_flavour(vm.release) == flavour and vm.release.startswith("6.1."):
             return vm
-    pytest.fail(f"no lab VM runs a {flavour} kernel: {[vm.release for vm in lab_vms]}")
+    pytest.fail(f"no lab VM runs a {flavour} kernel: {[vm.release for vm in vms]}")
 
 
 @pytest.fixture(scope="session")
-def corpus_runs(lab_vms, lab_inventory, tmp_path_factory) -> dict:
+def corpus_runs(session_vms, lab_inventory, tmp_path_factory) -> dict:
     """Per flavour: the VM, the builder runs and each case's result on the VM.
 
     The flavours run side by side: one's builds overlap the other's play on its VM
@@ -48,7 +48,7 @@ def corpus_runs(lab_vms, lab_inventory, tmp_path_factory) -> dict:
     roots = {flavour: tmp_path_factory.mktemp(f"corpus-{flavour}") for flavour in FLAVOURS}
 
     def run(flavour: str) -> tuple:
-        vm = _vm_for(lab_vms, flavour)
+        vm = _vm_for(session_vms, flavour)
         return (vm, *run_on_vm(vm, lab_inventory, roots[flavour], LIVE_ON[flavour]))
 
     with ThreadPoolExecutor(max_workers=len(FLAVOURS)) as pool:

@@ -64,6 +64,19 @@ def _failure(name: str, release: str, proc: subprocess.CompletedProcess) -> str:
     return f"building {name} for {release} failed: {detail}"
 
 
+def builder_outcome(name: str, release: str, proc: subprocess.CompletedProcess
+                    ) -> tuple[dict, str | None]:
+    """The builder's result (its last stdout line, JSON) for a kernel, or why there is none."""
+    if proc.returncode != 0:
+        return {}, _failure(name, release, proc)
+    lines = proc.stdout.strip().splitlines()
+    if not lines:
+        return {}, (f"building {name} for {release}: the builder exited 0 without printing "
+                    "its result; its last log lines: "
+                    + " | ".join(proc.stderr.splitlines()[-5:]))
+    return json.loads(lines[-1]), None
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
@@ -86,15 +99,10 @@ class ActionModule(ActionBase):
             runs = list(pool.map(lambda k: self._build_one(args, patches, output, *k), kernels))
         for (release, _version), (proc, out) in zip(kernels, runs, strict=True):
             result["log"][release] = proc.stderr.splitlines()
-            if proc.returncode != 0:
-                result["failed_kernels"][release] = _failure(args["name"], release, proc)
+            outcome, failure = builder_outcome(args["name"], release, proc)
+            if failure:
+                result["failed_kernels"][release] = failure
                 continue
-            if not proc.stdout.strip():
-                result["failed_kernels"][release] = (
-                    f"the builder exited 0 for {release} without printing its result; "
-                    "its last log lines: " + " | ".join(proc.stderr.splitlines()[-5:]))
-                continue
-            outcome = json.loads(proc.stdout.strip().splitlines()[-1])
             name = outcome.get("name", args["name"])
             try:
                 # NAME.json beside NAME.ko, also when an update made no module

@@ -14,7 +14,7 @@ import yaml
 
 from builder.__main__ import parser
 from builder.request import BuildRequest, action_spec
-from plugins.action.build import ARGUMENT_SPEC, ActionModule
+from plugins.action.build import ARGUMENT_SPEC, ActionModule, builder_outcome
 from plugins.modules.build import DOCUMENTATION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,3 +124,19 @@ def test_ansible_loads_the_action_with_its_described_arguments(tmp_path):
     nothing, refused = json.loads((tmp_path / "results.json").read_text())
     assert nothing["built"] == [] and not nothing["changed"] and not nothing.get("failed")
     assert refused["failed"] and "consistency" in refused["msg"] and "freeze" in refused["msg"]
+
+
+def test_a_builder_run_without_its_result_line_fails_that_kernel_with_its_log():
+    def run(code: int, out: str, err: str) -> subprocess.CompletedProcess:
+        return subprocess.CompletedProcess([], code, out, err)
+
+    outcome, failure = builder_outcome("fix", "6.1.0-56-amd64",
+                                       run(0, "\n", "[ 1.0s] resolve x\n[ 2.0s] units 1\n"))
+    assert outcome == {} and "6.1.0-56-amd64" in failure
+    assert failure.endswith("its last log lines: [ 1.0s] resolve x | [ 2.0s] units 1")
+    outcome, failure = builder_outcome("fix", "6.1.0-56-amd64",
+                                       run(1, "", "progress\nerror: diff: bad\n  hint"))
+    assert outcome == {} and failure.endswith("failed: error: diff: bad\n  hint")
+    outcome, failure = builder_outcome("fix", "6.1.0-56-amd64",
+                                       run(0, 'chatter\n{"module": "/o/fix.ko"}\n', ""))
+    assert outcome == {"module": "/o/fix.ko"} and failure is None

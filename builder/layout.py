@@ -26,6 +26,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from builder.cache import temporary_for
 from builder.elf import ElfObject
 from builder.errors import BuildError
 
@@ -99,7 +100,9 @@ def probe(headers_dir: Path, cache_file: Path, toolchain: list[str] = ()) -> Lay
     layout = Layout(**dict(zip(FIELDS, values, strict=True)),
                     linked_tables=linked_tables(single, part))
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    cache_file.write_text(json.dumps(asdict(layout)) + "\n")
+    tmp = temporary_for(cache_file)  # an update's unit threads may probe at once
+    tmp.write_text(json.dumps(asdict(layout)) + "\n")
+    tmp.replace(cache_file)
     return layout
 
 

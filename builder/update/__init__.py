@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder import __version__, code_digest
-from builder.cache import sha256_file, source_root
+from builder.cache import exclusive, sha256_file, source_root, temporary_for
 from builder.errors import BuildError
 from builder.includes import IncludeGraph
 from builder.manifest import SCHEMA_VERSION
@@ -136,11 +136,14 @@ SLUG_LENGTH = 40
 
 
 def _slug(name: str) -> str:
-    """A file-name form of a unit name, at most SLUG_LENGTH characters. A longer name
-    keeps its tail (the most specific part) and a digest of the whole, so two units whose
-    tails agree still get paths of their own (they build side by side)."""
+    """A file-name form of a unit name (its patch, work and module names), at most
+    SLUG_LENGTH characters and never another unit's: units build side by side. A name
+    the plain form could share with another (`a/b_c` and `a_b/c`, `xt_DSCP.h` and
+    `xt_dscp.h`) or a longer one keeps its tail (the most specific part) and gets a
+    digest of the whole."""
     slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-    if len(slug) <= SLUG_LENGTH:
+    one_to_one = re.fullmatch(r"[a-z0-9]+(/[a-z0-9]+)*", name) is not None
+    if one_to_one and len(slug) <= SLUG_LENGTH:
         return slug
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
     return slug[-(SLUG_LENGTH - len(digest) - 1):].strip("_") + "_" + digest
@@ -180,7 +183,9 @@ def _unit_result(request: UpdateRequest, kernel, unit: Unit, patch: Path, work: 
                                  for obj, fns in manifest["objects"].items()},
                       notes=manifest.get("notes", []))
     result["build_seconds"] = round(timer.seconds, 1)
-    cached.write_text(json.dumps(result, indent=2) + "\n")
+    tmp = temporary_for(cached)  # a killed run leaves no half result behind
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(cached)
     return result
 
 
@@ -202,6 +207,16 @@ def update(request: UpdateRequest, progress: Progress | None = None) -> dict:
         return _write(manifest_path, _current(name, kernel, info))
 
     work = request.work or cache_dir() / "work" / f"update-{kernel.release}-{newer}"
+    with exclusive(work):  # two updates of one kernel (two playbooks) take turns
+        return _update_behind(request, progress, provider, kernel, newer, work, info,
+                              manifest_path)
+
+
+def _update_behind(request: UpdateRequest, progress: Progress, provider, kernel, newer: str,
+                   work: Path, info: dict, manifest_path: Path) -> dict:
+    """The update of a kernel behind `newer`, built in `work`; returns the manifest."""
+    name = manifest_path.stem
+    series = parse_release(kernel.release).series
     (work / "patches").mkdir(parents=True, exist_ok=True)
     tree = progress.stage("prepare", "kernel tree", lambda: prepare(provider.acquire(kernel)))
     new_tree, changelog = progress.stage("acquire", f"linux-source-{series} {newer}",
@@ -298,7 +313,12 @@ def _build_units(request: UpdateRequest, kernel, todo: list[tuple[Unit, Path, in
 
     with ThreadPoolExecutor(max_workers=request.jobs) as pool:
         futures = [pool.submit(built, index, *item) for index, item in enumerate(todo, 1)]
-        return [future.result() for future in futures]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            # The error (or Ctrl-C) now, not after every unit still queued was built.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def _did_not_compile(record: dict) -> bool:
@@ -533,7 +553,7 @@ def _cves(records: list[dict], items) -> dict:
 def module_name(name: str, version: str) -> str:
     """NAME_6_1_192_3: each update its own module, so the next one takes over by atomic
     replace (one loaded at a time) instead of replacing a same-named module in place."""
-    return f"{name}_{_slug(version)}"[:55]
+    return f"{name}_{re.sub(r'[^a-z0-9]+', '_', version.lower())}"[:55]
 
 
 def _current(name: str, kernel, info: dict, state: str = "current") -> dict:

@@ -147,6 +147,29 @@ def test_units_build_concurrently_each_in_a_work_directory_no_other_build_uses(
     assert most[0] == 2
 
 
+
+def test_a_unit_that_crashes_stops_the_units_still_queued(monkeypatch, tmp_path):
+    """An error that is not a refusal (a full disk, a bug) surfaces at once, not after
+    every queued unit was built (hours, on a stable update)."""
+    from builder.progress import Progress
+    from builder.update import UpdateRequest, _unit_records
+    from builder.update.units import Unit
+
+    started = []
+
+    def failing_result(_request, _kernel, unit, *_rest):
+        started.append(unit.name)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("builder.update._unit_result", failing_result)
+    units = [Unit(name=f"dir{i}", sources=[f"dir{i}/a.c"]) for i in range(20)]
+    patches = {u.name: tmp_path / f"{u.name}.patch" for u in units}
+    request = UpdateRequest(kernel="k", to="latest", name="n", output=tmp_path, jobs=2)
+    with pytest.raises(OSError, match="No space left"):
+        _unit_records(request, None, units, patches, tmp_path, Progress())
+    assert len(started) < len(units)
+
+
 # A stand-in for kbuild's single-object targets: "compiles" a .c file by copying it, and
 # records what it read (the source and the files it #includes) in .<obj>.cmd as kbuild does.
 FAKE_MAKE = r'''
@@ -413,6 +436,10 @@ def test_unit_slugs_are_short_and_their_own():
     two = _slug("drivers/staging/wireless/realtek/rtw88/pci/main")
     assert one != two and max(len(one), len(two)) <= SLUG_LENGTH
     assert "rtw88_pci_main" in one and "rtw88_pci_main" in two
+    # names the plain form would merge stay apart
+    assert _slug("fs/a/b_c") != _slug("fs/a_b/c")
+    assert _slug("include/uapi/linux/netfilter/xt_DSCP.h") != _slug(
+        "include/uapi/linux/netfilter/xt_dscp.h")
 
 
 def test_a_header_that_breaks_a_file_another_unit_fixes_is_built_with_it(monkeypatch, tmp_path):

@@ -147,7 +147,6 @@ def test_units_build_concurrently_each_in_a_work_directory_no_other_build_uses(
     assert most[0] == 2
 
 
-
 def test_a_unit_that_crashes_stops_the_units_still_queued(monkeypatch, tmp_path):
     """An error that is not a refusal (a full disk, a bug) surfaces at once, not after
     every queued unit was built (hours, on a stable update)."""

@@ -95,6 +95,7 @@ def check_module(ko: ElfObject, layout: Layout, functions: Iterable[FunctionEntr
     _check_alternatives(ko, layout, late_sites, relocs, problems)
     report.jump_labels = _check_jump_labels(ko, layout, problems)
     report.static_calls = _check_static_calls(ko, layout, relocs, late_sites, problems)
+    _check_static_call_keys(ko, layout, symbol_table, problems)
     _check_return_sites(ko, relocs, problems)
     _check_unwind_data(ko, problems)
     for fn in functions:
@@ -324,6 +325,39 @@ def _check_static_calls(ko: ElfObject, layout: Layout, relocs, late_sites,
             problems.add(f"static call at {code.name}+{offset:#x} calls a symbol livepatch "
                          "resolves only later, but the kernel rewrites the call at load")
     return len(entries)
+
+
+def _check_static_call_keys(ko: ElfObject, layout: Layout, symbol_table,
+                            problems: _Problems) -> None:
+    """A site whose key field names a trampoline (`__SCT__X`, what objtool writes when the
+    object lacks the key symbol `__SCK__X`): the kernel looks the key up among the
+    trampolines exported with theirs (EXPORT_STATIC_CALL_TRAMP) and refuses the module
+    if it is not there ("Failed to fixup __raw_static_call() usage", -EINVAL)."""
+    sec, entries = _entries(ko, ".static_call_sites", layout.static_call_site)
+    trampolines = [(start, rels[start + 4]) for start, rels in entries
+                   if start + 4 in rels and rels[start + 4].symbol.name.startswith("__SCT__")]
+    if not trampolines:
+        return
+    vmlinux = symbol_table("vmlinux")
+    keyed = _keyed_trampolines(vmlinux)
+    for start, rel in trampolines:
+        if not keyed.intersection(vmlinux.addresses(rel.symbol.name)):
+            key = "__SCK__" + rel.symbol.name.removeprefix("__SCT__")
+            problems.add(f"static call site {start // layout.static_call_site} names the "
+                         f"trampoline {rel.symbol.name} as its key, and the kernel has no key "
+                         f"for it: insmod would fail (the module must refer to {key})")
+
+
+def _keyed_trampolines(vmlinux) -> set[int]:
+    """Addresses of the trampolines in vmlinux's static_call_tramp_key table, entries of
+    two 32-bit offsets (trampoline, key), each from its own field."""
+    starts = vmlinux.addresses("__start_static_call_tramp_key")
+    stops = vmlinux.addresses("__stop_static_call_tramp_key")
+    if len(starts) != 1 or len(stops) != 1:
+        return set()
+    data = vmlinux.read(starts[0], stops[0] - starts[0])
+    return {starts[0] + i + int.from_bytes(data[i:i + 4], "little", signed=True)
+            for i in range(0, len(data) - 7, 8)}
 
 
 def _is_code(sec: Section) -> bool:

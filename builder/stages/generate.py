@@ -18,6 +18,7 @@ from typing import Protocol
 
 from builder.correlation import OWN_COPY, Side, canonical, cold_parent, masked
 from builder.elf import (
+    R_X86_64_64,
     SHF_ALLOC,
     SHF_EXECINSTR,
     SHF_STRINGS,
@@ -43,6 +44,8 @@ ORC_DATA = ".orc_unwind"
 KLP_SYM_PREFIX = ".klp.sym."
 # Static keys whose sites may stay off while a patch is live: tracing and debug output.
 INERT_KEYS = ("__tracepoint_", "__UNIQUE_ID_ddebug")
+# What static_call()'s __ADDRESSABLE(key) writes; kbuild discards it after objtool.
+ADDRESSABLE = ".discard.addressable"
 NOP5, NOP2 = bytes.fromhex("0f1f440000"), bytes.fromhex("6690")
 JMP8, JMP32 = b"\xeb", b"\xe9"  # jmp rel8, jmp rel32
 # Sections never copied: build metadata, and objtool hints consumed at compile time.
@@ -134,6 +137,7 @@ class _Generator:
         roots += [p.objects[n] for n in self.diff.new_data if n in p.objects]
         self._bring([s.section for s in roots])
         self._copy_special_sections()
+        self._address_static_call_keys()
         result = GeneratedUnit(object=self.out, klp_symbols=sorted(self.klp), notes=self.notes,
                                target_object=self.objname)
         for change in self.diff.changed:
@@ -427,6 +431,29 @@ class _Generator:
             self.out.sections.append(Section(
                 name=ORC_DATA, flags=src.flags, align=src.align, entsize=src.entsize,
                 data=b"".join(src.data[i * size:(i + 1) * size] for i in orc_entries)))
+
+    def _address_static_call_keys(self) -> None:
+        """Where objtool writes `.static_call_sites` when kbuild links the module (6.12),
+        it names a site's key by finding `__SCK__X` for a call to `__SCT__X` in the
+        object; the compiled code has the key there only through `.discard.addressable`
+        (static_call()'s __ADDRESSABLE), which the patch object does not copy. Without
+        it objtool names the trampoline, and the kernel refuses the module unless that
+        trampoline was exported with its key (check: _check_static_call_keys). So each
+        called trampoline whose key vmlinux exports gets its addressable entry back."""
+        if ".static_call_sites" not in self.layout.linked_tables:
+            return
+        keys = []
+        for name in list(self.undefined):
+            key = "__SCK__" + name.removeprefix("__SCT__")
+            if name.startswith("__SCT__") and self.exports.owner(key) == "vmlinux" and \
+                    not self.exports.namespace(key):
+                keys.append(self._external(key))
+        if keys:
+            self.out.sections.append(Section(
+                name=ADDRESSABLE, type=SHT_PROGBITS, flags=SHF_ALLOC | SHF_WRITE, align=8,
+                data=bytes(8 * len(keys)),
+                relocs=[Reloc(offset=8 * i, type=R_X86_64_64, symbol=key, addend=0)
+                        for i, key in enumerate(keys)]))
 
     def _leave_out(self, sec: Section, start: int, entry: list[Reloc]) -> None:
         """An entry that names a symbol of a patched module, or refuse.

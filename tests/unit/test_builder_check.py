@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from builder.elf import (
+    R_X86_64_64,
     R_X86_64_PC32,
     R_X86_64_PC64,
     SHF_ALLOC,
@@ -118,12 +119,13 @@ def generate(tmp_path: Path, feature: str = "", module: str = MODULE,
     return generate_unit(diff, Symbols(), exports or Exports(), prefix="u0", layout=layout)
 
 
-def link(tmp_path: Path, unit) -> ElfObject:
+def link(tmp_path: Path, unit, exported: tuple[str, ...] = ()) -> ElfObject:
     """ld -r and livepatch relocation sections, as the link stage does (no kbuild)."""
     unit.object.write(tmp_path / "patch.o")
     ko = tmp_path / "patch.ko"
     subprocess.run(["ld", "-r", "-o", str(ko), str(tmp_path / "patch.o")], check=True)
-    convert_livepatch_relocations(ko, {"printk", "__fentry__", "__x86_return_thunk"})
+    convert_livepatch_relocations(ko, {"printk", "__fentry__", "__x86_return_thunk",
+                                       *exported})
     return ElfObject.read(ko)
 
 
@@ -316,3 +318,91 @@ def test_linked_tables_are_what_only_the_single_file_module_has():
     # objtool annotated both: every object carries its own tables.
     assert linked_tables(obj(".return_sites", ".orc_unwind"),
                          obj(".return_sites", ".orc_unwind")) == ()
+
+
+# A module's function that calls a tracepoint vmlinux exports (EXPORT_TRACEPOINT_SYMBOL:
+# its static call's key and trampoline), as static_call() compiles: the call to the
+# trampoline, the key kept addressable for objtool, and, where objtool annotates each
+# object (6.1), the site it wrote.
+EXPORTED_CALL = """\
+extern void __SCT__tp_func_demo(int);
+extern char __SCK__tp_func_demo[];
+extern int printk(const char *fmt, ...);
+static void *key_ref __attribute__((section(".discard.addressable"), used)) =
+\t&__SCK__tp_func_demo;
+
+int handle(int v)
+{
+\tprintk("value %d\\n", v + 1);
+\tasm volatile("2: call __SCT__tp_func_demo\\n\\t"
+\t\t".pushsection .static_call_sites, \\"aw\\"\\n\\t"
+\t\t".long 2b - ., KEY - .\\n\\t.popsection" : : "D"(v));
+\treturn 0;
+}
+"""
+
+
+class StaticCallExports(Exports):
+    def __init__(self, exported: tuple[str, ...]) -> None:
+        self.exported = exported
+
+    def owner(self, name: str) -> str | None:
+        return "vmlinux" if name in self.exported else super().owner(name)
+
+
+class TrampolineKeys(Symbols):
+    """vmlinux with a static_call_tramp_key table at 0x2000 listing `keyed` trampolines."""
+
+    def __init__(self, keyed: dict[str, int]) -> None:
+        self.keyed = keyed
+
+    def addresses(self, name: str) -> list[int]:
+        return {"__start_static_call_tramp_key": [0x2000],
+                "__stop_static_call_tramp_key": [0x2000 + 8 * len(self.keyed)],
+                "__SCT__tp_func_demo": [0x5000], "__SCK__tp_func_demo": [0x9000]}.get(
+            name, [0x1000])
+
+    def read(self, address: int, size: int) -> bytes:
+        assert (address, size) == (0x2000, 8 * len(self.keyed))
+        return b"".join((tramp - (0x2000 + 8 * i)).to_bytes(4, "little", signed=True)
+                        + (0x7000 - (0x2004 + 8 * i)).to_bytes(4, "little", signed=True)
+                        for i, tramp in enumerate(self.keyed.values()))
+
+
+def test_a_called_trampoline_gets_its_exported_key_back_where_objtool_runs_on_link(tmp_path):
+    """On 6.12 objtool writes the site at link; without `__SCK__X` in the object it names
+    the trampoline, and insmod fails ("Failed to fixup __raw_static_call() usage")."""
+    both = StaticCallExports(("__SCT__tp_func_demo", "__SCK__tp_func_demo"))
+    layout = Layout(12, 16, 12, 12, 8, 6, 16, linked_tables=LINKED_TABLES_6_12)
+    module = EXPORTED_CALL.replace("KEY", "__SCT__tp_func_demo")
+    unit = generate(tmp_path, module=module, layout=layout, exports=both)
+    addressable = unit.object.section(".discard.addressable")
+    assert [(r.type, r.symbol.name) for r in addressable.relocs] == [
+        (R_X86_64_64, "__SCK__tp_func_demo")]
+    # Where objtool annotated each object, its table is copied and names the key already.
+    unit = generate(tmp_path, module=module, layout=LAYOUT_6_1, exports=both)
+    assert unit.object.section(".discard.addressable") is None
+    # A key vmlinux does not export (EXPORT_STATIC_CALL_TRAMP) cannot be named: the kernel
+    # finds it from the trampoline.
+    unit = generate(tmp_path, module=module, layout=layout,
+                    exports=StaticCallExports(("__SCT__tp_func_demo",)))
+    assert unit.object.section(".discard.addressable") is None
+
+
+def test_check_refuses_a_trampoline_key_the_kernel_cannot_look_up(tmp_path):
+    exports = StaticCallExports(("__SCT__tp_func_demo", "__SCK__tp_func_demo"))
+    unit = generate(tmp_path, module=EXPORTED_CALL.replace("KEY", "__SCT__tp_func_demo"),
+                    exports=exports)
+    ko = link(tmp_path, unit, exports.exported)
+    check_module(ko, LAYOUT_6_1, unit.functions,
+                 lambda objname: TrampolineKeys({"__SCT__tp_func_demo": 0x5000}))
+    with pytest.raises(BuildError, match=r"static call site 0 names the trampoline "
+                                         r"__SCT__tp_func_demo as its key, and the kernel "
+                                         r"has no key for it"):
+        check_module(ko, LAYOUT_6_1, unit.functions,
+                     lambda objname: TrampolineKeys({"__SCT__other": 0x6000}))
+    # The same site naming the key: nothing to look up.
+    unit = generate(tmp_path, module=EXPORTED_CALL.replace("KEY", "__SCK__tp_func_demo"),
+                    exports=exports)
+    check_module(link(tmp_path, unit, exports.exported), LAYOUT_6_1, unit.functions,
+                 lambda objname: TrampolineKeys({}))

@@ -94,6 +94,7 @@ def check_module(ko: ElfObject, layout: Layout, functions: Iterable[FunctionEntr
     _check_early_sections(ko, relocs, problems)
     _check_alternatives(ko, layout, late_sites, relocs, problems)
     report.jump_labels = _check_jump_labels(ko, layout, problems)
+    _check_jump_label_keys(layout, relocs, symbol_table, problems)
     report.static_calls = _check_static_calls(ko, layout, relocs, late_sites, problems)
     _check_static_call_keys(ko, layout, symbol_table, problems)
     _check_return_sites(ko, relocs, problems)
@@ -298,6 +299,36 @@ def _check_jump_labels(ko: ElfObject, layout: Layout, problems: _Problems) -> in
             problems.add(f"jump label at {code.name}+{offset:#x} is neither a NOP nor a jump "
                          f"to its target ({data.hex()}): the kernel would BUG() patching it")
     return len(entries)
+
+
+def _check_jump_label_keys(layout: Layout, relocs, symbol_table,
+                           problems: _Problems) -> None:
+    """A branch on a key that is read-only after boot (DEFINE_STATIC_KEY_*_RO): loading a
+    module with such a site links the module into the key, a write, which faults unless
+    the kernel seals those keys first (jump_label_init_ro, 6.12; not 6.1)."""
+    keys = [rel for sec, rel, _late in relocs if sec.name == "__jump_table"
+            and layout.jump_entry and rel.offset % layout.jump_entry == 8]
+    if not keys:
+        return
+    vmlinux = symbol_table("vmlinux")
+    if vmlinux.addresses("jump_label_init_ro"):
+        return
+    (start,), (end,) = (vmlinux.addresses(f"__{edge}_ro_after_init") or [0]
+                        for edge in ("start", "end"))
+    for rel in keys:
+        match = _KLP_SYM.match(rel.symbol.name)
+        if match and match[1] != "vmlinux" or (not match and rel.symbol.section is not None):
+            continue  # a module's key or the patch's own: writable
+        name, pos = (match[2], int(match[3])) if match else (rel.symbol.name, 0)
+        addresses = vmlinux.addresses(name)
+        if not addresses:
+            continue  # _check_livepatch_symbols names it
+        address = addresses[max(pos - 1, 0)] + (rel.addend & ~3)  # low bits: branch flags
+        if start <= address < end:
+            problems.add(f"a jump label uses static key {name}, which is read-only after "
+                         "boot: this kernel writes to the key when a module with such a "
+                         "branch loads, an Oops at insmod (use static_key_enabled() in the "
+                         "patched function)")
 
 
 def _check_static_calls(ko: ElfObject, layout: Layout, relocs, late_sites,

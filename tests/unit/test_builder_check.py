@@ -108,13 +108,14 @@ JMP_BRANCH = """#define BRANCH(key, label) asm goto("1: jmp %l[" #label "]\\n\\t
 
 
 def generate(tmp_path: Path, feature: str = "", module: str = MODULE,
-             layout: Layout = LAYOUT_6_1, exports: Exports | None = None):
+             layout: Layout = LAYOUT_6_1, exports: Exports | None = None,
+             target: str = "demo_mod"):
     old = module.replace("FEATURE", feature)
     new = old.replace("v + 1", "v + 2")
     orig, patched = compile_c(tmp_path, "orig", old), compile_c(tmp_path, "patched", new)
     text = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
                                         "a/m.c", "b/m.c"))
-    diff = diff_unit(orig, patched, "m.c", "demo_mod",
+    diff = diff_unit(orig, patched, "m.c", target,
                      PatchFile.parse(text, "m.patch").files[0].line_map)
     return generate_unit(diff, Symbols(), exports or Exports(), prefix="u0", layout=layout)
 
@@ -406,3 +407,32 @@ def test_check_refuses_a_trampoline_key_the_kernel_cannot_look_up(tmp_path):
                     exports=exports)
     check_module(link(tmp_path, unit, exports.exported), LAYOUT_6_1, unit.functions,
                  lambda objname: TrampolineKeys({}))
+
+
+class ReadOnlyKeys(Symbols):
+    """vmlinux whose __ro_after_init data spans 0x8000-0x9000; `sealed`: the kernel seals
+    such keys at boot (6.12's jump_label_init_ro)."""
+
+    def __init__(self, key_at: int, sealed: bool = False) -> None:
+        self.at = {"__start_ro_after_init": [0x8000], "__end_ro_after_init": [0x9000],
+                   "feature_key": [key_at]}
+        if sealed:
+            self.at["jump_label_init_ro"] = [0x3000]
+
+    def addresses(self, name: str) -> list[int]:
+        return self.at.get(name, [] if name == "jump_label_init_ro" else [0x1000])
+
+
+def test_check_refuses_a_branch_on_a_read_only_key_where_the_kernel_would_write_it(tmp_path):
+    """6.1 links a module into every vmlinux key its branches use, a write: on a key that
+    is read-only after boot (DEFINE_STATIC_KEY_FALSE_RO, mm/usercopy.c's
+    bypass_usercopy_checks) that faults at insmod."""
+    unit = generate(tmp_path, feature=FEATURE, target="vmlinux")
+    ko = link(tmp_path, unit)
+    assert ".klp.sym.vmlinux.feature_key,0" in {s.name for s in ko.symbols}
+    with pytest.raises(BuildError, match=r"a jump label uses static key feature_key, which "
+                                         r"is read-only after boot"):
+        check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: ReadOnlyKeys(0x8800))
+    check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: ReadOnlyKeys(0x9800))
+    check_module(ko, LAYOUT_6_1, unit.functions,
+                 lambda objname: ReadOnlyKeys(0x8800, sealed=True))

@@ -99,9 +99,12 @@ def check_module(ko: ElfObject, layout: Layout, functions: Iterable[FunctionEntr
     _check_static_call_keys(ko, layout, symbol_table, problems)
     _check_return_sites(ko, relocs, problems)
     _check_unwind_data(ko, problems)
+    functions = list(functions)
     for fn in functions:
         report.functions += 1
         _check_function(fn, symbol_table, problems)
+    _check_each_function_once(functions, problems)
+    _check_livepatch_modinfo(ko, problems)
     if problems.items:
         raise BuildError(
             stage=STAGE,
@@ -210,6 +213,19 @@ def _check_livepatch_symbols(ko: ElfObject, symbol_table, problems: _Problems) -
         if len(name) >= KSYM_NAME_LEN:
             problems.add(f"livepatch symbol {name} is longer than kallsyms names")
         _check_position(objname, name, pos, symbol_table, problems, "symbol")
+        if objname == "vmlinux":
+            _check_not_init(name, pos, symbol_table("vmlinux"), problems)
+
+
+def _check_not_init(name: str, pos: int, vmlinux, problems: _Problems) -> None:
+    """kallsyms keeps the names of vmlinux's init code and data after boot frees them:
+    livepatch would resolve a reference to freed memory."""
+    addresses = vmlinux.addresses(name)
+    begin, end = vmlinux.addresses("__init_begin"), vmlinux.addresses("__init_end")
+    if addresses and len(begin) == 1 and len(end) == 1 and \
+            begin[0] <= addresses[min(max(pos - 1, 0), len(addresses) - 1)] < end[0]:
+        problems.add(f"the patch refers to {name}, init code or data of vmlinux, freed "
+                     "after boot")
 
 
 def _check_position(objname: str, name: str, pos: int, symbol_table, problems: _Problems,
@@ -230,6 +246,25 @@ def _check_position(objname: str, name: str, pos: int, symbol_table, problems: _
 
 def _check_function(fn: FunctionEntry, symbol_table, problems: _Problems) -> None:
     _check_position(fn.object, fn.old_name, fn.sympos, symbol_table, problems, "function")
+
+
+def _check_each_function_once(functions: list[FunctionEntry], problems: _Problems) -> None:
+    """livepatch makes a sysfs directory per function, NAME,POS (position 0 counts as
+    1): a second one fails the load."""
+    seen: set[tuple[str, str, int]] = set()
+    for fn in functions:
+        key = (fn.object, fn.old_name, fn.sympos or 1)
+        if key in seen:
+            problems.add(f"function {fn.old_name} of {fn.object} is patched twice")
+        seen.add(key)
+
+
+def _check_livepatch_modinfo(ko: ElfObject, problems: _Problems) -> None:
+    """klp_enable_patch() refuses a module without modinfo livepatch=Y."""
+    modinfo = ko.section(".modinfo")
+    if b"livepatch=Y" not in (modinfo.data if modinfo is not None else b"").split(b"\0"):
+        problems.add("the module lacks modinfo livepatch=Y: the kernel would refuse to "
+                     "enable it")
 
 
 # ---- what the kernel processes at load time ------------------------------------------

@@ -127,7 +127,11 @@ def link(tmp_path: Path, unit, exported: tuple[str, ...] = ()) -> ElfObject:
     subprocess.run(["ld", "-r", "-o", str(ko), str(tmp_path / "patch.o")], check=True)
     convert_livepatch_relocations(ko, {"printk", "__fentry__", "__x86_return_thunk",
                                        *exported})
-    return ElfObject.read(ko)
+    linked = ElfObject.read(ko)
+    # what the hook's MODULE_INFO(livepatch, "Y") gives a real module
+    linked.sections.append(Section(name=".modinfo", flags=SHF_ALLOC, align=1,
+                                   data=b"license=GPL\0livepatch=Y\0"))
+    return linked
 
 
 def test_tracepoint_sites_of_a_module_are_left_out_with_a_note(tmp_path):
@@ -245,8 +249,7 @@ def test_a_function_without_ftrace_entry_is_refused(tmp_path):
 
 def test_check_refuses_a_module_that_depends_on_another(tmp_path):
     ko = link(tmp_path, generate(tmp_path))
-    ko.sections.append(Section(name=".modinfo", flags=SHF_ALLOC,
-                               data=b"license=GPL\0depends=mac80211\0livepatch=Y\0", align=1))
+    ko.section(".modinfo").data = b"license=GPL\0depends=mac80211\0livepatch=Y\0"
     with pytest.raises(BuildError, match="the module depends on mac80211: insmod fails"):
         check_module(ko, LAYOUT_6_1, [], lambda objname: Symbols())
 
@@ -436,3 +439,28 @@ def test_check_refuses_a_branch_on_a_read_only_key_where_the_kernel_would_write_
     check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: ReadOnlyKeys(0x9800))
     check_module(ko, LAYOUT_6_1, unit.functions,
                  lambda objname: ReadOnlyKeys(0x8800, sealed=True))
+
+
+def test_check_refuses_what_livepatch_would_not_enable(tmp_path):
+    unit = generate(tmp_path)
+    ko = link(tmp_path, unit)
+    check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
+    with pytest.raises(BuildError, match="function handle of demo_mod is patched twice"):
+        check_module(ko, LAYOUT_6_1, unit.functions * 2, lambda objname: Symbols())
+    ko.section(".modinfo").data = b"license=GPL\0"
+    with pytest.raises(BuildError, match="lacks modinfo livepatch=Y"):
+        check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
+
+
+class InitSymbols(Symbols):
+    def addresses(self, name: str) -> list[int]:
+        return {"__init_begin": [0x4000], "__init_end": [0x6000],
+                "feature_key": [0x5000]}.get(name, [0x1000])
+
+
+def test_check_refuses_a_reference_to_vmlinux_init_memory(tmp_path):
+    unit = generate(tmp_path, feature=FEATURE, target="vmlinux")
+    with pytest.raises(BuildError, match="refers to feature_key, init code or data of "
+                                         "vmlinux, freed after boot"):
+        check_module(link(tmp_path, unit), LAYOUT_6_1, unit.functions,
+                     lambda objname: InitSymbols())

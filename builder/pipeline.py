@@ -221,13 +221,26 @@ def _manifest(request, kernel, diffs, units, linked, ko: Path, seconds, images,
         "stage_seconds": dict(seconds),
         "consistency": request.consistency,
         "skipped_init": sorted({f"{d.target_object}:{c}" for d in diffs for c in d.skipped_init}),
-        "notes": [note for unit in units for note in unit.notes],
+        "notes": [note for unit in units for note in unit.notes]
+        + _reload_notes(linked.klp_relocation_sections, images.get("vmlinux")),
         # files compiled twice and compared: those the patch changes, and those that
         # include a changed header; includers the preprocessor showed unchanged were not
         "compiled_units": {"changed": sum(1 for u in compiled.units if not u.because),
                            "through_headers": sum(1 for u in compiled.units if u.because),
                            "same_after_preprocessing": compiled.same_after_preprocessing},
     }
+
+
+def _reload_notes(klp_sections: list[str], vmlinux) -> list[str]:
+    """Livepatch writes a module object's relocations into the patch when that module
+    loads; a kernel without clear_relocate_add (6.1) never clears them when it unloads,
+    so the module's next load finds them written and is refused while the patch stays."""
+    if vmlinux is None or vmlinux.addresses("clear_relocate_add"):
+        return []
+    objects = sorted({name.split(".")[3] for name in klp_sections} - {"vmlinux"})
+    return [f"{obj}: once unloaded, {obj} cannot be loaded again while this patch is "
+            f"loaded (this kernel's livepatch leaves its relocations written); remove the "
+            f"patch before reloading {obj}" for obj in objects]
 
 
 def vermagic(ko: Path) -> str:

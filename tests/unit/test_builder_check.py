@@ -464,3 +464,23 @@ def test_check_refuses_a_reference_to_vmlinux_init_memory(tmp_path):
                                          "vmlinux, freed after boot"):
         check_module(link(tmp_path, unit), LAYOUT_6_1, unit.functions,
                      lambda objname: InitSymbols())
+
+
+def test_a_kernel_that_keeps_module_relocations_written_gets_a_reload_note():
+    from builder.pipeline import _reload_notes
+
+    class Kernel:
+        def __init__(self, *names):
+            self.names = names
+
+        def addresses(self, name):
+            return [0x1000] if name in self.names else []
+
+    sections = [".klp.rela.vmlinux..text.a", ".klp.rela.nfsd..text.nfsd_open",
+                ".klp.rela.nfsd..rodata"]
+    assert _reload_notes(sections, Kernel()) == [
+        "nfsd: once unloaded, nfsd cannot be loaded again while this patch is loaded (this "
+        "kernel's livepatch leaves its relocations written); remove the patch before "
+        "reloading nfsd"]
+    assert _reload_notes(sections, Kernel("clear_relocate_add")) == []  # 6.6 and later
+    assert _reload_notes(sections[:1], Kernel()) == []

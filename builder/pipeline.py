@@ -235,9 +235,9 @@ def _reload_notes(klp_sections: list[str], vmlinux) -> list[str]:
     """Livepatch writes a module object's relocations into the patch when that module
     loads; a kernel without clear_relocate_add (6.1) never clears them when it unloads,
     so the module's next load finds them written and is refused while the patch stays."""
-    if vmlinux is None or vmlinux.addresses("clear_relocate_add"):
-        return []
     objects = sorted({name.split(".")[3] for name in klp_sections} - {"vmlinux"})
+    if not objects or vmlinux is None or vmlinux.addresses("clear_relocate_add"):
+        return []
     return [f"{obj}: once unloaded, {obj} cannot be loaded again while this patch is "
             f"loaded (this kernel's livepatch leaves its relocations written); remove the "
             f"patch before reloading {obj}" for obj in objects]

@@ -52,7 +52,14 @@ class Layout:
     linked_tables: tuple[str, ...] = ()
 
     def special_sections(self) -> dict[str, tuple[int, int]]:
-        """Section name → (entry size, offset of the relocation naming its function)."""
+        """Section name → (entry size, offset of the relocation naming its function), for
+        the tables the patch object carries (objtool writes the linked ones)."""
+        return {name: entry for name, entry in self.tables().items()
+                if name not in self.linked_tables}
+
+    def tables(self) -> dict[str, tuple[int, int]]:
+        """Every table of fixed-size entries a module may have: name → (entry size,
+        offset of the relocation naming its function)."""
         table = {
             "__jump_table": (self.jump_entry, 0),
             ".altinstructions": (self.alt_instr, 0),
@@ -68,8 +75,7 @@ class Layout:
         }
         if self.paravirt_patch_site:
             table[".parainstructions"] = (self.paravirt_patch_site, 0)
-        return {name: entry for name, entry in table.items()
-                if name not in self.linked_tables}
+        return table
 
 
 def probe(headers_dir: Path, cache_file: Path, toolchain: list[str] = ()) -> Layout:

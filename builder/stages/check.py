@@ -35,7 +35,7 @@ from builder.elf import (
 )
 from builder.errors import BuildError
 from builder.layout import Layout
-from builder.stages.generate import KLP_SYM_PREFIX, NOP2, NOP5, FunctionEntry
+from builder.stages.generate import KLP_SYM_PREFIX, NOP2, NOP5, ORC_DATA, FunctionEntry
 
 STAGE = "check"
 MODULE_NAME_LEN = 56  # struct module's name[], as livepatch parses .klp.sym.OBJ.NAME,POS
@@ -49,6 +49,7 @@ EARLY_SECTIONS = ("__jump_table", ".static_call_sites", ".altinstructions",
                   ".call_sites", "__mcount_loc", "__dyndbg", ".ibt_endbr_seal",
                   "__tracepoints_ptrs", "__param", ".init_array")
 CALL, JMP32, JMP8 = 0xE8, 0xE9, 0xEB
+STATIC_CALL_SITE_TAIL = 1  # in a static call entry's key field: the site is a jump
 RETURN_THUNK = "__x86_return_thunk"
 
 
@@ -97,6 +98,7 @@ def check_module(ko: ElfObject, layout: Layout, functions: Iterable[FunctionEntr
     _check_jump_label_keys(layout, relocs, symbol_table, problems)
     report.static_calls = _check_static_calls(ko, layout, relocs, late_sites, problems)
     _check_static_call_keys(ko, layout, symbol_table, problems)
+    _check_table_sizes(ko, layout, problems)
     _check_return_sites(ko, relocs, problems)
     _check_unwind_data(ko, problems)
     functions = list(functions)
@@ -383,10 +385,17 @@ def _check_static_calls(ko: ElfObject, layout: Layout, relocs, late_sites,
             continue
         code, offset = site
         opcode = code.data[offset:offset + 1]
+        key = rels.get(start + 4)
+        tail = key is not None and key.addend & STATIC_CALL_SITE_TAIL
         if opcode not in (bytes([CALL]), bytes([JMP32])) or \
                 (id(code), offset + 1) not in displacement:
             problems.add(f"static call at {code.name}+{offset:#x} is not a relocated call or "
                          "jump: the kernel would BUG() patching it")
+        elif key is not None and (opcode == bytes([JMP32])) != bool(tail):
+            problems.add(f"static call at {code.name}+{offset:#x} is a "
+                         f"{'jump' if opcode == bytes([JMP32]) else 'call'} but its entry "
+                         f"says {'tail call' if tail else 'call'}: the kernel would BUG() "
+                         "patching it")
         elif (id(code), offset + 1) in late_sites:
             problems.add(f"static call at {code.name}+{offset:#x} calls a symbol livepatch "
                          "resolves only later, but the kernel rewrites the call at load")
@@ -424,6 +433,22 @@ def _keyed_trampolines(vmlinux) -> set[int]:
     data = vmlinux.read(starts[0], stops[0] - starts[0])
     return {starts[0] + i + int.from_bytes(data[i:i + 4], "little", signed=True)
             for i in range(0, len(data) - 7, 8)}
+
+
+def _check_table_sizes(ko: ElfObject, layout: Layout, problems: _Problems) -> None:
+    """The loader walks each table by its size: a partial entry is read as garbage (the
+    alternatives code BUG()s on a bad one), and ORC's two tables must pair up or the
+    unwinder setup warns."""
+    for name, (size, _anchor) in layout.tables().items():
+        sec = ko.section(name)
+        if sec is not None and size and len(sec.data) % size:
+            problems.add(f"{name} is {len(sec.data)} bytes, not a whole number of "
+                         f"{size}-byte entries")
+    ips, orc = ko.section(".orc_unwind_ip"), ko.section(ORC_DATA)
+    if ips is not None and orc is not None and layout.orc_entry and \
+            len(ips.data) // 4 != len(orc.data) // layout.orc_entry:
+        problems.add(f".orc_unwind_ip has {len(ips.data) // 4} entries but .orc_unwind "
+                     f"{len(orc.data) // layout.orc_entry}")
 
 
 def _is_code(sec: Section) -> bool:

@@ -484,3 +484,35 @@ def test_a_kernel_that_keeps_module_relocations_written_gets_a_reload_note():
         "reloading nfsd"]
     assert _reload_notes(sections, Kernel("clear_relocate_add")) == []  # 6.6 and later
     assert _reload_notes(sections[:1], Kernel()) == []
+
+
+def test_check_refuses_partial_table_entries_and_unpaired_unwind_tables(tmp_path):
+    unit = generate(tmp_path, feature=FEATURE, target="vmlinux")
+    ko = link(tmp_path, unit)
+    check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
+    table = ko.section("__jump_table")
+    table.data += bytes(4)
+    with pytest.raises(BuildError, match=r"__jump_table is 36 bytes, not a whole number of "
+                                         r"16-byte entries"):
+        check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
+    table.data = table.data[:-4]
+    text = ko.section(".text.handle")
+    ko.sections.append(Section(name=".orc_unwind_ip", flags=SHF_ALLOC, data=bytes(8), align=4,
+                               relocs=[Reloc(i * 4, R_X86_64_PC32, ko.section_symbol(text), i)
+                                       for i in range(2)]))
+    ko.sections.append(Section(name=".orc_unwind", flags=SHF_ALLOC, data=bytes(6), align=2))
+    with pytest.raises(BuildError, match=r"\.orc_unwind_ip has 2 entries but \.orc_unwind 1"):
+        check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
+
+
+def test_check_refuses_a_static_call_whose_entry_and_instruction_disagree(tmp_path):
+    exports = StaticCallExports(("__SCT__tp_func_demo", "__SCK__tp_func_demo"))
+    unit = generate(tmp_path, module=EXPORTED_CALL.replace("KEY", "__SCK__tp_func_demo"),
+                    exports=exports)
+    ko = link(tmp_path, unit, exports.exported)
+    check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: TrampolineKeys({}))
+    key = next(r for r in ko.section(".static_call_sites").relocs if r.offset == 4)
+    key.addend |= 1  # "tail call", at a call instruction
+    with pytest.raises(BuildError, match=r"static call at \.text\.handle\+0x[0-9a-f]+ is a "
+                                         r"call but its entry says tail call"):
+        check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: TrampolineKeys({}))

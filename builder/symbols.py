@@ -362,6 +362,12 @@ class ModuleImage:
 
     addresses = positions
 
+    def live_positions(self, name: str) -> list[int]:
+        """Synthetic addresses of the copies kallsyms keeps once the module is live: its
+        init sections' symbols are dropped then (while it loads, it has them all)."""
+        return [self.address_of(s) for s in self._named(name)
+                if not s.section.startswith(".init")]
+
     def sympos(self, name: str, address: int) -> int:
         return sympos(self.positions(name), name, address, self.name)
 

@@ -244,6 +244,25 @@ def _check_position(objname: str, name: str, pos: int, symbol_table, problems: _
                      "livepatch refuses an ambiguous name")
     elif pos > count:
         problems.add(f"{what} {name} has position {pos} but {objname} has only {count}")
+    elif pos and hasattr(table, "live_positions"):
+        _check_same_position_once_live(objname, name, pos, table, problems, what)
+
+
+def _check_same_position_once_live(objname: str, name: str, pos: int, table,
+                                   problems: _Problems, what: str) -> None:
+    """Livepatch counts a module's copies of a name in its kallsyms: all of them while the
+    module loads (a patch loaded first), its non-init ones once it is live (a patch
+    loaded later). The position must name the same copy either way."""
+    address = table.addresses(name)[pos - 1]
+    live = table.live_positions(name)
+    if address not in live:
+        problems.add(f"{what} {name} (position {pos}) is in {objname}'s init code or data, "
+                     "freed once the module is live")
+    elif live.index(address) + 1 != pos:
+        problems.add(f"{what} {name} is copy {pos} of {objname} while it loads but copy "
+                     f"{live.index(address) + 1} once it is live (a copy in its init code "
+                     "comes first): livepatch would resolve another copy depending on which "
+                     "loads first")
 
 
 def _check_function(fn: FunctionEntry, symbol_table, problems: _Problems) -> None:

@@ -516,3 +516,36 @@ def test_check_refuses_a_static_call_whose_entry_and_instruction_disagree(tmp_pa
     with pytest.raises(BuildError, match=r"static call at \.text\.handle\+0x[0-9a-f]+ is a "
                                          r"call but its entry says tail call"):
         check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: TrampolineKeys({}))
+
+
+def test_a_module_position_must_name_the_same_copy_while_loading_and_once_live(tmp_path):
+    """Two static helper()s in one module, the first in .init.text: livepatch counts it
+    while the module loads, not once it is live, so position 2 would name another copy
+    (or none) depending on which of patch and module loads first."""
+    from builder.stages.check import _check_position, _Problems
+    from builder.symbols import ModuleImage
+
+    (tmp_path / "a.c").write_text(
+        "static __attribute__((section(\".init.text\"), noinline)) int helper(void)\n"
+        "{ return 1; }\nint use_a(void) { return helper(); }\n")
+    (tmp_path / "b.c").write_text(
+        "static __attribute__((noinline)) int helper(void) { return 2; }\n"
+        "int use_b(void) { return helper(); }\n")
+    for name in ("a", "b"):
+        subprocess.run(["gcc", *CFLAGS, "-c", "-o", str(tmp_path / f"{name}.o"),
+                        str(tmp_path / f"{name}.c")], check=True)
+    subprocess.run(["ld", "-r", "-o", str(tmp_path / "m.ko"), str(tmp_path / "a.o"),
+                    str(tmp_path / "b.o")], check=True)
+    image = ModuleImage(tmp_path / "m.ko")
+    assert len(image.addresses("helper")) == 2 and len(image.live_positions("helper")) == 1
+
+    def problems(pos: int) -> list[str]:
+        found = _Problems()
+        _check_position("m", "helper", pos, lambda objname: image, found, "function")
+        return found.items
+
+    assert problems(1) == ["function helper (position 1) is in m's init code or data, freed "
+                           "once the module is live"]
+    assert problems(2) == ["function helper is copy 2 of m while it loads but copy 1 once it "
+                           "is live (a copy in its init code comes first): livepatch would "
+                           "resolve another copy depending on which loads first"]

@@ -488,12 +488,22 @@ def _check_return_sites(ko: ElfObject, relocs, problems: _Problems) -> None:
     rewrites only listed ones at load, and 6.12 warns (`__warn_thunk`, taint W) when an
     unlisted one runs."""
     listed = _pointed_at(ko, ".return_sites")
+    thunk_jumps = set()
     for sec, rel, _late in relocs:
         if rel.symbol.name != RETURN_THUNK or not _is_code(sec) or rel.offset < 1:
             continue
-        if sec.data[rel.offset - 1] == JMP32 and (id(sec), rel.offset - 1) not in listed:
-            problems.add(f"the return at {sec.name}+{rel.offset - 1:#x} is not listed in "
-                         ".return_sites: the kernel would not patch it, and warns when it runs")
+        if sec.data[rel.offset - 1] == JMP32:
+            thunk_jumps.add((id(sec), rel.offset - 1))
+            if (id(sec), rel.offset - 1) not in listed:
+                problems.add(f"the return at {sec.name}+{rel.offset - 1:#x} is not listed in "
+                             ".return_sites: the kernel would not patch it, and warns when "
+                             "it runs")
+    # ...and each listed site is such a jump: the kernel warns at load at any other
+    # ("missing return thunk").
+    names = {id(sec): sec.name for sec in ko.sections}
+    for section_id, offset in sorted(listed - thunk_jumps):
+        problems.add(f".return_sites lists {names.get(section_id, '?')}+{offset:#x}, which is "
+                     f"not a jump to {RETURN_THUNK}: the kernel warns loading the module")
 
 
 def _check_unwind_data(ko: ElfObject, problems: _Problems) -> None:

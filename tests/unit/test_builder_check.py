@@ -549,3 +549,14 @@ def test_a_module_position_must_name_the_same_copy_while_loading_and_once_live(t
     assert problems(2) == ["function helper is copy 2 of m while it loads but copy 1 once it "
                            "is live (a copy in its init code comes first): livepatch would "
                            "resolve another copy depending on which loads first"]
+
+
+def test_check_refuses_a_return_site_that_is_not_a_return_thunk_jump(tmp_path):
+    unit = generate_return(tmp_path, LAYOUT_6_1)
+    ko = link(tmp_path, unit)
+    check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
+    site = ko.section(".return_sites").relocs[0]
+    site.addend -= 1  # the entry now points one byte before the jump
+    with pytest.raises(BuildError, match=r"\.return_sites lists \.text\.handle\+0x[0-9a-f]+, "
+                                         r"which is not a jump to __x86_return_thunk"):
+        check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())

@@ -222,12 +222,25 @@ def _check_livepatch_symbols(ko: ElfObject, symbol_table, problems: _Problems) -
 def _check_not_init(name: str, pos: int, vmlinux, problems: _Problems) -> None:
     """kallsyms keeps the names of vmlinux's init code and data after boot frees them:
     livepatch would resolve a reference to freed memory."""
-    addresses = vmlinux.addresses(name)
-    begin, end = vmlinux.addresses("__init_begin"), vmlinux.addresses("__init_end")
-    if addresses and len(begin) == 1 and len(end) == 1 and \
-            begin[0] <= addresses[min(max(pos - 1, 0), len(addresses) - 1)] < end[0]:
+    if _within(_address(vmlinux, name, pos), _bounds(vmlinux, "__init_begin", "__init_end")):
         problems.add(f"the patch refers to {name}, init code or data of vmlinux, freed "
                      "after boot")
+
+
+def _address(table, name: str, pos: int) -> int | None:
+    """Where livepatch resolves NAME,POS (position 0: the only copy), if it exists."""
+    addresses = table.addresses(name)
+    return addresses[max(pos - 1, 0)] if max(pos - 1, 0) < len(addresses) else None
+
+
+def _bounds(vmlinux, first: str, last: str) -> tuple[int, int] | None:
+    """[first, last): a region of vmlinux its linker symbols mark, if kallsyms has both."""
+    starts, ends = vmlinux.addresses(first), vmlinux.addresses(last)
+    return (starts[0], ends[0]) if len(starts) == 1 and len(ends) == 1 else None
+
+
+def _within(address: int | None, region: tuple[int, int] | None) -> bool:
+    return address is not None and region is not None and region[0] <= address < region[1]
 
 
 def _check_position(objname: str, name: str, pos: int, symbol_table, problems: _Problems,
@@ -369,18 +382,14 @@ def _check_jump_label_keys(layout: Layout, relocs, symbol_table,
     vmlinux = symbol_table("vmlinux")
     if vmlinux.addresses("jump_label_init_ro"):
         return
-    (start,), (end,) = (vmlinux.addresses(f"__{edge}_ro_after_init") or [0]
-                        for edge in ("start", "end"))
+    read_only = _bounds(vmlinux, "__start_ro_after_init", "__end_ro_after_init")
     for rel in keys:
         match = _KLP_SYM.match(rel.symbol.name)
         if match and match[1] != "vmlinux" or (not match and rel.symbol.section is not None):
             continue  # a module's key or the patch's own: writable
         name, pos = (match[2], int(match[3])) if match else (rel.symbol.name, 0)
-        addresses = vmlinux.addresses(name)
-        if not addresses:
-            continue  # _check_livepatch_symbols names it
-        address = addresses[max(pos - 1, 0)] + (rel.addend & ~3)  # low bits: branch flags
-        if start <= address < end:
+        key = _address(vmlinux, name, pos)  # None: _check_livepatch_symbols names it
+        if key is not None and _within(key + (rel.addend & ~3), read_only):  # low bits: flags
             problems.add(f"a jump label uses static key {name}, which is read-only after "
                          "boot: this kernel writes to the key when a module with such a "
                          "branch loads, an Oops at insmod (use static_key_enabled() in the "
@@ -445,12 +454,12 @@ def _check_static_call_keys(ko: ElfObject, layout: Layout, symbol_table,
 def _keyed_trampolines(vmlinux) -> set[int]:
     """Addresses of the trampolines in vmlinux's static_call_tramp_key table, entries of
     two 32-bit offsets (trampoline, key), each from its own field."""
-    starts = vmlinux.addresses("__start_static_call_tramp_key")
-    stops = vmlinux.addresses("__stop_static_call_tramp_key")
-    if len(starts) != 1 or len(stops) != 1:
+    table = _bounds(vmlinux, "__start_static_call_tramp_key", "__stop_static_call_tramp_key")
+    if table is None:
         return set()
-    data = vmlinux.read(starts[0], stops[0] - starts[0])
-    return {starts[0] + i + int.from_bytes(data[i:i + 4], "little", signed=True)
+    start, stop = table
+    data = vmlinux.read(start, stop - start)
+    return {start + i + int.from_bytes(data[i:i + 4], "little", signed=True)
             for i in range(0, len(data) - 7, 8)}
 
 

@@ -135,13 +135,18 @@ def short_reason(text: str, items: int = 3) -> str:
 SLUG_LENGTH = 40
 
 
+def _plain(text: str) -> str:
+    """Lower-case letters and digits, every other run of characters one '_'."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
 def _slug(name: str) -> str:
     """A file-name form of a unit name (its patch, work and module names), at most
     SLUG_LENGTH characters and never another unit's: units build side by side. A name
     the plain form could share with another (`a/b_c` and `a_b/c`, `xt_DSCP.h` and
     `xt_dscp.h`) or a longer one keeps its tail (the most specific part) and gets a
     digest of the whole."""
-    slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    slug = _plain(name)
     one_to_one = re.fullmatch(r"[a-z0-9]+(/[a-z0-9]+)*", name) is not None
     if one_to_one and len(slug) <= SLUG_LENGTH:
         return slug
@@ -553,7 +558,7 @@ def _cves(records: list[dict], items) -> dict:
 def module_name(name: str, version: str) -> str:
     """NAME_6_1_192_3: each update its own module, so the next one takes over by atomic
     replace (one loaded at a time) instead of replacing a same-named module in place."""
-    return f"{name}_{re.sub(r'[^a-z0-9]+', '_', version.lower())}"[:55]
+    return f"{name}_{_plain(version)}"[:55]
 
 
 def _current(name: str, kernel, info: dict, state: str = "current") -> dict:

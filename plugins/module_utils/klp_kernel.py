@@ -493,7 +493,16 @@ class Target:
                 path, rc, (err or out).strip(),
                 ("; kernel log: " + " | ".join(log)) if log else ""))
 
-    def rmmod(self, name):
+    def rmmod(self, name, timeout=10, poll=0.1):
+        """rmmod NAME once nothing holds it.
+
+        Livepatch drops its reference to a patch module only after the patch's sysfs
+        directory is gone, so an rmmod right after that could still find it in use.
+        """
+        start = self.clock()
+        while (self.read_int("sys/module", name, "refcnt") or 0) > 0 \
+                and self.clock() - start < timeout:
+            self.sleep(poll)
         rc, out, err = self._run("rmmod", [name])
         if rc != 0:
             raise KlpError(f"rmmod {name} failed (rc={rc}): {(err or out).strip()}")

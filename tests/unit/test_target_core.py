@@ -210,6 +210,7 @@ class FakeKernel:
         self.modules: dict[str, dict] = {}  # name -> {"taints": "OEK", "info": {...}}
         self.pending: dict[str, int] = {}
         self.stuck: set[str] = set()  # patch names whose transitions never finish
+        self.releasing: list[str] = []  # freed patches whose module is still held
         self.commands: list[list[str]] = []
         self.insmod_error: str | None = None
         for d in ("sys/kernel/livepatch", "proc/sys/kernel", "sys/module"):
@@ -259,6 +260,7 @@ class FakeKernel:
             self.modules[name] = {"taints": "OEK", "info": info}
             notes = self.root / "sys/module" / name / "notes"
             notes.mkdir(parents=True, exist_ok=True)
+            (notes.parent / "refcnt").write_text("1\n")  # held by its livepatch
             (notes / ".note.gnu.build-id").write_bytes(note(b"GNU", 3,
                                                             bytes.fromhex(info["build_id"])))
             d = self.lp(name)
@@ -277,7 +279,7 @@ class FakeKernel:
             name = argv[1]
             if name not in self.modules:
                 return 1, "", f"rmmod: ERROR: Module {name} is not currently loaded"
-            if self.lp(name).exists():
+            if (self.root / "sys/module" / name / "refcnt").read_text().strip() != "0":
                 return 1, "", f"rmmod: ERROR: Module {name} is in use"
             del self.modules[name]
             shutil.rmtree(self.root / "sys/module" / name, ignore_errors=True)
@@ -293,6 +295,9 @@ class FakeKernel:
 
     def sleep(self, seconds):
         self.now += seconds
+        for name in self.releasing:  # livepatch puts the module a moment after freeing
+            (self.root / "sys/module" / name / "refcnt").write_text("0\n")
+        self.releasing.clear()
         for name in list(self.pending):
             d = self.lp(name)
             if not d.exists():
@@ -310,13 +315,15 @@ class FakeKernel:
             (d / "transition").write_text("0\n")
             self.set_task_states(-1)
             if not enabled:
-                shutil.rmtree(d)  # a disabled patch is freed
+                shutil.rmtree(d)  # a disabled patch is freed, its module put on the next tick
+                self.releasing.append(name)
             else:
                 # atomic replace: other patches disappear
                 if self.modules.get(name, {}).get("replace"):
                     for other in self.root.joinpath("sys/kernel/livepatch").iterdir():
                         if other.name != name:
                             shutil.rmtree(other)
+                            self.releasing.append(other.name)
 
 
 class FakeTarget(klp_kernel.Target):

@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from pathlib import Path
+
+import psutil
 
 from builder import __version__
 from builder.cache import exclusive, sha256_file, work_dir
@@ -174,5 +177,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def stop_on_signals() -> None:
+    """On SIGTERM or SIGINT, stop every process the builder started, then exit at once.
+
+    The compilers run under make in worker threads and in a forkserver's pool, which a
+    signal to this process alone does not reach. make, sent SIGTERM, deletes the object
+    it was writing. Exiting without unwinding records no half-built unit as a result;
+    the next run restores a source tree left patched and resumes from what finished.
+    """
+    def stop(signum: int, _frame: object) -> None:
+        stopped = 0
+        for _round in range(5):  # a worker thread may start one more command meanwhile
+            children = psutil.Process().children(recursive=True)
+            if not children:
+                break
+            for child in children:
+                with suppress(psutil.NoSuchProcess):
+                    child.terminate()
+            _gone, alive = psutil.wait_procs(children, timeout=10)
+            for child in alive:
+                with suppress(psutil.NoSuchProcess):
+                    child.kill()
+            stopped += len(children)
+        print(f"error: stopped by {signal.Signals(signum).name} ({stopped} processes it "
+              "started were stopped); a rerun resumes from what finished", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+
+
 if __name__ == "__main__":
+    stop_on_signals()
     sys.exit(main())

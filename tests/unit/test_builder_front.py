@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -328,3 +329,39 @@ def test_a_truncated_cached_package_is_fetched_again(tmp_path, monkeypatch):
                                     Archive("bookworm"))
     assert fetched == ["klp-dummy"]
     assert (dest / "usr" / "share" / "payload").stat().st_size == 200_000
+
+
+# ---------------------------------------------------------------- stopping
+def test_a_stopped_builder_stops_every_process_it_started(tmp_path):
+    """SIGTERM to the builder alone must reach the compilers it runs (here a shell and
+    its `sleep`, standing in for make and gcc) and leave none of them running."""
+    import psutil
+    script = ("import subprocess, time\n"
+              "from builder.__main__ import stop_on_signals\n"
+              "stop_on_signals()\n"
+              "subprocess.Popen(['sh', '-c', 'sleep 600 & wait'])\n"
+              "print('ready', flush=True)\n"
+              "time.sleep(600)\n")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=root, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.stdout.readline() == "ready\n"
+    started = []
+    for _try in range(50):  # the shell starts its sleep a moment later
+        started = psutil.Process(proc.pid).children(recursive=True)
+        if len(started) == 2:
+            break
+        psutil.wait_procs([], timeout=0.1)
+    assert len(started) == 2
+    proc.terminate()
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + 15
+    assert "stopped by SIGTERM (2 processes" in err
+
+    def running(p):
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    assert not [p for p in started if running(p)]

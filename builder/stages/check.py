@@ -51,6 +51,8 @@ EARLY_SECTIONS = ("__jump_table", ".static_call_sites", ".altinstructions",
 CALL, JMP32, JMP8 = 0xE8, 0xE9, 0xEB
 STATIC_CALL_SITE_TAIL = 1  # in a static call entry's key field: the site is a jump
 RETURN_THUNK = "__x86_return_thunk"
+MCOUNT = "__fentry__"
+RETPOLINE_THUNK = "__x86_indirect_thunk_"
 
 
 @dataclass
@@ -100,6 +102,13 @@ def check_module(ko: ElfObject, layout: Layout, functions: Iterable[FunctionEntr
     _check_static_call_keys(ko, layout, symbol_table, problems)
     _check_table_sizes(ko, layout, problems)
     _check_return_sites(ko, relocs, problems)
+    _check_listed_calls(ko, relocs, "__mcount_loc", lambda name: name == MCOUNT,
+                        f"a call to {MCOUNT}", "ftrace fails on it at load and turns itself "
+                        "off, and every live patch with it", problems)
+    _check_listed_calls(ko, relocs, ".retpoline_sites",
+                        lambda name: name.startswith(RETPOLINE_THUNK),
+                        f"a call or jump to an {RETPOLINE_THUNK}* thunk",
+                        "the kernel warns loading the module", problems)
     _check_unwind_data(ko, problems)
     functions = list(functions)
     for fn in functions:
@@ -513,6 +522,35 @@ def _check_return_sites(ko: ElfObject, relocs, problems: _Problems) -> None:
     for section_id, offset in sorted(listed - thunk_jumps):
         problems.add(f".return_sites lists {names.get(section_id, '?')}+{offset:#x}, which is "
                      f"not a jump to {RETURN_THUNK}: the kernel warns loading the module")
+
+
+def _check_listed_calls(ko: ElfObject, relocs, table: str, wanted, what: str,
+                        consequence: str, problems: _Problems) -> None:
+    """Each site TABLE lists must be WHAT: a call, jump or conditional jump whose
+    displacement is relocated to a symbol WANTED accepts. The kernel rewrites these
+    sites at load, after checking the instruction it finds there."""
+    targets = {(id(sec), rel.offset): rel.symbol.name for sec, rel, _late in relocs
+               if _is_code(sec)}
+    sections = {id(sec): sec for sec in ko.sections}
+    for section_id, offset in sorted(_pointed_at(ko, table)):
+        sec = sections[section_id]
+        at = _displacement_at(sec.data[offset:offset + 4])
+        target = targets.get((section_id, offset + at)) if at is not None else None
+        if target is None or not wanted(target):
+            problems.add(f"{table} lists {sec.name}+{offset:#x}, which is not {what}: "
+                         f"{consequence}")
+
+
+def _displacement_at(code: bytes) -> int | None:
+    """Where the 32-bit displacement of the call, jmp or jcc CODE starts with is (after
+    any CS/DS prefix: retpoline sites carry one so that the kernel can rewrite them)."""
+    prefixes = len(code) - len(code.lstrip(b"\x2e\x3e"))
+    op = code[prefixes:prefixes + 2]
+    if op[:1] in (bytes([CALL]), bytes([JMP32])):
+        return prefixes + 1
+    if len(op) == 2 and op[0] == 0x0F and 0x80 <= op[1] <= 0x8F:
+        return prefixes + 2
+    return None
 
 
 def _check_unwind_data(ko: ElfObject, problems: _Problems) -> None:

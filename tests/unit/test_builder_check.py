@@ -560,3 +560,45 @@ def test_check_refuses_a_return_site_that_is_not_a_return_thunk_jump(tmp_path):
     with pytest.raises(BuildError, match=r"\.return_sites lists \.text\.handle\+0x[0-9a-f]+, "
                                          r"which is not a jump to __x86_return_thunk"):
         check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
+
+
+def test_check_refuses_an_ftrace_site_that_is_not_a_call_to_fentry(tmp_path):
+    unit = generate(tmp_path)
+    ko = link(tmp_path, unit)
+    check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
+    site = ko.section("__mcount_loc").relocs[0]
+    site.addend += 1  # the entry now points into the call
+    with pytest.raises(BuildError, match=r"__mcount_loc lists \.text\.\w+\+0x1, which is not "
+                                         r"a call to __fentry__: ftrace fails on it"):
+        check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
+
+
+# An indirect call through a retpoline thunk, CS-prefixed and listed as objtool lists it.
+RETPOLINE_MODULE = """\
+extern int printk(const char *fmt, ...);
+
+int handle(int v)
+{
+\tprintk("value %d\\n", v + 1);
+\tasm volatile("4: .byte 0x2e\\n\\tcall __x86_indirect_thunk_rax\\n\\t"
+\t\t".pushsection .retpoline_sites, \\"a\\"\\n\\t.long 4b - .\\n\\t.popsection");
+\treturn 0;
+}
+"""
+
+
+class RetpolineExports(Exports):
+    def owner(self, name: str) -> str | None:
+        return "vmlinux" if name == "__x86_indirect_thunk_rax" else super().owner(name)
+
+
+def test_check_refuses_a_retpoline_site_that_is_not_a_thunk_call(tmp_path):
+    unit = generate(tmp_path, module=RETPOLINE_MODULE, exports=RetpolineExports())
+    ko = link(tmp_path, unit, exported=("__x86_indirect_thunk_rax",))
+    assert len(ko.section(".retpoline_sites").relocs) == 1
+    check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
+    ko.section(".retpoline_sites").relocs[0].addend -= 1
+    with pytest.raises(BuildError, match=r"\.retpoline_sites lists \.text\.handle\+0x[0-9a-f]+, "
+                                         r"which is not a call or jump to an "
+                                         r"__x86_indirect_thunk_\* thunk"):
+        check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())

@@ -194,7 +194,7 @@ def stop_on_signals() -> None:
             for child in children:
                 with suppress(psutil.NoSuchProcess):
                     child.terminate()
-            _gone, alive = psutil.wait_procs(children, timeout=10)
+            _gone, alive = psutil.wait_procs(children, timeout=5)
             for child in alive:
                 with suppress(psutil.NoSuchProcess):
                     child.kill()

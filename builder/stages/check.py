@@ -52,6 +52,7 @@ CALL, JMP32, JMP8 = 0xE8, 0xE9, 0xEB
 STATIC_CALL_SITE_TAIL = 1  # in a static call entry's key field: the site is a jump
 RETURN_THUNK = "__x86_return_thunk"
 MCOUNT = "__fentry__"
+STATIC_KEY_TYPE = 8  # offset of struct static_key's type, whose bit 0 says "on by default"
 RETPOLINE_THUNK = "__x86_indirect_thunk_"
 
 
@@ -98,6 +99,7 @@ def check_module(ko: ElfObject, layout: Layout, functions: Iterable[FunctionEntr
     _check_alternatives(ko, layout, late_sites, relocs, problems)
     report.jump_labels = _check_jump_labels(ko, layout, problems)
     _check_jump_label_keys(layout, relocs, symbol_table, problems)
+    _check_jump_label_states(ko, layout, relocs, symbol_table, problems)
     report.static_calls = _check_static_calls(ko, layout, relocs, late_sites, problems)
     _check_static_call_keys(ko, layout, symbol_table, problems)
     _check_table_sizes(ko, layout, problems)
@@ -403,6 +405,54 @@ def _check_jump_label_keys(layout: Layout, relocs, symbol_table,
                          "boot: this kernel writes to the key when a module with such a "
                          "branch loads, an Oops at insmod (use static_key_enabled() in the "
                          "patched function)")
+
+
+def _check_jump_label_states(ko: ElfObject, layout: Layout, relocs, symbol_table,
+                             problems: _Problems) -> None:
+    """Each site must start as its key's default and the branch's sense say (what the
+    compiler chose from the key's declared type): the kernel flips a site, at load or
+    later, only after finding the instruction it expects there, and BUG()s otherwise."""
+    _sec, entries = _entries(ko, "__jump_table", layout.jump_entry)
+    keys = {rel.offset: rel for sec, rel, _late in relocs if sec.name == "__jump_table"}
+    for start, rels in entries:
+        site, key_rel = _site(ko, rels.get(start)), keys.get(start + 8)
+        if site is None or key_rel is None:
+            continue  # _check_jump_labels names it
+        on_by_default = _key_on_by_default(ko, key_rel, symbol_table)
+        if on_by_default is None:
+            continue
+        code, offset = site
+        data = code.data[offset:offset + 5]
+        starts_as_nop = data == NOP5 or data[:2] == NOP2
+        should_jump = on_by_default != bool(key_rel.addend & 1)
+        if starts_as_nop == should_jump:
+            problems.add(f"jump label at {code.name}+{offset:#x} starts as a "
+                         f"{'NOP' if starts_as_nop else 'jump'}, but its key "
+                         f"{_key_name(key_rel)} (on by default: {on_by_default}) and branch "
+                         f"say {'jump' if should_jump else 'NOP'}: the kernel would BUG() "
+                         "the first time it switched it")
+
+
+def _key_name(rel: Reloc) -> str:
+    match = _KLP_SYM.match(rel.symbol.name)
+    return match[2] if match else rel.symbol.name
+
+
+def _key_on_by_default(ko: ElfObject, rel: Reloc, symbol_table) -> bool | None:
+    """Bit 0 of the static key's type field, where the key is in the module or vmlinux."""
+    at = (rel.addend & ~3) + STATIC_KEY_TYPE  # the entry's low bits are flags
+    sym = rel.symbol
+    if sym.section is not None:  # the patch's own key
+        data = sym.section.data if sym.section.type != SHT_NOBITS else b""
+        field = data[sym.value + at:sym.value + at + 8]
+        return bool(field[0] & 1) if field else False
+    match = _KLP_SYM.match(sym.name)
+    if match and match[1] != "vmlinux":
+        return None  # a module's key: left out by the generate stage, or refused
+    vmlinux = symbol_table("vmlinux")
+    name, pos = (match[2], int(match[3])) if match else (sym.name, 0)
+    key = _address(vmlinux, name, pos)
+    return None if key is None else bool(vmlinux.read(key + at, 1)[0] & 1)
 
 
 def _check_static_calls(ko: ElfObject, layout: Layout, relocs, late_sites,

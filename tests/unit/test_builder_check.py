@@ -91,6 +91,16 @@ class Symbols:
         raise AssertionError("unique symbols need no bytes")
 
 
+class KeyTypes(Symbols):
+    """vmlinux whose every static key is off (or on) by default."""
+
+    def __init__(self, on: bool = False) -> None:
+        self.on = on
+
+    def read(self, address: int, size: int) -> bytes:
+        return bytes([int(self.on)]) + bytes(size - 1)
+
+
 def compile_c(tmp_path: Path, name: str, source: str) -> ElfObject:
     (tmp_path / f"{name}.c").write_text(source)
     subprocess.run(["gcc", *CFLAGS, "-c", "-o", str(tmp_path / f"{name}.o"),
@@ -412,11 +422,12 @@ def test_check_refuses_a_trampoline_key_the_kernel_cannot_look_up(tmp_path):
                  lambda objname: TrampolineKeys({}))
 
 
-class ReadOnlyKeys(Symbols):
+class ReadOnlyKeys(KeyTypes):
     """vmlinux whose __ro_after_init data spans 0x8000-0x9000; `sealed`: the kernel seals
     such keys at boot (6.12's jump_label_init_ro)."""
 
     def __init__(self, key_at: int, sealed: bool = False) -> None:
+        super().__init__()
         self.at = {"__start_ro_after_init": [0x8000], "__end_ro_after_init": [0x9000],
                    "feature_key": [key_at]}
         if sealed:
@@ -452,7 +463,7 @@ def test_check_refuses_what_livepatch_would_not_enable(tmp_path):
         check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
 
 
-class InitSymbols(Symbols):
+class InitSymbols(KeyTypes):
     def addresses(self, name: str) -> list[int]:
         return {"__init_begin": [0x4000], "__init_end": [0x6000],
                 "feature_key": [0x5000]}.get(name, [0x1000])
@@ -489,12 +500,12 @@ def test_a_kernel_that_keeps_module_relocations_written_gets_a_reload_note():
 def test_check_refuses_partial_table_entries_and_unpaired_unwind_tables(tmp_path):
     unit = generate(tmp_path, feature=FEATURE, target="vmlinux")
     ko = link(tmp_path, unit)
-    check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
+    check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: KeyTypes())
     table = ko.section("__jump_table")
     table.data += bytes(4)
     with pytest.raises(BuildError, match=r"__jump_table is 36 bytes, not a whole number of "
                                          r"16-byte entries"):
-        check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
+        check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: KeyTypes())
     table.data = table.data[:-4]
     text = ko.section(".text.handle")
     ko.sections.append(Section(name=".orc_unwind_ip", flags=SHF_ALLOC, data=bytes(8), align=4,
@@ -502,7 +513,7 @@ def test_check_refuses_partial_table_entries_and_unpaired_unwind_tables(tmp_path
                                        for i in range(2)]))
     ko.sections.append(Section(name=".orc_unwind", flags=SHF_ALLOC, data=bytes(6), align=2))
     with pytest.raises(BuildError, match=r"\.orc_unwind_ip has 2 entries but \.orc_unwind 1"):
-        check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
+        check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: KeyTypes())
 
 
 def test_check_refuses_a_static_call_whose_entry_and_instruction_disagree(tmp_path):
@@ -602,3 +613,13 @@ def test_check_refuses_a_retpoline_site_that_is_not_a_thunk_call(tmp_path):
                                          r"which is not a call or jump to an "
                                          r"__x86_indirect_thunk_\* thunk"):
         check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())
+
+
+def test_check_refuses_a_jump_label_that_starts_against_its_key(tmp_path):
+    unit = generate(tmp_path, FEATURE, target="vmlinux")  # NOP sites, branch bit clear
+    ko = link(tmp_path, unit)
+    check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: KeyTypes(on=False))
+    with pytest.raises(BuildError, match=r"jump label at \.text\.handle\+0x[0-9a-f]+ starts as "
+                                         r"a NOP, but its key feature_key \(on by default: "
+                                         r"True\) and branch say jump: the kernel would BUG"):
+        check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: KeyTypes(on=True))

@@ -395,10 +395,10 @@ def _check_jump_label_keys(layout: Layout, relocs, symbol_table,
         return
     read_only = _bounds(vmlinux, "__start_ro_after_init", "__end_ro_after_init")
     for rel in keys:
-        match = _KLP_SYM.match(rel.symbol.name)
-        if match and match[1] != "vmlinux" or (not match and rel.symbol.section is not None):
+        ref = _vmlinux_ref(rel.symbol)
+        if ref is None:
             continue  # a module's key or the patch's own: writable
-        name, pos = (match[2], int(match[3])) if match else (rel.symbol.name, 0)
+        name, pos = ref
         key = _address(vmlinux, name, pos)  # None: _check_livepatch_symbols names it
         if key is not None and _within(key + (rel.addend & ~3), read_only):  # low bits: flags
             problems.add(f"a jump label uses static key {name}, which is read-only after "
@@ -428,14 +428,25 @@ def _check_jump_label_states(ko: ElfObject, layout: Layout, relocs, symbol_table
         if starts_as_nop == should_jump:
             problems.add(f"jump label at {code.name}+{offset:#x} starts as a "
                          f"{'NOP' if starts_as_nop else 'jump'}, but its key "
-                         f"{_key_name(key_rel)} (on by default: {on_by_default}) and branch "
+                         f"{_plain_name(key_rel.symbol)} (on by default: {on_by_default}) "
+                         "and branch "
                          f"say {'jump' if should_jump else 'NOP'}: the kernel would BUG() "
                          "the first time it switched it")
 
 
-def _key_name(rel: Reloc) -> str:
-    match = _KLP_SYM.match(rel.symbol.name)
-    return match[2] if match else rel.symbol.name
+def _vmlinux_ref(sym) -> tuple[str, int] | None:
+    """(name, position) of the vmlinux symbol SYM names, exported or livepatch (.klp.sym);
+    None for a symbol of a module or one the patch module defines."""
+    match = _KLP_SYM.match(sym.name)
+    if match:
+        return (match[2], int(match[3])) if match[1] == "vmlinux" else None
+    return (sym.name, 0) if sym.section is None else None
+
+
+def _plain_name(sym) -> str:
+    """SYM's name without the livepatch dressing."""
+    match = _KLP_SYM.match(sym.name)
+    return match[2] if match else sym.name
 
 
 def _key_on_by_default(ko: ElfObject, rel: Reloc, symbol_table) -> bool | None:
@@ -446,12 +457,11 @@ def _key_on_by_default(ko: ElfObject, rel: Reloc, symbol_table) -> bool | None:
         data = sym.section.data if sym.section.type != SHT_NOBITS else b""
         field = data[sym.value + at:sym.value + at + 8]
         return bool(field[0] & 1) if field else False
-    match = _KLP_SYM.match(sym.name)
-    if match and match[1] != "vmlinux":
+    ref = _vmlinux_ref(sym)
+    if ref is None:
         return None  # a module's key: left out by the generate stage, or refused
     vmlinux = symbol_table("vmlinux")
-    name, pos = (match[2], int(match[3])) if match else (sym.name, 0)
-    key = _address(vmlinux, name, pos)
+    key = _address(vmlinux, *ref)
     return None if key is None else bool(vmlinux.read(key + at, 1)[0] & 1)
 
 

@@ -282,13 +282,19 @@ LINKED_TABLES_6_12 = (".static_call_sites", ".retpoline_sites", ".return_sites",
                       ".orc_unwind_ip", ".orc_header")  # what the probe finds on 6.12
 
 
-class ThunkExports(Exports):
+class VmlinuxExports(Exports):
+    """vmlinux exports these names too."""
+
+    def __init__(self, exported: tuple[str, ...]) -> None:
+        self.exported = exported
+
     def owner(self, name: str) -> str | None:
-        return "vmlinux" if name == "__x86_return_thunk" else super().owner(name)
+        return "vmlinux" if name in self.exported else super().owner(name)
 
 
 def generate_return(tmp_path: Path, layout: Layout):
-    return generate(tmp_path, module=RETURN_MODULE, layout=layout, exports=ThunkExports())
+    return generate(tmp_path, module=RETURN_MODULE, layout=layout,
+                    exports=VmlinuxExports(("__x86_return_thunk",)))
 
 
 def test_objtool_tables_are_copied_only_where_objtool_annotates_each_object(tmp_path):
@@ -356,14 +362,6 @@ int handle(int v)
 """
 
 
-class StaticCallExports(Exports):
-    def __init__(self, exported: tuple[str, ...]) -> None:
-        self.exported = exported
-
-    def owner(self, name: str) -> str | None:
-        return "vmlinux" if name in self.exported else super().owner(name)
-
-
 class TrampolineKeys(Symbols):
     """vmlinux with a static_call_tramp_key table at 0x2000 listing `keyed` trampolines."""
 
@@ -386,7 +384,7 @@ class TrampolineKeys(Symbols):
 def test_a_called_trampoline_gets_its_exported_key_back_where_objtool_runs_on_link(tmp_path):
     """On 6.12 objtool writes the site at link; without `__SCK__X` in the object it names
     the trampoline, and insmod fails ("Failed to fixup __raw_static_call() usage")."""
-    both = StaticCallExports(("__SCT__tp_func_demo", "__SCK__tp_func_demo"))
+    both = VmlinuxExports(("__SCT__tp_func_demo", "__SCK__tp_func_demo"))
     layout = Layout(12, 16, 12, 12, 8, 6, 16, linked_tables=LINKED_TABLES_6_12)
     module = EXPORTED_CALL.replace("KEY", "__SCT__tp_func_demo")
     unit = generate(tmp_path, module=module, layout=layout, exports=both)
@@ -399,12 +397,12 @@ def test_a_called_trampoline_gets_its_exported_key_back_where_objtool_runs_on_li
     # A key vmlinux does not export (EXPORT_STATIC_CALL_TRAMP) cannot be named: the kernel
     # finds it from the trampoline.
     unit = generate(tmp_path, module=module, layout=layout,
-                    exports=StaticCallExports(("__SCT__tp_func_demo",)))
+                    exports=VmlinuxExports(("__SCT__tp_func_demo",)))
     assert unit.object.section(".discard.addressable") is None
 
 
 def test_check_refuses_a_trampoline_key_the_kernel_cannot_look_up(tmp_path):
-    exports = StaticCallExports(("__SCT__tp_func_demo", "__SCK__tp_func_demo"))
+    exports = VmlinuxExports(("__SCT__tp_func_demo", "__SCK__tp_func_demo"))
     unit = generate(tmp_path, module=EXPORTED_CALL.replace("KEY", "__SCT__tp_func_demo"),
                     exports=exports)
     ko = link(tmp_path, unit, exports.exported)
@@ -517,7 +515,7 @@ def test_check_refuses_partial_table_entries_and_unpaired_unwind_tables(tmp_path
 
 
 def test_check_refuses_a_static_call_whose_entry_and_instruction_disagree(tmp_path):
-    exports = StaticCallExports(("__SCT__tp_func_demo", "__SCK__tp_func_demo"))
+    exports = VmlinuxExports(("__SCT__tp_func_demo", "__SCK__tp_func_demo"))
     unit = generate(tmp_path, module=EXPORTED_CALL.replace("KEY", "__SCK__tp_func_demo"),
                     exports=exports)
     ko = link(tmp_path, unit, exports.exported)
@@ -598,13 +596,9 @@ int handle(int v)
 """
 
 
-class RetpolineExports(Exports):
-    def owner(self, name: str) -> str | None:
-        return "vmlinux" if name == "__x86_indirect_thunk_rax" else super().owner(name)
-
-
 def test_check_refuses_a_retpoline_site_that_is_not_a_thunk_call(tmp_path):
-    unit = generate(tmp_path, module=RETPOLINE_MODULE, exports=RetpolineExports())
+    unit = generate(tmp_path, module=RETPOLINE_MODULE,
+                    exports=VmlinuxExports(("__x86_indirect_thunk_rax",)))
     ko = link(tmp_path, unit, exported=("__x86_indirect_thunk_rax",))
     assert len(ko.section(".retpoline_sites").relocs) == 1
     check_module(ko, LAYOUT_6_1, unit.functions, lambda objname: Symbols())

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -352,7 +353,7 @@ def test_a_stopped_builder_stops_every_process_it_started(tmp_path):
         started = psutil.Process(proc.pid).children(recursive=True)
         if len(started) == 2:
             break
-        psutil.wait_procs([], timeout=0.1)
+        time.sleep(0.1)
     assert len(started) == 2
     proc.terminate()
     _out, err = proc.communicate(timeout=30)

@@ -277,10 +277,19 @@ class Target:
             return []
 
     def patch(self, name):
-        """Live view of one patch from sysfs, or None when it has no sysfs directory."""
+        """Live view of one patch from sysfs, or None when it has no sysfs directory.
+
+        The kernel frees a disabled patch's directory from a worker, so it can vanish
+        while it is being read; that counts as gone, never as an error.
+        """
         base = os.path.join(self.livepatch_dir, name)
-        if not os.path.isdir(base):
+        try:
+            view = self._read_patch(name, base)
+        except FileNotFoundError:
             return None
+        return view if os.path.isdir(base) else None
+
+    def _read_patch(self, name, base):
         objects = {}
         for obj in sorted(os.listdir(base)):
             obj_dir = os.path.join(base, obj)

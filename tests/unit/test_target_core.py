@@ -582,6 +582,30 @@ def test_patches_view_and_preflight(target, kernel, ko):
     assert [(t["pid"], t["function"]) for t in found] == [(99, "cmdline_proc_show")]
 
 
+@pytest.mark.parametrize("listing_then_freed", [True, False],
+                         ids=["freed after listing the patch", "freed before listing an object"])
+def test_a_patch_freed_while_it_is_read_is_gone(target, kernel, ko, monkeypatch,
+                                                listing_then_freed):
+    """The kernel frees a disabled patch's sysfs directory from a worker: a read that
+    the removal overtakes sees the patch gone, neither a stale view nor an error."""
+    runner(target).enable(ko())
+    patch_dir = kernel.lp("klp_demo")
+    real_listdir = os.listdir
+
+    def listdir_racing_the_kernel(path):
+        inside = Path(path).parent == patch_dir
+        if inside and not listing_then_freed and patch_dir.exists():
+            shutil.rmtree(patch_dir)
+        names = real_listdir(path)
+        if Path(path) == patch_dir and listing_then_freed:
+            shutil.rmtree(patch_dir)
+        return names
+
+    monkeypatch.setattr(klp_kernel.os, "listdir", listdir_racing_the_kernel)
+    assert target.patch("klp_demo") is None
+    assert target.wait_gone("klp_demo", timeout=1) == (True, 0.0)
+
+
 @pytest.mark.parametrize("mode", ["warn", "skip", "off"])
 def test_enable_preflight_modes(target, kernel, ko, mode):
     """A task asleep in a patched function: warn loads, skip does not, off does not look."""

@@ -608,13 +608,20 @@ class Target:
     def force(self, name):
         self.write("1", "sys/kernel/livepatch", name, "force")
 
-    def unload_replaced(self, before, keep):
-        """rmmod livepatch modules whose patches were replaced (gone from sysfs)."""
-        active = set(self.patch_names())
+    def unload_replaced(self, before, keep, timeout=10):
+        """rmmod livepatch modules whose patches were replaced.
+
+        A replaced patch is disabled when the transition ends, but a worker frees its
+        sysfs directory later: one still listed as disabled is waited for, not kept.
+        """
         loaded = set(self.livepatch_modules())
         unloaded = []
         for name in sorted(before):
-            if name == keep or name in active or name not in loaded:
+            if name == keep or name not in loaded:
+                continue
+            patch = self.patch(name)
+            if patch is not None and (patch["enabled"]
+                                      or not self.wait_gone(name, timeout)[0]):
                 continue
             self.rmmod(name)
             unloaded.append(name)

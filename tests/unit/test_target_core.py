@@ -200,7 +200,8 @@ class FakeKernel:
 
     insmod creates the patch's sysfs directory with a transition that completes after
     `ticks` polls (never while a task is `stuck`), writing 0 to enabled reverses or
-    starts an unpatch transition, and a finished unpatch frees the sysfs directory.
+    starts an unpatch transition; a finished unpatch, or a patch replaced atomically,
+    has its sysfs directory freed on the next tick and its module put on the one after.
     """
 
     def __init__(self, root: Path, ticks=3):
@@ -210,6 +211,7 @@ class FakeKernel:
         self.modules: dict[str, dict] = {}  # name -> {"taints": "OEK", "info": {...}}
         self.pending: dict[str, int] = {}
         self.stuck: set[str] = set()  # patch names whose transitions never finish
+        self.freeing: list[str] = []  # done patches whose sysfs directory the worker frees
         self.releasing: list[str] = []  # freed patches whose module is still held
         self.commands: list[list[str]] = []
         self.insmod_error: str | None = None
@@ -295,9 +297,13 @@ class FakeKernel:
 
     def sleep(self, seconds):
         self.now += seconds
-        for name in self.releasing:  # livepatch puts the module a moment after freeing
+        # klp_free_patch_async: a worker frees the directory, then puts the module.
+        for name in self.releasing:
             (self.root / "sys/module" / name / "refcnt").write_text("0\n")
-        self.releasing.clear()
+        self.releasing = self.freeing
+        for name in self.freeing:
+            shutil.rmtree(self.lp(name))
+        self.freeing = []
         for name in list(self.pending):
             d = self.lp(name)
             if not d.exists():
@@ -315,15 +321,14 @@ class FakeKernel:
             (d / "transition").write_text("0\n")
             self.set_task_states(-1)
             if not enabled:
-                shutil.rmtree(d)  # a disabled patch is freed, its module put on the next tick
-                self.releasing.append(name)
-            else:
-                # atomic replace: other patches disappear
-                if self.modules.get(name, {}).get("replace"):
-                    for other in self.root.joinpath("sys/kernel/livepatch").iterdir():
-                        if other.name != name:
-                            shutil.rmtree(other)
-                            self.releasing.append(other.name)
+                self.freeing.append(name)
+            elif self.modules.get(name, {}).get("replace"):
+                # atomic replace: the others are disabled, their objects freed at once
+                for other in self.root.joinpath("sys/kernel/livepatch").iterdir():
+                    if other.name != name and other.name not in self.freeing:
+                        (other / "enabled").write_text("0\n")
+                        shutil.rmtree(other / "vmlinux")
+                        self.freeing.append(other.name)
 
 
 class FakeTarget(klp_kernel.Target):
@@ -498,6 +503,14 @@ def test_replaced_patches_are_unloaded(target, kernel, ko):
     assert res["replaced"] == ["klp_old"]
     assert "klp_old" not in target.loaded_modules()
     assert target.patch_names() == ["klp_new"]
+
+
+def test_a_patch_without_replace_keeps_the_others(target, kernel, ko):
+    runner(target).enable(ko(name="klp_old"))
+    res = runner(target).enable(ko(name="klp_new", build_id=b"\x02" * 20))
+    assert res["replaced"] == []
+    assert target.patch_names() == ["klp_new", "klp_old"]
+    assert {"klp_new", "klp_old"} <= set(target.loaded_modules())
 
 
 @pytest.mark.parametrize(("vermagic", "livepatch", "message"), [

@@ -42,6 +42,7 @@ import hashlib
 import json
 import queue
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,12 +308,19 @@ def _build_units(request: UpdateRequest, kernel, todo: list[tuple[Unit, Path, in
     for slot in range(request.jobs):
         slots.put(work / ("unit-work" if slot == 0 else f"unit-work-{slot + 1}"))
 
-    def built(index: int, unit: Unit, patch: Path, max_files: int) -> dict:
+    crashed = threading.Event()  # a unit raised: start no other (its result is not read)
+
+    def built(index: int, unit: Unit, patch: Path, max_files: int) -> dict | None:
+        if crashed.is_set():
+            return None
         unit_work = slots.get()
         try:
             progress.note(f"unit {index}/{len(todo)}: {unit.name}")
             return _unit_result(request, kernel, unit, patch, work, unit_work,
                                 progress.nested(label=unit.name), max_files)
+        except BaseException:
+            crashed.set()
+            raise
         finally:
             slots.put(unit_work)
 

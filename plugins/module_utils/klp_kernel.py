@@ -257,7 +257,7 @@ class Target:
             fields = line.split()
             if len(fields) < 5:
                 continue
-            m = re.search(r"\(([A-Z]+)\)", line)
+            m = re.search(r"\(([A-Z]*)[+-]?\)", line)  # (OEK), or (OEK+) while loading
             modules[fields[0]] = {"state": fields[4], "taints": m.group(1) if m else ""}
         return modules
 
@@ -410,6 +410,15 @@ class Target:
                 return False, self.clock() - start
             self.sleep(poll)
 
+    def transition_over(self, name, enabled):
+        """Whether NAME's transition towards ENABLED has ended: enabled and patched, or
+        disabled (or already freed). The kernel retries a transition from a worker about
+        once a second, so it can end while the caller was reading the stalled tasks."""
+        patch = self.patch(name)
+        if patch is None:
+            return not enabled
+        return patch["enabled"] == enabled and not patch["transition"]
+
     def wait_gone(self, name, timeout, poll=0.1):
         """Wait until NAME's sysfs directory disappears (unpatched and freed)."""
         start = self.clock()
@@ -502,16 +511,33 @@ class Target:
                 path, rc, (err or out).strip(),
                 ("; kernel log: " + " | ".join(log)) if log else ""))
 
-    def rmmod(self, name, timeout=10, poll=0.1):
-        """rmmod NAME once nothing holds it.
+    def wait_released(self, name, timeout=10, poll=0.1):
+        """Wait until nothing holds module NAME; False if something still does.
 
         Livepatch drops its reference to a patch module only after the patch's sysfs
         directory is gone, so an rmmod right after that could still find it in use.
         """
         start = self.clock()
-        while (self.read_int("sys/module", name, "refcnt") or 0) > 0 \
-                and self.clock() - start < timeout:
+        while (self.read_int("sys/module", name, "refcnt") or 0) > 0:
+            if self.clock() - start >= timeout:
+                return False
             self.sleep(poll)
+        return True
+
+    def held(self, name):
+        """Whether module NAME is referenced although its patch is freed (see below)."""
+        return self.patch(name) is None \
+            and (self.read_int("sys/module", name, "refcnt") or 0) > 0
+
+    def held_for_good(self, name, timeout=10):
+        """Whether NAME's patch is freed but its module stays held: livepatch never puts
+        the module of a patch whose transition was forced (klp_free_patch_finish), so it
+        stays loaded until reboot."""
+        return self.wait_gone(name, timeout)[0] and not self.wait_released(name, timeout)
+
+    def rmmod(self, name, timeout=10):
+        """rmmod NAME once nothing holds it."""
+        self.wait_released(name, timeout)
         rc, out, err = self._run("rmmod", [name])
         if rc != 0:
             raise KlpError(f"rmmod {name} failed (rc={rc}): {(err or out).strip()}")
@@ -595,27 +621,47 @@ class Target:
         return self.wait_gone(name, timeout)
 
     def revert_transition(self, name, timeout):
-        """Reverse an in-progress patching transition, wait for it, unload the module."""
+        """Reverse NAME's patching transition, wait for it and unload the module.
+
+        Returns "reverted", "stuck" (the reverse did not finish within TIMEOUT) or
+        "completed": the transition ended first. Writing 0 then would not reverse it but
+        unpatch a finished patch, whose atomic replace has already freed the patches it
+        replaced; so nothing is written.
+        """
         patch = self.patch(name)
         if patch is not None and patch["enabled"]:
+            if not patch["transition"]:
+                return "completed"
             self.write("0", "sys/kernel/livepatch", name, "enabled")
-        finished, seconds = self.wait_gone(name, timeout)
-        if finished and name in self.loaded_modules():
+        finished, _seconds = self.wait_gone(name, timeout)
+        if not finished:
+            return "stuck"
+        if name in self.loaded_modules():
             self.rmmod(name)
             self.wait_unloaded(name)
-        return finished, seconds
+        return "reverted"
 
     def force(self, name):
-        self.write("1", "sys/kernel/livepatch", name, "force")
+        """Force NAME's transition; False when it ended first (the kernel then refuses)."""
+        try:
+            self.write("1", "sys/kernel/livepatch", name, "force")
+        except KlpError:
+            patch = self.patch(name)
+            if patch is None or not patch["transition"]:
+                return False
+            raise
+        return True
 
     def unload_replaced(self, before, keep, timeout=10):
-        """rmmod livepatch modules whose patches were replaced.
+        """Unload the modules of the patches in BEFORE that an atomic replace replaced.
 
         A replaced patch is disabled when the transition ends, but a worker frees its
         sysfs directory later: one still listed as disabled is waited for, not kept.
+        Returns (replaced, held): the replaced patches, and those of their modules that a
+        forced transition holds until reboot.
         """
         loaded = set(self.livepatch_modules())
-        unloaded = []
+        replaced, held = [], []
         for name in sorted(before):
             if name == keep or name not in loaded:
                 continue
@@ -623,6 +669,9 @@ class Target:
             if patch is not None and (patch["enabled"]
                                       or not self.wait_gone(name, timeout)[0]):
                 continue
+            replaced.append(name)
+            if self.held_for_good(name, timeout):
+                held.append(name)
+                continue
             self.rmmod(name)
-            unloaded.append(name)
-        return unloaded
+        return replaced, held

@@ -42,6 +42,12 @@ load)
         name=$(basename "$marker" .persist)
         echo "$name" >> "$state/pending"
         sync
+        # The kernel takes one transition at a time (EBUSY): let the last one end, up to 60 s.
+        i=0
+        while grep -qsx 1 %(livepatch)s/*/transition && [ $i -lt 600 ]; do
+            sleep 0.1
+            i=$((i + 1))
+        done
         if insmod "$dir/$name.ko"; then
             echo "klp-livepatch: loaded $name" >&2
         else
@@ -104,7 +110,7 @@ class Persistence:
 
     def files(self):
         values = {"state": BOOT_STATE, "store": self.t.store_base, "ok": BOOT_OK_SECONDS,
-                  "script": BOOT_SCRIPT}
+                  "script": BOOT_SCRIPT, "livepatch": "/sys/kernel/livepatch"}
         return [
             (BOOT_SCRIPT, BOOT_SCRIPT_TEXT % values, 0o755),
             (BOOT_UNIT, BOOT_UNIT_TEXT % values, 0o644),

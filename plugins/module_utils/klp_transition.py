@@ -134,6 +134,7 @@ class PatchRunner:
             "transition_seconds": extra.pop("transition_seconds", None),
             "stalled_tasks": extra.pop("stalled_tasks", []),
             "replaced": extra.pop("replaced", []),
+            "held_until_reboot": extra.pop("held_until_reboot", []),
             "module_path": extra.pop("module_path", None),
             "diff": {"before": before,
                      "after": extra.pop("after", None) or describe(self.t, name)},
@@ -205,6 +206,11 @@ class PatchRunner:
                 raise KlpError(f"{self.host}: could not disable the loaded build of {name} "
                                f"within {self.transition_timeout} s")
         if name in self.t.loaded_modules():
+            if self.t.held_for_good(name):
+                raise KlpError(
+                    f"{self.host}: the module of the earlier build of {name} stays loaded "
+                    "until reboot (its transition was forced), so a build under the same "
+                    "name cannot load; load it under a new name with atomic replace")
             self.t.rmmod(name)
             self.t.wait_unloaded(name)
         active_before = set(self.t.patch_names())
@@ -219,7 +225,11 @@ class PatchRunner:
                 if log else ""))
         result = self._finish_transition(name, before, info, params_changed=True,
                                          started=started)
-        result["replaced"] = self.t.unload_replaced(active_before, keep=name)
+        result["replaced"], result["held_until_reboot"] = self.t.unload_replaced(
+            active_before, keep=name)
+        if result["held_until_reboot"]:
+            self.warn(f"{self.host}: {', '.join(result['held_until_reboot'])} replaced, but "
+                      "a forced transition holds the module(s) loaded until reboot")
         result["blocking_tasks"] = blocking
         return result
 
@@ -245,6 +255,8 @@ class PatchRunner:
         forced = False
         if not finished:
             stalled = self.t.stalled_tasks(KLP_PATCHED)
+            finished = self.t.transition_over(name, enabled=True)  # during that read
+        if not finished:
             if self.on_stall == "wait":
                 self.warn(stall_report(name, self.host, stalled, seconds,
                                        f"waiting up to {self.stall_timeout} s more "
@@ -258,14 +270,17 @@ class PatchRunner:
                     name, self.host, stalled, seconds,
                     "forcing the transition (on_stall=force): the listed tasks switch "
                     "without a consistency check and the module can never be unloaded"))
-                self.t.force(name)
+                forced = self.t.force(name)
                 finished, more = self.t.wait_transition(name, self.transition_timeout)
                 seconds += more
-                forced = finished
+                forced = forced and finished
         if not finished:
             start = self.t.clock()
-            reverted, _rs = self.t.revert_transition(name, self.transition_timeout)
+            outcome = self.t.revert_transition(name, self.transition_timeout)
+            finished = outcome == "completed"
+        if not finished:
             revert_seconds = self.t.clock() - start
+            reverted = outcome == "reverted"
             action = (f"reverted: the transition was reversed in {revert_seconds:.1f} s and "
                       f"{name} unloaded; the host is as before") if reverted else (
                 f"the reverse transition did not finish within {self.transition_timeout} s "
@@ -287,12 +302,16 @@ class PatchRunner:
         before = describe(self.t, name)
         status = self.t.status(name)
         loaded = name in self.t.loaded_modules()
+        # Off, but held by a forced transition: no run can unload it (not a change to make).
+        held = [name] if loaded and self.t.held(name) else []
         stored = self.t.stored_path(name)
         drop_copy = not keep_stored and os.path.exists(stored)
-        changed = status in ("enabled", "transition", "unpatching") or loaded or drop_copy
-        predicted = "disabled" if keep_stored and os.path.exists(stored) else "absent"
+        changed = status in ("enabled", "transition", "unpatching") or drop_copy \
+            or (loaded and not held)
+        predicted = "disabled" if keep_stored and os.path.exists(stored) or held else "absent"
         if not changed:
-            return self._result(name, False, before, predicted=status)
+            return self._result(name, False, before, predicted=status,
+                                held_until_reboot=held)
         if self.check_mode:
             return self._result(name, True, before, predicted=predicted,
                                 after=format_state(name, predicted))
@@ -307,7 +326,10 @@ class PatchRunner:
             finished, seconds = self.t.wait_gone(name, self.transition_timeout)
             if not finished:
                 stalled = self.t.stalled_tasks(KLP_UNPATCHED)
-                self.t.write("1", "sys/kernel/livepatch", name, "enabled")  # reverse back
+                finished = self.t.transition_over(name, enabled=False)  # during that read
+            if not finished:
+                finished = not self._reverse_unpatch(name)
+            if not finished:
                 back, _s = self.t.wait_transition(name, self.transition_timeout)
                 result = self._result(name, True, before, transition_seconds=seconds,
                                       stalled_tasks=stalled, reverted=back)
@@ -316,8 +338,26 @@ class PatchRunner:
                     f"the unpatch transition was reversed; {name} stays enabled"
                     if back else "the reverse transition did not finish either"), result)
         if name in self.t.loaded_modules():
-            self.t.rmmod(name)
-            self.t.wait_unloaded(name)
+            if self.t.held_for_good(name):
+                held = [name]
+                self.warn(f"{self.host}: {name} is off, but a forced transition holds its "
+                          "module loaded until reboot")
+            else:
+                held = []
+                self.t.rmmod(name)
+                self.t.wait_unloaded(name)
         if drop_copy:
             os.remove(stored)
-        return self._result(name, True, before, transition_seconds=round(seconds, 3))
+        return self._result(name, True, before, transition_seconds=round(seconds, 3),
+                            held_until_reboot=held)
+
+    def _reverse_unpatch(self, name):
+        """Turn a stalled unpatch back into patching; False when the unpatch ended first
+        (the kernel refuses to enable a disabled patch again): then it is done."""
+        try:
+            self.t.write("1", "sys/kernel/livepatch", name, "enabled")
+        except KlpError:
+            if self.t.transition_over(name, enabled=False):
+                return False
+            raise
+        return True

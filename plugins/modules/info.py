@@ -215,8 +215,16 @@ def stored(target):
         names = sorted(n for n in os.listdir(store) if n.endswith(".ko"))
     except OSError:
         return []
-    return [{"name": n[:-3], "path": os.path.join(store, n), "persist": n[:-3] in persisted,
-             "sha256": sha256_file(os.path.join(store, n))} for n in names]
+    copies = []
+    for n in names:
+        path = os.path.join(store, n)
+        try:
+            digest = sha256_file(path)
+        except FileNotFoundError:  # a run with state=absent removed it meanwhile
+            continue
+        copies.append({"name": n[:-3], "path": path, "persist": n[:-3] in persisted,
+                       "sha256": digest})
+    return copies
 
 
 def main():

@@ -272,11 +272,22 @@ patched:
   type: dict
   sample: {"vmlinux": ["cmdline_proc_show"]}
 replaced:
-  description: Modules of patches replaced by this atomic-replace patch, now unloaded.
+  description: >-
+    Patches replaced by this atomic-replace patch. Their modules are unloaded, except those
+    listed in RV(held_until_reboot), and they lose their boot mark.
   returned: always
   type: list
   elements: str
   sample: [cve_2026_1000]
+held_until_reboot:
+  description: >-
+    Modules that are off but stay loaded until reboot: the kernel never releases the
+    module of a patch whose transition was forced (O(on_stall=force), or a forced atomic
+    replace, which forces every patch it replaces). A warning says so.
+  returned: always
+  type: list
+  elements: str
+  sample: []
 module_path:
   description: Path of the module file that was checked or loaded on the target.
   returned: with O(state=enabled)

@@ -212,6 +212,7 @@ class FakeKernel:
         self.pending: dict[str, int] = {}
         self.stuck: set[str] = set()  # patch names whose transitions never finish
         self.freeing: list[str] = []  # done patches whose sysfs directory the worker frees
+        self.forced: set[str] = set()  # patches whose module livepatch never puts
         self.releasing: list[str] = []  # freed patches whose module is still held
         self.commands: list[list[str]] = []
         self.insmod_error: str | None = None
@@ -299,7 +300,8 @@ class FakeKernel:
         self.now += seconds
         # klp_free_patch_async: a worker frees the directory, then puts the module.
         for name in self.releasing:
-            (self.root / "sys/module" / name / "refcnt").write_text("0\n")
+            if name not in self.forced:
+                (self.root / "sys/module" / name / "refcnt").write_text("0\n")
         self.releasing = self.freeing
         for name in self.freeing:
             shutil.rmtree(self.lp(name))
@@ -341,7 +343,18 @@ class FakeTarget(klp_kernel.Target):
         self.kernel = kernel
 
     def write(self, value, *parts):
+        d = self.kernel.lp(parts[-2])
+        in_transition = d.exists() and (d / "transition").read_text().strip() == "1"
+        if parts[-1] == "force" and not in_transition:
+            raise klp_errors.KlpError(f"writing {value!r} to force failed: Invalid argument")
+        if parts[-1] == "enabled" and value == "1" and not in_transition:
+            raise klp_errors.KlpError(f"writing {value!r} to enabled failed: Invalid argument")
         super().write(value, *parts)
+        if parts[-1] == "force":  # klp_force_transition marks the patches being removed
+            if (d / "enabled").read_text().strip() == "0":
+                self.kernel.forced.add(parts[-2])
+            elif self.kernel.modules.get(parts[-2], {}).get("replace"):
+                self.kernel.forced |= {p.name for p in d.parent.iterdir()} - {parts[-2]}
         if parts[-1] == "enabled":
             name = parts[-2]
             d = self.kernel.lp(name)
@@ -472,6 +485,114 @@ def test_stall_wait_then_succeeds(target, kernel, ko):
     assert r.warnings and "on_stall=wait" in r.warnings[0]
 
 
+def finish_while_reading_stalled_tasks(target, kernel, name):
+    """The kernel's worker completes NAME's transition while the stalled tasks are read."""
+    read = target.stalled_tasks
+
+    def and_the_transition_ends(state):
+        tasks = read(state)
+        kernel.stuck.discard(name)
+        kernel.pending[name] = 1
+        kernel.sleep(0)  # one worker tick
+        return tasks
+
+    target.stalled_tasks = and_the_transition_ends
+
+
+@pytest.mark.parametrize("on_stall", ["revert", "force", "wait"])
+def test_a_transition_that_ends_while_stalled_tasks_are_read_is_kept(
+        target, kernel, ko, on_stall):
+    """Writing 0 then would unpatch a finished patch, and force would be refused."""
+    kernel.add_task(7, "stuck")
+    kernel.stuck.add("klp_demo")
+    finish_while_reading_stalled_tasks(target, kernel, "klp_demo")
+    r = runner(target, transition_timeout=1, on_stall=on_stall)
+    res = r.enable(ko())
+    assert res["state"] == "enabled" and res["forced"] is False
+    assert not r.warnings  # nothing waited for, forced or reverted
+    assert target.patch("klp_demo")["enabled"] is True
+
+
+def test_a_revert_finds_the_transition_ended(target, kernel, ko):
+    kernel.stuck.add("klp_demo")
+    original = target.revert_transition
+
+    def ends_first(name, timeout):
+        kernel.stuck.discard(name)
+        kernel.pending[name] = 1
+        kernel.sleep(0)
+        return original(name, timeout)
+
+    target.revert_transition = ends_first
+    res = runner(target, transition_timeout=1).enable(ko())
+    assert res["state"] == "enabled"
+
+
+def test_force_after_the_transition_ended_is_not_an_error(target, kernel, ko):
+    runner(target).enable(ko())
+    assert target.force("klp_demo") is False
+    assert target.patch("klp_demo")["enabled"] is True
+
+
+def test_an_unpatch_that_ends_while_stalled_tasks_are_read_is_done(target, kernel, ko):
+    runner(target).enable(ko())
+    kernel.stuck.add("klp_demo")
+    original = target.write
+
+    def unpatch_sticks(value, *parts):
+        original(value, *parts)
+        if parts[-1] == "enabled" and value == "0":
+            kernel.stuck.add(parts[-2])
+
+    target.write = unpatch_sticks
+    finish_while_reading_stalled_tasks(target, kernel, "klp_demo")
+    res = runner(target, transition_timeout=1).remove("klp_demo", keep_stored=False)
+    assert res["state"] == "absent"
+    assert "klp_demo" not in target.loaded_modules()
+    assert not Path(target.stored_path("klp_demo")).exists()
+
+
+def forced_replace(target, kernel, ko):
+    """klp_old loaded, then klp_new (atomic replace) whose transition had to be forced."""
+    runner(target).enable(ko(name="klp_old"))
+    kernel.add_task(7, "stuck")
+    kernel.stuck.add("klp_new")
+    orig = kernel.run_command
+
+    def insmod_replace(argv):
+        rc = orig(argv)
+        if os.path.basename(argv[0]) == "insmod":
+            kernel.modules["klp_new"]["replace"] = True
+        return rc
+
+    target.run_command = insmod_replace
+    r = runner(target, transition_timeout=1, on_stall="force")
+    return r, r.enable(ko(name="klp_new", build_id=b"\x02" * 20))
+
+
+def test_a_forced_replace_reports_the_modules_it_cannot_unload(target, kernel, ko):
+    """klp_force_transition marks every patch forced: livepatch never puts their modules."""
+    r, res = forced_replace(target, kernel, ko)
+    assert res["forced"] is True and res["state"] == "enabled"
+    assert res["replaced"] == ["klp_old"] and res["held_until_reboot"] == ["klp_old"]
+    assert "klp_old" in target.loaded_modules() and target.patch_names() == ["klp_new"]
+    assert any("until reboot" in w for w in r.warnings)
+
+
+def test_removing_a_held_module_drops_its_copy(target, kernel, ko):
+    forced_replace(target, kernel, ko)
+    r = runner(target)
+    res = r.remove("klp_old", keep_stored=False)
+    assert res["changed"] is True and res["held_until_reboot"] == ["klp_old"]
+    assert not Path(target.stored_path("klp_old")).exists()
+    assert any("until reboot" in w for w in r.warnings)
+    again = runner(target).remove("klp_old", keep_stored=False)  # nothing left to do
+    assert again["changed"] is False and again["held_until_reboot"] == ["klp_old"]
+    # the patch that was forced in is not held: it unloads when removed
+    res = runner(target).remove("klp_new", keep_stored=False)
+    assert res["state"] == "absent" and res["held_until_reboot"] == []
+
+
 def test_failed_insmod_leaves_nothing(target, kernel, ko):
     kernel.insmod_error = "Invalid argument"
     with pytest.raises(klp_errors.KlpError, match="Invalid argument"):
@@ -503,6 +624,18 @@ def test_replaced_patches_are_unloaded(target, kernel, ko):
     assert res["replaced"] == ["klp_old"]
     assert "klp_old" not in target.loaded_modules()
     assert target.patch_names() == ["klp_new"]
+
+
+def test_a_livepatch_module_loading_or_unloading_is_still_one(target, kernel):
+    """/proc/modules adds + (loading) or - (unloading) inside the taint parentheses."""
+    (kernel.root / "proc/modules").write_text(
+        "klp_a 16384 1 - Loading 0xffffffffc0a00000 (OEK+)\n"
+        "klp_b 16384 0 - Unloading 0xffffffffc0b00000 (OEK-)\n"
+        "ext4 1007616 1 - Live 0xffffffffc0c00000\n"
+        "plain 16384 0 - Loading 0xffffffffc0d00000 (+)\n")
+    assert target.livepatch_modules() == ["klp_a", "klp_b"]
+    assert target.loaded_modules()["klp_a"] == {"state": "Loading", "taints": "OEK"}
+    assert target.loaded_modules()["plain"]["taints"] == ""
 
 
 def test_a_patch_without_replace_keeps_the_others(target, kernel, ko):
@@ -697,15 +830,16 @@ def test_persistence_apply_and_guard(target, kernel, ko, tmp_path):
     assert boot.plan("klp_demo", False) is False
 
 
-def run_boot_script(tmp_path, *args, insmod_rc=0):
+def run_boot_script(tmp_path, *args, insmod_rc=0, insmod_body=""):
     bindir = tmp_path / "bin"
     bindir.mkdir(exist_ok=True)
     (bindir / "insmod").write_text(f"#!/bin/sh\necho \"$1\" >> {tmp_path}/insmod.log\n"
-                                   f"exit {insmod_rc}\n")
+                                   f"{insmod_body}exit {insmod_rc}\n")
     (bindir / "insmod").chmod(0o755)
     script = tmp_path / "boot.sh"
     script.write_text(klp_persist.BOOT_SCRIPT_TEXT % {
-        "state": tmp_path / "state", "store": tmp_path / "store", "ok": 120, "script": script})
+        "state": tmp_path / "state", "store": tmp_path / "store", "ok": 120, "script": script,
+        "livepatch": tmp_path / "livepatch"})
     env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
     return subprocess.run(["sh", str(script), *args], env=env, check=True,
                           capture_output=True, text=True)
@@ -743,6 +877,28 @@ def test_boot_script_records_failed_loads(tmp_path):
     (store / "klp_b.persist").write_text("r\n")
     run_boot_script(tmp_path, "load", insmod_rc=1)
     assert (tmp_path / "state" / "failed").read_text().split() == ["klp_b"]
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs sh")
+def test_boot_script_loads_after_the_last_transition_ended(tmp_path):
+    """The kernel refuses a patch while another is in transition (EBUSY): each insmod
+    waits for the one before it to finish switching tasks."""
+    store = tmp_path / "store" / os.uname().release
+    store.mkdir(parents=True)
+    for name in ("klp_a", "klp_b"):
+        (store / f"{name}.ko").write_bytes(b"x")
+        (store / f"{name}.persist").write_text("r\n")
+    # The fake insmod notes whether a transition was running, then starts its own,
+    # which a background "worker" ends 0.5 s later.
+    insmod_body = (
+        f"lp={tmp_path}/livepatch\n"
+        "if grep -qsx 1 $lp/*/transition; then echo busy >> $lp/../seen; fi\n"
+        "n=$(basename \"$1\" .ko); mkdir -p $lp/$n; echo 1 > $lp/$n/transition\n"
+        "(sleep 0.5; echo 0 > $lp/$n/transition) >/dev/null 2>&1 &\n")
+    run_boot_script(tmp_path, "load", insmod_body=insmod_body)
+    assert (tmp_path / "insmod.log").read_text().split() == [
+        str(store / "klp_a.ko"), str(store / "klp_b.ko")]
+    assert not (tmp_path / "seen").exists()
 
 
 def test_one_change_at_a_time_per_host(target, kernel):

@@ -66,6 +66,19 @@ def playbook(inventory: Path, host: str, collections: Path, tmp: Path, tasks: li
     return json.loads((tmp / "results.json").read_text())
 
 
+# A `cat` blocked on an empty pipe, sleeping in pipe_read(): started, then waited for until
+# it really sleeps there (a busy host may take seconds; a reader not yet inside would
+# switch, and a patch of pipe_read would not stall).
+SLEEPER = {"ansible.builtin.shell": "nohup sh -c 'sleep 3600 | cat >/dev/null' "
+                                    ">/dev/null 2>&1 & "
+                                    "for i in $(seq 120); do p=$(pgrep -nx cat) && "
+                                    "grep -q pipe_read /proc/$p/stack && echo $p && exit 0; "
+                                    "sleep 0.5; done; echo 'no cat in pipe_read' >&2; exit 1",
+           "changed_when": True}
+STOP_SLEEPER = {"ansible.builtin.command": "pkill -f 'sleep 3600'", "changed_when": True,
+                "failed_when": False}
+
+
 def patch(**args) -> dict:
     return {"klp.livepatch.patch": args}
 

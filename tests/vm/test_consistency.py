@@ -15,19 +15,9 @@ import sys
 import pytest
 
 from tests.vm.corpus import REPO
-from tests.vm.playbook import patch, playbook, task
+from tests.vm.playbook import SLEEPER, STOP_SLEEPER, patch, playbook, task
 
 PIPE_PATCH = REPO / "tests" / "vm" / "patches" / "pipe-read.patch"
-# Started, then waited for until the reader really sleeps in pipe_read (a busy host may
-# take seconds to get there; a reader not yet inside would switch and not stall).
-SLEEPER = {"ansible.builtin.shell": "nohup sh -c 'sleep 3600 | cat >/dev/null' "
-                                    ">/dev/null 2>&1 & "
-                                    "for i in $(seq 120); do p=$(pgrep -nx cat) && "
-                                    "grep -q pipe_read /proc/$p/stack && echo $p && exit 0; "
-                                    "sleep 0.5; done; echo 'no cat in pipe_read' >&2; exit 1",
-           "changed_when": True}
-STOP_SLEEPER = {"ansible.builtin.command": "pkill -f 'sleep 3600'", "changed_when": True,
-                "failed_when": False}
 
 
 @pytest.fixture(scope="module")

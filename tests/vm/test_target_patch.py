@@ -11,6 +11,7 @@ after a guest sync) to check the boot unit and its crash-loop guard.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +22,14 @@ sys.path.insert(0, str(REPO / "tests" / "fixtures" / "kmod"))
 import build as kmod_build  # noqa: E402 - the fixture builder lives beside the C sources
 
 from tests.vm.expect import other_flavour, wrong_kernel_refusal  # noqa: E402
-from tests.vm.playbook import loaded_klp_modules, patch, playbook, task  # noqa: E402
+from tests.vm.playbook import (  # noqa: E402
+    SLEEPER,
+    STOP_SLEEPER,
+    loaded_klp_modules,
+    patch,
+    playbook,
+    task,
+)
 
 BAD_LOG = ("WARNING:", "Call Trace:", "BUG:", "Oops")
 
@@ -253,6 +261,50 @@ def test_stall_is_reverted_and_names_the_task(klp_inventory, amd64_host, collect
     assert r["removed"]["changed"] is True
     assert "klp_test" not in r["after"]["stdout"]
     assert not [line for line in r["log"]["stdout_lines"] if any(b in line for b in BAD_LOG)]
+
+
+def test_a_forced_replace_holds_the_replaced_module_until_reboot(
+        request, klp_inventory, amd64_host, collections_path, kmods, vm_release, tmp_path):
+    """klp_force_transition marks the patches an atomic replace replaces as forced, and
+    livepatch never puts their modules: the load succeeds and says so, removing the old
+    patch drops its copy, a rerun changes nothing. The VM is restarted afterwards."""
+    try:
+        lab = request.getfixturevalue("lab")
+    except pytest.FixtureLookupError:
+        pytest.skip("needs the lab fixture to restart the VM")
+    proc = subprocess.run(
+        [sys.executable, "-m", "builder", "build", "--kernel", vm_release, "--patch",
+         str(REPO / "tests/vm/patches/pipe-read.patch"), "--name", "klp_pipe_forced",
+         "--output", str(tmp_path)], cwd=REPO, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    tasks = [
+        task("old", patch(src=str(kmods / "klp_test_version.ko"))),
+        task("sleeper", SLEEPER),
+        task("forced", patch(src=str(tmp_path / "klp_pipe_forced.ko"), on_stall="force",
+                             transition_timeout=5)),
+        task("drop_old", patch(name="klp_test_version", state="absent")),
+        task("drop_old_again", patch(name="klp_test_version", state="absent")),
+        task("held", {"ansible.builtin.shell": "cat /sys/module/klp_test_version/refcnt; "
+                                               "ls /sys/kernel/livepatch",
+                      "changed_when": False}),
+        task("drop_new", patch(name="klp_pipe_forced", state="absent")),
+        task("stop", STOP_SLEEPER),
+    ]
+    try:
+        r = playbook(klp_inventory, amd64_host, collections_path, tmp_path, tasks,
+                     {"keep": ["forced", "drop_old", "drop_old_again", "held", "drop_new"]})
+    finally:
+        lab.restart(amd64_host)  # only a reboot frees a held module
+    forced = r["forced"]
+    assert forced["forced"] is True and forced["state"] == "enabled", forced
+    assert forced["replaced"] == ["klp_test_version"]
+    assert forced["held_until_reboot"] == ["klp_test_version"]
+    assert any("until reboot" in w for w in forced.get("warnings", [])), forced
+    assert r["drop_old"]["changed"] is True
+    assert r["drop_old"]["held_until_reboot"] == ["klp_test_version"]
+    assert r["drop_old_again"]["changed"] is False
+    assert r["held"]["stdout_lines"] == ["1", "klp_pipe_forced"]
+    assert r["drop_new"]["state"] == "absent" and r["drop_new"]["held_until_reboot"] == []
 
 
 def test_persist_survives_reboot_and_guard_skips_after_bad_boot(

@@ -269,7 +269,8 @@ class PatchRunner:
                 self.warn(stall_report(
                     name, self.host, stalled, seconds,
                     "forcing the transition (on_stall=force): the listed tasks switch "
-                    "without a consistency check and the module can never be unloaded"))
+                    "without a consistency check; the modules of the patches it replaces "
+                    "stay loaded until reboot"))
                 forced = self.t.force(name)
                 finished, more = self.t.wait_transition(name, self.transition_timeout)
                 seconds += more

@@ -88,7 +88,8 @@ options:
         The host is never left in the middle of a transition.
       - V(force) writes C(1) to the patch's C(force) file. This is B(unsafe), because
         the stalled tasks switch without the consistency check. The kernel then never
-        allows the module to be unloaded.
+        releases the modules of the patches an atomic replace replaced, as tasks may
+        still run their code, so they stay loaded until reboot (RV(held_until_reboot)).
     type: str
     choices: [revert, wait, force]
     default: revert
@@ -281,9 +282,9 @@ replaced:
   sample: [cve_2026_1000]
 held_until_reboot:
   description: >-
-    Modules that are off but stay loaded until reboot: the kernel never releases the
-    module of a patch whose transition was forced (O(on_stall=force), or a forced atomic
-    replace, which forces every patch it replaces). A warning says so.
+    Modules that are off but stay loaded until reboot: when a transition is forced
+    (O(on_stall=force)), the kernel never releases the modules of the patches an atomic
+    replace replaced, nor that of a patch whose unpatching was forced. A warning says so.
   returned: always
   type: list
   elements: str

@@ -485,15 +485,20 @@ def test_stall_wait_then_succeeds(target, kernel, ko):
     assert r.warnings and "on_stall=wait" in r.warnings[0]
 
 
+def end_transition_now(kernel, name):
+    """The kernel's worker completes NAME's transition (one tick)."""
+    kernel.stuck.discard(name)
+    kernel.pending[name] = 1
+    kernel.sleep(0)
+
+
 def finish_while_reading_stalled_tasks(target, kernel, name):
     """The kernel's worker completes NAME's transition while the stalled tasks are read."""
     read = target.stalled_tasks
 
     def and_the_transition_ends(state):
         tasks = read(state)
-        kernel.stuck.discard(name)
-        kernel.pending[name] = 1
-        kernel.sleep(0)  # one worker tick
+        end_transition_now(kernel, name)
         return tasks
 
     target.stalled_tasks = and_the_transition_ends
@@ -518,9 +523,7 @@ def test_a_revert_finds_the_transition_ended(target, kernel, ko):
     original = target.revert_transition
 
     def ends_first(name, timeout):
-        kernel.stuck.discard(name)
-        kernel.pending[name] = 1
-        kernel.sleep(0)
+        end_transition_now(kernel, name)
         return original(name, timeout)
 
     target.revert_transition = ends_first
@@ -552,26 +555,32 @@ def test_an_unpatch_that_ends_while_stalled_tasks_are_read_is_done(target, kerne
     assert not Path(target.stored_path("klp_demo")).exists()
 
 
-def forced_replace(target, kernel, ko):
-    """klp_old loaded, then klp_new (atomic replace) whose transition had to be forced."""
-    runner(target).enable(ko(name="klp_old"))
-    kernel.add_task(7, "stuck")
-    kernel.stuck.add("klp_new")
+def load_with_replace(target, kernel, name):
+    """Modules NAME loaded from now on are atomic-replace patches."""
     orig = kernel.run_command
 
     def insmod_replace(argv):
         rc = orig(argv)
         if os.path.basename(argv[0]) == "insmod":
-            kernel.modules["klp_new"]["replace"] = True
+            kernel.modules[name]["replace"] = True
         return rc
 
     target.run_command = insmod_replace
+
+
+def forced_replace(target, kernel, ko):
+    """klp_old loaded, then klp_new (atomic replace) whose transition had to be forced."""
+    runner(target).enable(ko(name="klp_old"))
+    kernel.add_task(7, "stuck")
+    kernel.stuck.add("klp_new")
+    load_with_replace(target, kernel, "klp_new")
     r = runner(target, transition_timeout=1, on_stall="force")
     return r, r.enable(ko(name="klp_new", build_id=b"\x02" * 20))
 
 
 def test_a_forced_replace_reports_the_modules_it_cannot_unload(target, kernel, ko):
-    """klp_force_transition marks every patch forced: livepatch never puts their modules."""
+    """klp_force_transition marks the patches a replace replaces as forced: livepatch
+    never puts their modules."""
     r, res = forced_replace(target, kernel, ko)
     assert res["forced"] is True and res["state"] == "enabled"
     assert res["replaced"] == ["klp_old"] and res["held_until_reboot"] == ["klp_old"]
@@ -610,17 +619,8 @@ def test_refuses_other_transition(target, kernel, ko):
 
 def test_replaced_patches_are_unloaded(target, kernel, ko):
     runner(target).enable(ko(name="klp_old"))
-    info = ko(name="klp_new", build_id=b"\x02" * 20)
-    orig = kernel.run_command
-
-    def insmod_replace(argv):
-        rc = orig(argv)
-        if os.path.basename(argv[0]) == "insmod":
-            kernel.modules["klp_new"]["replace"] = True
-        return rc
-
-    target.run_command = insmod_replace
-    res = runner(target).enable(info)
+    load_with_replace(target, kernel, "klp_new")
+    res = runner(target).enable(ko(name="klp_new", build_id=b"\x02" * 20))
     assert res["replaced"] == ["klp_old"]
     assert "klp_old" not in target.loaded_modules()
     assert target.patch_names() == ["klp_new"]
